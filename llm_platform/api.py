@@ -1,0 +1,78 @@
+"""The NinjaAPI under /v1: apps' routers joined, key auth, and the one OpenAI-style error envelope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.security import HttpBearer
+
+from routing.api import router as routing_router
+from routing.chat import request_id_new
+from tenants.auth import KeyContext, key_authenticate_header
+from tenants.errors import AuthenticationFailed, InvalidRequest, NotFound, PlatformError
+
+
+class ApiKeyAuth(HttpBearer):
+    """Bearer API key auth; its return value (a ``KeyContext``) becomes ``request.auth``."""
+
+    is_async = True
+
+    async def __call__(self, request: HttpRequest) -> KeyContext:  # type: ignore[override]
+        return await key_authenticate_header(
+            request.headers.get("Authorization"), ip=request.META.get("REMOTE_ADDR"), endpoint=request.path
+        )
+
+    def authenticate(self, request: HttpRequest, token: str) -> Any:  # pragma: no cover - __call__ does the work
+        raise NotImplementedError
+
+
+api = NinjaAPI(
+    title="LLM platform API",
+    version="1",
+    description="OpenAI-compatible API. POST /v1/chat/completions is served by a Channels consumer (see README).",
+    auth=ApiKeyAuth(),
+    urls_namespace="api",
+)
+api.add_router("/", routing_router)
+
+
+def error_response(request: HttpRequest, exc: PlatformError) -> HttpResponse:
+    response = HttpResponse(exc.body_bytes(), status=exc.status, content_type="application/json")
+    response["x-request-id"] = request_id_new()
+    for name, value in exc.headers.items():
+        response[name] = value
+    return response
+
+
+@api.exception_handler(PlatformError)
+def platform_error(request: HttpRequest, exc: PlatformError) -> HttpResponse:
+    return error_response(request, exc)
+
+
+@api.exception_handler(AuthenticationError)
+def authentication_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return error_response(request, AuthenticationFailed("Invalid or missing API key."))
+
+
+@api.exception_handler(ValidationError)
+def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    first = exc.errors[0] if exc.errors else {}
+    param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
+    return error_response(request, InvalidRequest(first.get("msg", "Invalid request."), param=param, code="invalid_value"))
+
+
+@api.exception_handler(HttpError)
+def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    error = NotFound(str(exc)) if exc.status_code == 404 else PlatformError(str(exc), status=exc.status_code)
+    return error_response(request, error)
+
+
+@api.exception_handler(Exception)
+def unexpected_error(request: HttpRequest, exc: Exception) -> HttpResponse:
+    import logging
+
+    logging.getLogger(__name__).exception("unhandled API error on %s", request.path)
+    return error_response(request, PlatformError("The platform failed to handle this request."))

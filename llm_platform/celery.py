@@ -1,0 +1,13 @@
+"""The Celery application (worker and beat); tasks are discovered in the apps."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llm_platform.settings")
+
+app = Celery("llm_platform")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

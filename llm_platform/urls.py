@@ -1,0 +1,24 @@
+"""URL routes for Django's view stack: admin and the django-ninja API."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.http import HttpRequest, JsonResponse
+from django.urls import path, re_path
+
+from llm_platform.api import api
+
+
+def api_not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
+    return JsonResponse(
+        {"error": {"message": f"Unknown API route: {request.method} {request.path}", "type": "invalid_request_error",
+                   "code": "unknown_url", "param": None}},
+        status=404,
+    )
+
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("v1/", api.urls),
+    re_path(r"^v1/(?P<rest>.*)$", api_not_found),
+]

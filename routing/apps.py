@@ -1,0 +1,10 @@
+"""App config for model deployments, the chat API and usage records."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class RoutingConfig(AppConfig):
+    name = "routing"
+    verbose_name = "Routing"

@@ -1,0 +1,269 @@
+"""The chat completions flow: authenticate, validate, pick a deployment, relay, account."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import json
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from routing import upstream
+from routing.selectors import DeploymentTarget, deployment_cache
+from routing.usage import UsageRow, usage_record
+from tenants.auth import KeyContext, key_authenticate_header
+from tenants.errors import InvalidRequest, NotFound, PermissionDenied, PlatformError
+
+logger = logging.getLogger(__name__)
+
+SendStart = Callable[[int, list[tuple[bytes, bytes]]], Awaitable[None]]
+SendBody = Callable[[bytes, bool], Awaitable[None]]
+
+MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def request_id_new() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    payload: dict[str, Any]
+    model: str
+    stream: bool
+    include_usage: bool
+
+
+def _type_error(param: str, expected: str, value: Any) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid type for '{param}': expected {expected}, but got {type(value).__name__}.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def _check_number(payload: dict[str, Any], name: str, *, low: float, high: float, integer: bool = False) -> None:
+    value = payload.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise _type_error(name, "an integer" if integer else "a number", value)
+    if not low <= value <= high:
+        raise InvalidRequest(
+            f"Invalid value for '{name}': {value} is outside [{low:g}, {high:g}].", param=name, code="invalid_value"
+        )
+
+
+def chat_request_parse(body: bytes) -> ChatRequest:
+    """Validate a chat completions body the way OpenAI does, with the offending param named."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The body must be valid JSON.", code="invalid_json"
+        ) from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    model = payload.get("model")
+    if model is None:
+        raise InvalidRequest("You must provide a model parameter.", param="model", code="missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise _type_error("model", "a non-empty string", model)
+    messages = payload.get("messages")
+    if messages is None:
+        raise InvalidRequest("'messages' is a required property.", param="messages", code="missing_required_parameter")
+    if not isinstance(messages, list):
+        raise _type_error("messages", "an array", messages)
+    if not messages:
+        raise InvalidRequest("'messages' must contain at least one message.", param="messages", code="invalid_value")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _type_error(f"messages[{index}]", "an object", message)
+        role = message.get("role")
+        if role not in MESSAGE_ROLES:
+            raise InvalidRequest(
+                f"Invalid value for 'messages[{index}].role': {role!r}; expected one of {', '.join(sorted(MESSAGE_ROLES))}.",
+                param=f"messages[{index}].role",
+                code="invalid_value",
+            )
+    stream = payload.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise _type_error("stream", "a boolean", stream)
+    options = payload.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if not isinstance(options, dict):
+            raise _type_error("stream_options", "an object", options)
+        if not stream:
+            raise InvalidRequest(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                param="stream_options",
+                code="invalid_value",
+            )
+        include_usage = options.get("include_usage", False)
+        if not isinstance(include_usage, bool):
+            raise _type_error("stream_options.include_usage", "a boolean", include_usage)
+    _check_number(payload, "temperature", low=0, high=2)
+    _check_number(payload, "top_p", low=0, high=1)
+    _check_number(payload, "n", low=1, high=128, integer=True)
+    _check_number(payload, "max_tokens", low=1, high=10_000_000, integer=True)
+    _check_number(payload, "max_completion_tokens", low=1, high=10_000_000, integer=True)
+    return ChatRequest(payload, model, stream, include_usage)
+
+
+async def route_select(key: KeyContext, model: str) -> DeploymentTarget:
+    target = await deployment_cache.pick(model)
+    if target is None:
+        raise NotFound(f"The model '{model}' does not exist.", param="model", code="model_not_found")
+    if not key.allows_model(model):
+        raise PermissionDenied(
+            f"This API key is not allowed to use the model '{model}'.", param="model", code="model_not_allowed"
+        )
+    return target
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+class ChatCompletion:
+    """One ``POST /v1/chat/completions``, independent of the transport that carries it.
+
+    Overhead, reported in ``x-gateway-overhead-ms`` and the usage record, is the time
+    spent in the gateway: total time minus time spent waiting on the upstream. For a
+    stream the header carries the overhead up to the response headers; the record has
+    the whole stream's.
+    """
+
+    def __init__(self, *, headers: dict[bytes, bytes], client_ip: str | None, send_start: SendStart, send_body: SendBody):
+        self.started = time.perf_counter()
+        self.created_at = dt.datetime.now(dt.UTC)
+        self.request_id = request_id_new()
+        self.headers = headers
+        self.client_ip = client_ip
+        self._send_start = send_start
+        self._send_body = send_body
+        self.key: KeyContext | None = None
+        self.request: ChatRequest | None = None
+        self.target: DeploymentTarget | None = None
+        self.status = 0
+        self.error_type = ""
+        self.usage: upstream.Usage | None = None
+        self.wait_s = 0.0
+        self.ttfb_s: float | None = None
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+
+    def _base_headers(self) -> list[tuple[bytes, bytes]]:
+        overhead = time.perf_counter() - self.started - self.wait_s
+        return [
+            (b"x-request-id", self.request_id.encode()),
+            (b"x-gateway-overhead-ms", f"{overhead * 1000:.3f}".encode()),
+        ]
+
+    async def _respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.response_started = True
+        await self._send_start(status, [*headers, *self._base_headers()])
+        self.response_complete = True
+        await self._send_body(body, False)
+
+    async def run(self, body: bytes) -> None:
+        try:
+            await self._serve(body)
+        except PlatformError as exc:
+            self.error_type = exc.code or exc.type
+            if self.response_started:
+                raise
+            extra = [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
+            await self._respond(exc.status, exc.body_bytes(), [*JSON_HEADERS, *extra])
+        except asyncio.CancelledError:
+            self.disconnected = not self.response_complete
+            raise
+        except Exception:
+            logger.exception("chat completion %s failed", self.request_id)
+            self.error_type = "internal_error"
+            if self.response_started:
+                raise
+            await self._respond(500, PlatformError("The platform failed to handle this request.").body_bytes(), JSON_HEADERS)
+        finally:
+            self._account()
+
+    async def _serve(self, body: bytes) -> None:
+        authorization = self.headers.get(b"authorization", b"").decode("latin-1") or None
+        self.key = await key_authenticate_header(authorization, ip=self.client_ip, endpoint="chat.completions")
+        self.request = request = chat_request_parse(body)
+        self.target = target = await route_select(self.key, request.model)
+        if not request.stream:
+            completion = await upstream.complete(target, request.payload)
+            self.wait_s += completion.wait_s
+            self.usage = completion.usage or upstream.usage_estimate(request.payload, len(completion.body) // 4)
+            await self._respond(200, completion.body, JSON_HEADERS)
+            return
+        relay = upstream.StreamRelay(target, request.payload, client_wants_usage=request.include_usage)
+        try:
+            await relay.open()
+            self.wait_s += relay.wait_s
+            relay.wait_s = 0.0
+            self.status = 200
+            self.response_started = True
+            await self._send_start(200, [*SSE_HEADERS, *self._base_headers()])
+            async for event in relay.events():
+                await self._send_body(event, True)
+                if self.ttfb_s is None:
+                    self.ttfb_s = time.perf_counter() - self.started
+            if relay.error is not None:
+                self.status = relay.error.status
+                self.error_type = relay.error.code or relay.error.type
+            self.response_complete = True
+            await self._send_body(b"data: [DONE]\n\n", False)
+        finally:
+            self.wait_s += relay.wait_s
+            if self.response_started:
+                self.usage = relay.usage or upstream.usage_estimate(request.payload, relay.content_events)
+            await relay.close()
+
+    def _account(self) -> None:
+        key, request, target = self.key, self.request, self.target
+        if key is None:
+            return
+        usage = self.usage or upstream.Usage()
+        total = time.perf_counter() - self.started
+        usage_record(
+            UsageRow(
+                request_id=self.request_id,
+                created_at=self.created_at,
+                tenant_id=key.tenant_id,
+                api_key_id=key.key_id,
+                key_prefix=key.prefix,
+                endpoint="chat.completions",
+                model_requested=request.model if request else "",
+                deployment_id=target.id if target else None,
+                model_served=target.litellm_model if target else "",
+                stream=bool(request and request.stream),
+                status_code=self.status or 499,
+                error_type=self.error_type or ("client_disconnected" if self.disconnected else ""),
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens,
+                usage_estimated=usage.estimated,
+                latency_ms=_ms(total),
+                ttfb_ms=None if self.ttfb_s is None else _ms(self.ttfb_s),
+                overhead_ms=_ms(max(0.0, total - self.wait_s)),
+                client_disconnected=self.disconnected,
+                cost_overrides=target.extra_params if target else None,
+            )
+        )

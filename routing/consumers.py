@@ -1,0 +1,83 @@
+"""The Channels consumer that serves ``/v1/chat/completions``, streamed or not."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from channels.exceptions import StopConsumer
+from channels.generic.http import AsyncHttpConsumer
+from django.conf import settings
+
+from routing.chat import JSON_HEADERS, ChatCompletion, request_id_new
+from tenants.errors import InvalidRequest, PayloadTooLarge, PlatformError
+
+
+class ChatCompletionsConsumer(AsyncHttpConsumer):
+    """Runs each request as a task so a client disconnect can cancel it mid-stream.
+
+    Channels' stock ``AsyncHttpConsumer`` awaits ``handle`` inside its message loop, so it
+    would only notice a disconnect after the stream ended. Here the loop stays free to
+    receive ``http.disconnect``; the task is then cancelled and its usage still recorded.
+    Using Channels directly (not Django's view stack) also keeps middleware and signal
+    dispatch off this hot path; see README, "Why a Channels consumer".
+    """
+
+    # No channel layer: a plain HTTP request needs no group messaging (and with Redis
+    # it would cost a round trip per request).
+    channel_layer_alias = None  # type: ignore[assignment]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.size = 0
+        self.too_large = False
+        self.task: asyncio.Task[None] | None = None
+        self.completion: ChatCompletion | None = None
+
+    async def http_request(self, message: dict[str, Any]) -> None:
+        chunk = message.get("body", b"")
+        self.size += len(chunk)
+        if self.size > settings.MAX_REQUEST_BYTES:
+            self.too_large = True
+        elif chunk:
+            self.body.append(chunk)
+        if message.get("more_body"):
+            return
+        self.task = asyncio.ensure_future(self._serve(b"".join(self.body)))
+
+    async def _serve(self, body: bytes) -> None:
+        if self.scope["method"] != "POST":
+            await self._error(InvalidRequest("Use POST for /v1/chat/completions.", code="method_not_allowed", status=405))
+            return
+        if self.too_large:
+            await self._error(PayloadTooLarge(f"The request body exceeds {settings.MAX_REQUEST_BYTES} bytes."))
+            return
+        client = self.scope.get("client")
+        self.completion = ChatCompletion(
+            headers=dict(self.scope["headers"]),
+            client_ip=client[0] if client else None,
+            send_start=self._start,
+            send_body=self._body,
+        )
+        await self.completion.run(body)
+
+    async def _start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def _body(self, body: bytes, more: bool) -> None:
+        await self.send({"type": "http.response.body", "body": body, "more_body": more})
+
+    async def _error(self, exc: PlatformError) -> None:
+        await self._start(exc.status, [*JSON_HEADERS, (b"x-request-id", request_id_new().encode())])
+        await self._body(exc.body_bytes(), False)
+
+    async def http_disconnect(self, message: dict[str, Any]) -> None:
+        task = self.task
+        if task is not None and not task.done():
+            finished = self.completion is not None and self.completion.response_complete
+            if not finished:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        raise StopConsumer()

@@ -1,0 +1,92 @@
+"""Model deployments (where a public model name is served) and per-request usage records."""
+
+from __future__ import annotations
+
+from django.core.validators import URLValidator
+from django.db import models
+
+from tenants.models import ApiKey, Tenant
+from tenants.vault import EncryptedTextField
+
+# Providers that speak OpenAI's wire format: the gateway relays their bytes itself instead
+# of going through litellm's SDK layer (same behaviour, a fraction of the cost per request).
+OPENAI_COMPATIBLE_PROVIDERS = frozenset({"openai", "hosted_vllm", "lm_studio", "openai_like"})
+OPENAI_DEFAULT_API_BASE = "https://api.openai.com/v1"
+
+
+class ModelDeployment(models.Model):
+    """One place a public model name is served: a litellm model string plus its endpoint.
+
+    ``litellm_model`` uses litellm's ``<provider>/<model>`` form (``openai/gpt-4o-mini``,
+    ``anthropic/claude-3-5-sonnet``); ``extra_params`` carries any other ``litellm_params``
+    (``api_version``, ``timeout``, ``input_cost_per_token`` ...). The provider key is
+    encrypted at rest.
+    """
+
+    model_name = models.CharField(max_length=200, db_index=True, help_text="The name clients ask for.")
+    litellm_model = models.CharField(max_length=300, help_text="litellm's <provider>/<model>, e.g. openai/gpt-4o-mini")
+    api_base = models.CharField(max_length=500, blank=True, validators=[URLValidator(schemes=["http", "https"])])
+    api_key = EncryptedTextField(blank=True, help_text="Provider credential, encrypted at rest.")
+    extra_params = models.JSONField(default=dict, blank=True, help_text="Other litellm_params, as JSON.")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model_name", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model_name", "litellm_model", "api_base"], name="deployment_unique_target"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} → {self.litellm_model}"
+
+    @property
+    def provider(self) -> str:
+        return self.litellm_model.split("/", 1)[0] if "/" in self.litellm_model else "openai"
+
+    @property
+    def upstream_model(self) -> str:
+        return self.litellm_model.split("/", 1)[1] if "/" in self.litellm_model else self.litellm_model
+
+    @property
+    def is_passthrough(self) -> bool:
+        return self.provider in OPENAI_COMPATIBLE_PROVIDERS and self.extra_params.get("passthrough", True) is not False
+
+
+class RequestLog(models.Model):
+    """One API request as the platform saw it: who, which model, where it went, what it cost."""
+
+    request_id = models.CharField(max_length=40, unique=True)
+    created_at = models.DateTimeField(db_index=True)
+    tenant = models.ForeignKey(Tenant, null=True, on_delete=models.SET_NULL, related_name="+")
+    api_key = models.ForeignKey(ApiKey, null=True, on_delete=models.SET_NULL, related_name="+")
+    key_prefix = models.CharField(max_length=16, blank=True)
+    endpoint = models.CharField(max_length=40, default="chat.completions")
+    model_requested = models.CharField(max_length=200, blank=True)
+    deployment = models.ForeignKey(ModelDeployment, null=True, on_delete=models.SET_NULL, related_name="+")
+    model_served = models.CharField(max_length=300, blank=True)
+    stream = models.BooleanField(default=False)
+    status_code = models.PositiveSmallIntegerField()
+    error_type = models.CharField(max_length=60, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    total_tokens = models.PositiveIntegerField(default=0)
+    usage_estimated = models.BooleanField(default=False, help_text="True when the upstream reported no usage.")
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=0)
+    latency_ms = models.FloatField(default=0)
+    ttfb_ms = models.FloatField(null=True, blank=True, help_text="Time to first byte, for streams.")
+    overhead_ms = models.FloatField(default=0, help_text="Time spent in the gateway, not waiting on the upstream.")
+    client_disconnected = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["tenant", "created_at"], name="reqlog_tenant_time_idx"),
+            models.Index(fields=["api_key", "created_at"], name="reqlog_key_time_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.model_requested} {self.status_code}"

@@ -1,0 +1,338 @@
+"""Calls to model providers: a lean byte relay for OpenAI-compatible ones, litellm for the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from django.conf import settings
+
+from routing.selectors import DeploymentTarget
+from tenants.errors import InvalidRequest, PlatformError, RateLimited, UpstreamError
+
+# litellm_params that configure the connection or the gateway, never sent as request fields.
+_CONNECTION_PARAMS = frozenset(
+    {
+        "passthrough",
+        "timeout",
+        "stream_timeout",
+        "extra_headers",
+        "input_cost_per_token",
+        "output_cost_per_token",
+        "api_version",
+        "organization",
+        "rpm",
+        "tpm",
+        "weight",
+        "order",
+    }
+)
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    estimated: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Usage | None:
+        if not isinstance(data, dict):
+            return None
+        prompt = int(data.get("prompt_tokens") or 0)
+        completion = int(data.get("completion_tokens") or 0)
+        return cls(prompt, completion, int(data.get("total_tokens") or prompt + completion))
+
+
+def usage_estimate(payload: dict[str, Any], completion_events: int) -> Usage:
+    """A rough count (4 characters a token; one token per streamed delta) when the upstream sends none."""
+    prompt = max(1, len(json.dumps(payload.get("messages", ""))) // 4)
+    return Usage(prompt, completion_events, prompt + completion_events, estimated=True)
+
+
+_sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+
+
+def _session() -> aiohttp.ClientSession:
+    loop = asyncio.get_running_loop()
+    session = _sessions.get(loop)
+    if session is None or session.closed:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+        _sessions[loop] = session
+    return session
+
+
+def _timeout(target: DeploymentTarget, *, stream: bool) -> aiohttp.ClientTimeout:
+    total = float(target.extra_params.get("timeout") or settings.UPSTREAM_TIMEOUT)
+    if stream:
+        # A stream may legitimately run long; bound the wait for each next chunk instead.
+        read = float(target.extra_params.get("stream_timeout") or total)
+        return aiohttp.ClientTimeout(total=None, connect=settings.UPSTREAM_CONNECT_TIMEOUT, sock_read=read)
+    return aiohttp.ClientTimeout(total=total, connect=settings.UPSTREAM_CONNECT_TIMEOUT)
+
+
+def _headers(target: DeploymentTarget) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if target.api_key:
+        headers["Authorization"] = f"Bearer {target.api_key}"
+    extra = target.extra_params.get("extra_headers")
+    if isinstance(extra, dict):
+        headers.update({str(k): str(v) for k, v in extra.items()})
+    return headers
+
+
+def upstream_payload(target: DeploymentTarget, payload: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+    body = dict(payload)
+    body["model"] = target.upstream_model
+    if stream:
+        # Always ask for usage so accounting is exact; the usage chunk is dropped again
+        # for clients that did not ask for it.
+        options = dict(body.get("stream_options") or {})
+        options["include_usage"] = True
+        body["stream_options"] = options
+    return body
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+        error = data.get("error", data)
+        if isinstance(error, dict):
+            return str(error.get("message") or error)[:500]
+        return str(error)[:500]
+    except (ValueError, AttributeError):
+        return body[:300].decode("utf-8", "replace") or "no body"
+
+
+def upstream_status_error(target: DeploymentTarget, status: int, body: bytes, retry_after: str | None) -> PlatformError:
+    """Map a provider's error status to what the client should see."""
+    message = _error_message(body)
+    where = f"deployment '{target.litellm_model}' of model '{target.model_name}'"
+    if status in (400, 413, 422):
+        return InvalidRequest(message, status=status, code="upstream_rejected_request")
+    if status == 429:
+        headers = {"Retry-After": retry_after} if retry_after else {}
+        return RateLimited(f"The provider rate-limited {where}: {message}", code="upstream_rate_limited", headers=headers)
+    if status in (401, 403):
+        return UpstreamError(f"The provider refused the platform's credentials for {where}: {message}", code="upstream_auth_error")
+    if status == 404:
+        return UpstreamError(f"The provider does not know {where}: {message}", code="upstream_not_found")
+    if status in (503, 504):
+        return UpstreamError(f"The provider is unavailable for {where}: {message}", status=status, code="upstream_unavailable")
+    return UpstreamError(f"The provider failed ({status}) for {where}: {message}")
+
+
+def _connection_error(target: DeploymentTarget, exc: BaseException) -> PlatformError:
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamError(
+            f"The provider did not answer in time for model '{target.model_name}'.", status=504, code="upstream_timeout"
+        )
+    return UpstreamError(
+        f"The provider for model '{target.model_name}' cannot be reached: {exc.__class__.__name__}.",
+        code="upstream_unreachable",
+    )
+
+
+@dataclass(slots=True)
+class Completion:
+    body: bytes
+    usage: Usage | None
+    wait_s: float
+
+
+async def complete(target: DeploymentTarget, payload: dict[str, Any]) -> Completion:
+    if not target.passthrough:
+        return await _litellm_complete(target, payload)
+    data = json.dumps(upstream_payload(target, payload, stream=False)).encode()
+    started = time.perf_counter()
+    try:
+        async with _session().post(
+            f"{target.api_base}/chat/completions", data=data, headers=_headers(target), timeout=_timeout(target, stream=False)
+        ) as response:
+            body = await response.read()
+            status = response.status
+            retry_after = response.headers.get("Retry-After")
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise _connection_error(target, exc) from exc
+    wait = time.perf_counter() - started
+    if status != 200:
+        raise upstream_status_error(target, status, body, retry_after)
+    try:
+        usage = Usage.from_dict(json.loads(body).get("usage"))
+    except (ValueError, AttributeError) as exc:
+        raise UpstreamError(f"The provider for model '{target.model_name}' sent a response that is not JSON.") from exc
+    return Completion(body, usage, wait)
+
+
+class StreamRelay:
+    """Relays an upstream SSE stream event by event, measuring time spent waiting on it.
+
+    ``open`` raises the client-facing error if the upstream fails before its first byte.
+    ``events`` yields ready-to-send ``data: ...\\n\\n`` blocks (without ``[DONE]``); a
+    failure after the first byte ends the stream with an SSE error event instead.
+    """
+
+    def __init__(self, target: DeploymentTarget, payload: dict[str, Any], *, client_wants_usage: bool) -> None:
+        self.target = target
+        self.payload = payload
+        self.client_wants_usage = client_wants_usage
+        self.usage: Usage | None = None
+        self.wait_s = 0.0
+        self.content_events = 0
+        self.error: PlatformError | None = None
+        self._response: aiohttp.ClientResponse | None = None
+        self._litellm_stream: Any = None
+
+    async def open(self) -> None:
+        started = time.perf_counter()
+        try:
+            if not self.target.passthrough:
+                self._litellm_stream = await _litellm_call(self.target, self.payload, stream=True)
+                return
+            data = json.dumps(upstream_payload(self.target, self.payload, stream=True)).encode()
+            try:
+                response = await _session().post(
+                    f"{self.target.api_base}/chat/completions",
+                    data=data,
+                    headers=_headers(self.target),
+                    timeout=_timeout(self.target, stream=True),
+                )
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise _connection_error(self.target, exc) from exc
+            if response.status != 200:
+                try:
+                    body = await response.read()
+                finally:
+                    response.release()
+                raise upstream_status_error(self.target, response.status, body, response.headers.get("Retry-After"))
+            self._response = response
+        finally:
+            self.wait_s += time.perf_counter() - started
+
+    async def close(self) -> None:
+        if self._response is not None:
+            self._response.close()
+            self._response = None
+
+    def _keep(self, data: bytes) -> bool:
+        """Note usage carried by an event; False for the usage-only event the client did not ask for."""
+        if b'"usage"' in data and b'"usage":null' not in data and b'"usage": null' not in data:
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                return True
+            usage = Usage.from_dict(chunk.get("usage"))
+            if usage is not None:
+                self.usage = usage
+                if not chunk.get("choices") and not self.client_wants_usage:
+                    return False
+        elif b'"content"' in data:
+            self.content_events += 1
+        return True
+
+    async def events(self) -> AsyncIterator[bytes]:
+        source = self._litellm_events() if self._litellm_stream is not None else self._passthrough_events()
+        iterator = source.__aiter__()
+        while True:
+            started = time.perf_counter()
+            try:
+                data = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+            except (aiohttp.ClientError, asyncio.TimeoutError, PlatformError) as exc:
+                self.error = exc if isinstance(exc, PlatformError) else _connection_error(self.target, exc)
+                self.error.message = f"The upstream stream broke off: {self.error.message}"
+                yield b"data: " + self.error.body_bytes() + b"\n\n"
+                return
+            finally:
+                self.wait_s += time.perf_counter() - started
+            if self._keep(data):
+                yield b"data: " + data + b"\n\n"
+
+    async def _passthrough_events(self) -> AsyncIterator[bytes]:
+        assert self._response is not None
+        buffer = b""
+        done = False
+        async for piece in self._response.content.iter_any():
+            buffer += piece.replace(b"\r\n", b"\n") if b"\r" in piece else piece
+            while b"\n\n" in buffer:
+                event, buffer = buffer.split(b"\n\n", 1)
+                for line in event.split(b"\n"):
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        done = True
+                        break
+                    yield data
+                if done:
+                    return
+        if not done:
+            raise aiohttp.ClientPayloadError("stream ended without [DONE]")
+
+    async def _litellm_events(self) -> AsyncIterator[bytes]:
+        async for chunk in self._litellm_stream:
+            yield chunk.model_dump_json(exclude_none=False).encode()
+
+
+_litellm_module: Any = None
+
+
+async def _litellm() -> Any:
+    global _litellm_module
+    if _litellm_module is None:
+        # Importing litellm takes seconds; do it off the event loop, once.
+        _litellm_module = await asyncio.to_thread(importlib.import_module, "litellm")
+    return _litellm_module
+
+
+async def _litellm_call(target: DeploymentTarget, payload: dict[str, Any], *, stream: bool) -> Any:
+    litellm = await _litellm()
+    kwargs = {key: value for key, value in target.extra_params.items() if key not in _CONNECTION_PARAMS}
+    kwargs.update({key: value for key, value in payload.items() if key != "model"})
+    kwargs.update(model=target.litellm_model, stream=stream, num_retries=0)
+    if target.api_base:
+        kwargs["api_base"] = target.api_base
+    if target.api_key:
+        kwargs["api_key"] = target.api_key
+    for key in ("api_version", "organization", "extra_headers"):
+        if key in target.extra_params:
+            kwargs[key] = target.extra_params[key]
+    kwargs["timeout"] = float(target.extra_params.get("timeout") or settings.UPSTREAM_TIMEOUT)
+    if stream:
+        kwargs["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+    try:
+        return await litellm.acompletion(**kwargs)
+    except Exception as exc:
+        raise _litellm_error(target, exc) from exc
+
+
+def _litellm_error(target: DeploymentTarget, exc: Exception) -> PlatformError:
+    if isinstance(exc, PlatformError):
+        return exc
+    name = exc.__class__.__name__
+    status = getattr(exc, "status_code", None)
+    message = str(getattr(exc, "message", None) or exc)[:500]
+    if name in ("Timeout", "APITimeoutError") or isinstance(exc, asyncio.TimeoutError):
+        return _connection_error(target, asyncio.TimeoutError())
+    if name == "APIConnectionError":
+        return UpstreamError(f"The provider for model '{target.model_name}' cannot be reached: {message}", code="upstream_unreachable")
+    if isinstance(status, int):
+        return upstream_status_error(target, status, json.dumps({"error": {"message": message}}).encode(), None)
+    return UpstreamError(f"The provider call failed for model '{target.model_name}': {name}: {message}")
+
+
+async def _litellm_complete(target: DeploymentTarget, payload: dict[str, Any]) -> Completion:
+    started = time.perf_counter()
+    response = await _litellm_call(target, payload, stream=False)
+    wait = time.perf_counter() - started
+    data = response.model_dump()
+    return Completion(json.dumps(data).encode(), Usage.from_dict(data.get("usage")), wait)

@@ -1,0 +1,110 @@
+"""Usage records: built on the hot path as plain rows, priced and written in batches off it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from audit.writer import BatchWriter
+from routing.models import RequestLog
+from tenants.models import ApiKey
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class UsageRow:
+    request_id: str
+    created_at: dt.datetime
+    tenant_id: int | None
+    api_key_id: int | None
+    key_prefix: str
+    endpoint: str
+    model_requested: str
+    deployment_id: int | None
+    model_served: str
+    stream: bool
+    status_code: int
+    error_type: str
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    usage_estimated: bool
+    latency_ms: float
+    ttfb_ms: float | None
+    overhead_ms: float
+    client_disconnected: bool
+    cost_overrides: dict[str, Any] | None = None
+
+
+def usage_cost(model: str, prompt_tokens: int, completion_tokens: int, overrides: dict[str, Any] | None) -> Decimal:
+    """Price from the deployment's own per-token prices if set, else from litellm's price map."""
+    if not prompt_tokens and not completion_tokens:
+        return Decimal(0)
+    overrides = overrides or {}
+    if "input_cost_per_token" in overrides or "output_cost_per_token" in overrides:
+        cost = prompt_tokens * float(overrides.get("input_cost_per_token") or 0) + completion_tokens * float(
+            overrides.get("output_cost_per_token") or 0
+        )
+        return Decimal(str(round(cost, 8)))
+    import litellm  # Imported here, in the writer thread: its import costs seconds.
+
+    try:
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )
+    except Exception:  # Not in the price map: a private model without prices set.
+        return Decimal(0)
+    return Decimal(str(round(prompt_cost + completion_cost, 8)))
+
+
+def _write_usage(rows: list[UsageRow]) -> None:
+    logs = [
+        RequestLog(
+            request_id=row.request_id,
+            created_at=row.created_at,
+            tenant_id=row.tenant_id,
+            api_key_id=row.api_key_id,
+            key_prefix=row.key_prefix,
+            endpoint=row.endpoint,
+            model_requested=row.model_requested[:200],
+            deployment_id=row.deployment_id,
+            model_served=row.model_served,
+            stream=row.stream,
+            status_code=row.status_code,
+            error_type=row.error_type[:60],
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=row.completion_tokens,
+            total_tokens=row.total_tokens,
+            usage_estimated=row.usage_estimated,
+            cost_usd=usage_cost(row.model_served, row.prompt_tokens, row.completion_tokens, row.cost_overrides),
+            latency_ms=round(row.latency_ms, 3),
+            ttfb_ms=None if row.ttfb_ms is None else round(row.ttfb_ms, 3),
+            overhead_ms=round(row.overhead_ms, 3),
+            client_disconnected=row.client_disconnected,
+        )
+        for row in rows
+    ]
+    last_used: dict[int, dt.datetime] = {}
+    for row in rows:
+        if row.api_key_id is not None:
+            last_used[row.api_key_id] = max(row.created_at, last_used.get(row.api_key_id, row.created_at))
+    with transaction.atomic():
+        RequestLog.objects.bulk_create(logs, ignore_conflicts=True)
+        for key_id, when in last_used.items():
+            ApiKey.objects.filter(pk=key_id).update(last_used_at=when)
+
+
+usage_writer = BatchWriter[UsageRow](
+    "usage", _write_usage, interval=settings.USAGE_FLUSH_INTERVAL, batch_size=settings.USAGE_FLUSH_BATCH
+)
+
+
+def usage_record(row: UsageRow) -> None:
+    usage_writer.add(row)

@@ -1,0 +1,202 @@
+"""Admin for tenants and API keys; every write goes through tenants.services (and so is audited)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from tenants import services
+from tenants.models import ApiKey, Tenant
+
+
+def actor_of(request: HttpRequest) -> str:
+    return f"user:{request.user.get_username()}"
+
+
+def ip_of(request: HttpRequest) -> str | None:
+    return request.META.get("REMOTE_ADDR")
+
+
+class ModelNamesField(forms.CharField):
+    """A JSON list of model names, edited as comma-separated text."""
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return ", ".join(value)
+        return value
+
+    def to_python(self, value: Any) -> list[str]:
+        text = super().to_python(value) or ""
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        for name in names:
+            if len(name) > 200:
+                raise forms.ValidationError("A model name is at most 200 characters.")
+        return list(dict.fromkeys(names))
+
+
+class ApiKeyForm(forms.ModelForm):
+    allowed_models = ModelNamesField(
+        required=False,
+        help_text="Comma-separated public model names this key may use; leave empty to allow every model.",
+        widget=forms.TextInput(attrs={"size": 80}),
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ["tenant", "name", "allowed_models", "expires_at"]
+
+    def clean_expires_at(self) -> Any:
+        expires_at = self.cleaned_data.get("expires_at")
+        if expires_at is not None and self.instance.pk is None and expires_at <= timezone.now():
+            raise forms.ValidationError("The expiry must be in the future.")
+        return expires_at
+
+
+class ApiKeyInline(admin.TabularInline):
+    model = ApiKey
+    fields = ["name", "prefix", "status_badge", "created_at", "expires_at", "last_used_at"]
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ["-created_at"]
+
+    @admin.display(description="Status")
+    def status_badge(self, obj: ApiKey) -> str:
+        return status_badge(obj)
+
+
+def status_badge(obj: ApiKey) -> str:
+    colour = {"active": "#2e7d32", "expired": "#8d6e63", "revoked": "#c62828"}[obj.status]
+    return format_html('<b style="color:{}">{}</b>', colour, ApiKey.Status(obj.status).label)
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "is_active", "key_count", "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["slug", "name"]
+    prepopulated_fields = {"slug": ("name",)}
+    readonly_fields = ["created_at", "updated_at"]
+    inlines = [ApiKeyInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
+        return super().get_queryset(request).annotate(_key_count=Count("api_keys"))
+
+    @admin.display(description="API keys", ordering="_key_count")
+    def key_count(self, obj: Tenant) -> int:
+        return getattr(obj, "_key_count", 0)
+
+    def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
+        services.tenant_save(tenant=obj, actor=actor_of(request), ip=ip_of(request))
+
+    def delete_model(self, request: HttpRequest, obj: Tenant) -> None:
+        services.tenant_delete(tenant=obj, actor=actor_of(request), ip=ip_of(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
+        for tenant in queryset:
+            services.tenant_delete(tenant=tenant, actor=actor_of(request), ip=ip_of(request))
+
+
+class KeyStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, label) for value, label in ApiKey.Status.choices]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> QuerySet[ApiKey]:
+        now = timezone.now()
+        if self.value() == ApiKey.Status.REVOKED:
+            return queryset.filter(revoked_at__isnull=False)
+        if self.value() == ApiKey.Status.EXPIRED:
+            return queryset.filter(revoked_at__isnull=True, expires_at__lte=now)
+        if self.value() == ApiKey.Status.ACTIVE:
+            return queryset.filter(revoked_at__isnull=True).exclude(expires_at__lte=now)
+        return queryset
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    form = ApiKeyForm
+    list_display = ["name", "prefix_display", "tenant", "status_display", "created_at", "expires_at", "last_used_at"]
+    list_filter = [KeyStatusFilter, "tenant"]
+    list_select_related = ["tenant"]
+    search_fields = ["name", "prefix", "tenant__slug"]
+    readonly_fields = ["prefix", "status_display", "created_at", "revoked_at", "last_used_at", "created_by"]
+    autocomplete_fields = ["tenant"]
+    actions = ["revoke_keys"]
+    show_full_result_count = False
+
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+        if obj is None:
+            return ["tenant", "name", "allowed_models", "expires_at"]
+        return ["tenant", "name", "prefix", "status_display", "allowed_models", "expires_at",
+                "created_at", "revoked_at", "last_used_at", "created_by"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+        # A key never moves between tenants: that would hand one tenant's secret to another.
+        return [*self.readonly_fields, "tenant"] if obj is not None else []
+
+    @admin.display(description="Key", ordering="prefix")
+    def prefix_display(self, obj: ApiKey) -> str:
+        return f"{obj.prefix}…"
+
+    @admin.display(description="Status")
+    def status_display(self, obj: ApiKey) -> str:
+        return status_badge(obj)
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        if change:
+            services.api_key_update(api_key=obj, actor=actor_of(request), ip=ip_of(request))
+            return
+        api_key, secret = services.api_key_create(
+            tenant=obj.tenant,
+            name=obj.name,
+            allowed_models=obj.allowed_models,
+            expires_at=obj.expires_at,
+            created_by=request.user,
+            actor=actor_of(request),
+            ip=ip_of(request),
+        )
+        obj.pk = api_key.pk
+        obj.prefix = api_key.prefix
+        request._new_api_key_secret = secret  # type: ignore[attr-defined]
+
+    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None) -> HttpResponse:
+        secret = getattr(request, "_new_api_key_secret", None)
+        if secret is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "api_key": obj,
+            "secret": secret,
+            "title": "API key created",
+        }
+        response = TemplateResponse(request, "admin/tenants/apikey/created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    def delete_model(self, request: HttpRequest, obj: ApiKey) -> None:
+        services.api_key_delete(api_key=obj, actor=actor_of(request), ip=ip_of(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        for api_key in queryset:
+            services.api_key_delete(api_key=api_key, actor=actor_of(request), ip=ip_of(request))
+
+    @admin.action(description="Revoke selected API keys", permissions=["change"])
+    def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        revoked = 0
+        for api_key in queryset.filter(revoked_at__isnull=True):
+            services.api_key_revoke(api_key=api_key, actor=actor_of(request), ip=ip_of(request))
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)

@@ -1,0 +1,174 @@
+"""API key authentication for the hot path: cached in process, invalidated across processes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+from django.utils import timezone
+
+from audit.models import AuditEvent
+from audit.services import AuditEntry, audit_record_deferred
+from tenants.epoch import SharedEpoch
+from tenants.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyContext:
+    """What the hot path needs to know about an authenticated key (no ORM objects)."""
+
+    key_id: int
+    prefix: str
+    tenant_id: int
+    tenant_slug: str
+    tenant_active: bool
+    allowed_models: frozenset[str]
+    expires_at: dt.datetime | None
+    revoked: bool
+
+    def allows_model(self, model_name: str) -> bool:
+        return not self.allowed_models or model_name in self.allowed_models
+
+
+@dataclass(slots=True)
+class _Entry:
+    context: KeyContext | None  # None: no such key (negative cache)
+    fetched_at: float
+
+
+class KeyCache:
+    """In-process cache of key lookups, keyed by the secret's SHA-256.
+
+    Entries are fresh for ``KEY_CACHE_TTL`` seconds. Any change to keys or tenants bumps a
+    shared epoch (in the Django cache, i.e. Redis when configured); each process reads the
+    epoch at most every ``KEY_REVOCATION_POLL`` seconds and drops its entries when it
+    moved, so a revocation reaches every process within about that long. When the
+    database cannot be reached, entries up to ``KEY_CACHE_STALE_TTL`` old keep serving
+    (a valid key must not start failing) and unseen keys get 503, never 401.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self.epoch = SharedEpoch("apikey")
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    async def lookup(self, secret_hash: str) -> KeyContext | None:
+        if await self.epoch.moved():
+            self._entries.clear()
+        now = time.monotonic()
+        entry = self._entries.get(secret_hash)
+        if entry is not None and now - entry.fetched_at < settings.KEY_CACHE_TTL:
+            return entry.context
+        try:
+            context = await _key_fetch(secret_hash)
+        except DatabaseError as exc:
+            if entry is not None and entry.context is not None and now - entry.fetched_at < settings.KEY_CACHE_STALE_TTL:
+                return entry.context
+            logger.warning("key lookup failed: database unavailable (%s)", exc)
+            raise ServiceUnavailable(
+                "The platform cannot verify API keys right now (database unavailable); retry shortly.",
+                code="auth_backend_unavailable",
+            ) from exc
+        if len(self._entries) > 100_000:
+            self._entries.clear()
+        self._entries[secret_hash] = _Entry(context, time.monotonic())
+        return context
+
+
+def _key_fetch_sync(secret_hash: str) -> KeyContext | None:
+    from tenants.models import ApiKey
+
+    close_old_connections()
+    row = (
+        ApiKey.objects.filter(secret_hash=secret_hash)
+        .values(
+            "id", "prefix", "tenant_id", "tenant__slug", "tenant__is_active", "allowed_models", "expires_at", "revoked_at"
+        )
+        .first()
+    )
+    if row is None:
+        return None
+    return KeyContext(
+        key_id=row["id"],
+        prefix=row["prefix"],
+        tenant_id=row["tenant_id"],
+        tenant_slug=row["tenant__slug"],
+        tenant_active=row["tenant__is_active"],
+        allowed_models=frozenset(row["allowed_models"] or ()),
+        expires_at=row["expires_at"],
+        revoked=row["revoked_at"] is not None,
+    )
+
+
+_key_fetch = sync_to_async(_key_fetch_sync, thread_sensitive=True)
+
+key_cache = KeyCache()
+
+
+def key_cache_invalidate() -> None:
+    """Tell every process to drop cached key lookups (call after a key or tenant change commits)."""
+    key_cache.clear()
+    key_cache.epoch.bump()
+
+
+def bearer_secret(authorization: str | None) -> str:
+    if not authorization:
+        raise AuthenticationFailed(
+            "You didn't provide an API key. Send it in the Authorization header as 'Bearer <key>'.",
+            code="missing_api_key",
+        )
+    scheme, _, secret = authorization.partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret:
+        raise AuthenticationFailed("The Authorization header must be 'Bearer <key>'.", code="invalid_authorization_header")
+    return secret
+
+
+def key_mask(secret: str) -> str:
+    return f"{secret[:8]}…{secret[-4:]}" if len(secret) > 16 else "****"
+
+
+async def key_authenticate(secret: str, secret_hash: str) -> KeyContext:
+    """Return the key's context, or raise the error the client should see."""
+    context = await key_cache.lookup(secret_hash)
+    if context is None:
+        raise AuthenticationFailed(f"Incorrect API key provided: {key_mask(secret)}.")
+    if context.revoked:
+        raise AuthenticationFailed("This API key has been revoked.", code="api_key_revoked")
+    if context.expires_at is not None and context.expires_at <= timezone.now():
+        raise AuthenticationFailed("This API key has expired.", code="api_key_expired")
+    if not context.tenant_active:
+        raise PermissionDenied(
+            f"Tenant '{context.tenant_slug}' is inactive; its keys are refused.", code="tenant_inactive"
+        )
+    return context
+
+
+async def key_authenticate_header(authorization: str | None, *, ip: str | None, endpoint: str) -> KeyContext:
+    """Authenticate an ``Authorization`` header; a refusal is audited (off the hot path) and raised."""
+    secret = ""
+    try:
+        secret = bearer_secret(authorization)
+        return await key_authenticate(secret, hashlib.sha256(secret.encode()).hexdigest())
+    except (AuthenticationFailed, PermissionDenied) as exc:
+        audit_record_deferred(
+            AuditEntry(
+                actor=f"key:{secret[:12]}" if secret else "anonymous",
+                action="auth.failure",
+                target=f"api:{endpoint}",
+                outcome=AuditEvent.Outcome.DENIED,
+                ip=ip,
+                details={"reason": exc.code, "message": exc.message},
+            )
+        )
+        raise

@@ -1,0 +1,105 @@
+"""Tenants and their API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+KEY_PREFIX_LEN = 12
+
+
+def key_hash(secret: str) -> str:
+    """SHA-256 of a key: keys are 256-bit random strings, so no salt or slow hash is needed."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def key_generate() -> str:
+    return "sk-" + secrets.token_urlsafe(32)
+
+
+class Tenant(models.Model):
+    """A team or customer: owns API keys, and is the unit of isolation, quota and audit."""
+
+    slug = models.SlugField(max_length=63, unique=True)
+    name = models.CharField(max_length=200)
+    is_active = models.BooleanField(default=True, help_text="Inactive tenants' keys are refused.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
+    def for_secret(self, secret: str) -> ApiKeyQuerySet:
+        return self.filter(secret_hash=key_hash(secret))
+
+    def usable(self) -> ApiKeyQuerySet:
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True, tenant__is_active=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
+        )
+
+
+class ApiKey(models.Model):
+    """A client credential. Only the SHA-256 of the secret is stored; the secret is shown once."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        EXPIRED = "expired", "Expired"
+        REVOKED = "revoked", "Revoked"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=200)
+    prefix = models.CharField(
+        max_length=KEY_PREFIX_LEN,
+        db_index=True,
+        editable=False,
+        help_text="The first characters of the key, to recognise it in lists and logs.",
+    )
+    secret_hash = models.CharField(max_length=64, unique=True, editable=False)
+    allowed_models = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Public model names this key may use; empty means every enabled model.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, editable=False, related_name="+"
+    )
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+        indexes = [models.Index(fields=["tenant", "created_at"], name="apikey_tenant_created_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def status(self) -> str:
+        if self.revoked_at is not None:
+            return self.Status.REVOKED
+        if self.expires_at is not None and self.expires_at <= timezone.now():
+            return self.Status.EXPIRED
+        return self.Status.ACTIVE
+
+    def set_secret(self, secret: str) -> None:
+        self.prefix = secret[:KEY_PREFIX_LEN]
+        self.secret_hash = key_hash(secret)
+
+    def allows_model(self, model_name: str) -> bool:
+        return not self.allowed_models or model_name in self.allowed_models
+

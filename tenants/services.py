@@ -1,0 +1,147 @@
+"""State changes to tenants and API keys; each writes its audit event in the same transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+from django.db import models, transaction
+from django.utils import timezone
+
+from audit.services import audit_record, changes_between
+from tenants.auth import key_cache_invalidate
+from tenants.models import ApiKey, Tenant, key_generate
+
+
+def snapshot(instance: models.Model, fields: Iterable[str]) -> dict[str, Any]:
+    """JSON-safe field values of ``instance`` for an audit before/after pair."""
+    values: dict[str, Any] = {}
+    for name in fields:
+        value = getattr(instance, name)
+        if isinstance(value, models.Model):
+            value = value.pk
+        elif isinstance(value, (dt.datetime, dt.date)):
+            value = value.isoformat()
+        values[name] = value
+    return values
+
+
+TENANT_AUDIT_FIELDS = ("slug", "name", "is_active")
+KEY_AUDIT_FIELDS = ("name", "tenant", "prefix", "allowed_models", "expires_at", "revoked_at")
+
+
+def _before(model: type[models.Model], pk: Any, fields: Iterable[str]) -> dict[str, Any]:
+    if pk is None:
+        return {}
+    old = model._default_manager.filter(pk=pk).first()
+    return snapshot(old, fields) if old is not None else {}
+
+
+@transaction.atomic
+def tenant_save(*, tenant: Tenant, actor: str, ip: str | None = None) -> Tenant:
+    before = _before(Tenant, tenant.pk, TENANT_AUDIT_FIELDS)
+    tenant.full_clean()
+    tenant.save()
+    after = snapshot(tenant, TENANT_AUDIT_FIELDS)
+    audit_record(
+        actor=actor,
+        action="tenant.change" if before else "tenant.create",
+        target=f"tenant:{tenant.slug}",
+        tenant_id=tenant.pk,
+        ip=ip,
+        details={"changes": changes_between(before, after)},
+    )
+    if before.get("is_active") != after.get("is_active"):
+        transaction.on_commit(key_cache_invalidate)
+    return tenant
+
+
+@transaction.atomic
+def tenant_delete(*, tenant: Tenant, actor: str, ip: str | None = None) -> None:
+    before = snapshot(tenant, TENANT_AUDIT_FIELDS)
+    tenant_id, slug = tenant.pk, tenant.slug
+    tenant.delete()
+    audit_record(
+        actor=actor, action="tenant.delete", target=f"tenant:{slug}", tenant_id=tenant_id, ip=ip, details={"before": before}
+    )
+    transaction.on_commit(key_cache_invalidate)
+
+
+@transaction.atomic
+def api_key_create(
+    *,
+    tenant: Tenant,
+    name: str,
+    actor: str,
+    secret: str | None = None,
+    allowed_models: list[str] | None = None,
+    expires_at: dt.datetime | None = None,
+    created_by: Any = None,
+    ip: str | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its plaintext secret, which is never stored."""
+    secret = secret or key_generate()
+    api_key = ApiKey(
+        tenant=tenant, name=name, allowed_models=allowed_models or [], expires_at=expires_at, created_by=created_by
+    )
+    api_key.set_secret(secret)
+    api_key.full_clean()
+    api_key.save()
+    audit_record(
+        actor=actor,
+        action="api_key.create",
+        target=f"api_key:{api_key.prefix}",
+        tenant_id=tenant.pk,
+        ip=ip,
+        details={"after": snapshot(api_key, KEY_AUDIT_FIELDS)},
+    )
+    transaction.on_commit(key_cache_invalidate)
+    return api_key, secret
+
+
+@transaction.atomic
+def api_key_update(*, api_key: ApiKey, actor: str, ip: str | None = None) -> ApiKey:
+    before = _before(ApiKey, api_key.pk, KEY_AUDIT_FIELDS)
+    api_key.full_clean()
+    api_key.save()
+    after = snapshot(api_key, KEY_AUDIT_FIELDS)
+    audit_record(
+        actor=actor,
+        action="api_key.change",
+        target=f"api_key:{api_key.prefix}",
+        tenant_id=api_key.tenant_id,
+        ip=ip,
+        details={"changes": changes_between(before, after)},
+    )
+    transaction.on_commit(key_cache_invalidate)
+    return api_key
+
+
+@transaction.atomic
+def api_key_revoke(*, api_key: ApiKey, actor: str, ip: str | None = None) -> ApiKey:
+    if api_key.revoked_at is not None:
+        return api_key
+    api_key.revoked_at = timezone.now()
+    api_key.save(update_fields=["revoked_at"])
+    audit_record(
+        actor=actor,
+        action="api_key.revoke",
+        target=f"api_key:{api_key.prefix}",
+        tenant_id=api_key.tenant_id,
+        ip=ip,
+        details={"changes": {"revoked_at": {"before": None, "after": api_key.revoked_at.isoformat()}}},
+    )
+    transaction.on_commit(key_cache_invalidate)
+    return api_key
+
+
+@transaction.atomic
+def api_key_delete(*, api_key: ApiKey, actor: str, ip: str | None = None) -> None:
+    before = snapshot(api_key, KEY_AUDIT_FIELDS)
+    tenant_id, prefix = api_key.tenant_id, api_key.prefix
+    api_key.delete()
+    audit_record(
+        actor=actor, action="api_key.delete", target=f"api_key:{prefix}", tenant_id=tenant_id, ip=ip, details={"before": before}
+    )
+    transaction.on_commit(key_cache_invalidate)

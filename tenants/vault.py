@@ -1,0 +1,51 @@
+"""Encryption at rest for credentials (provider API keys, upstream tokens) with a key ring."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import models
+
+
+@lru_cache(maxsize=1)
+def _key_ring() -> MultiFernet:
+    try:
+        return MultiFernet([Fernet(key) for key in settings.FERNET_KEYS])
+    except (ValueError, TypeError) as exc:
+        raise ImproperlyConfigured(
+            "FERNET_KEYS must be a comma-separated list of Fernet keys "
+            '(make one with: python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())")'
+        ) from exc
+
+
+def secret_encrypt(plaintext: str) -> str:
+    return _key_ring().encrypt(plaintext.encode()).decode()
+
+
+def secret_decrypt(token: str) -> str:
+    try:
+        return _key_ring().decrypt(token.encode()).decode()
+    except InvalidToken as exc:
+        raise ImproperlyConfigured(
+            "A stored credential cannot be decrypted with any key in FERNET_KEYS; "
+            "the key that encrypted it was removed from the ring."
+        ) from exc
+
+
+class EncryptedTextField(models.TextField):
+    """A text column whose value is Fernet-encrypted in the database and plain in Python."""
+
+    def from_db_value(self, value: str | None, expression: Any, connection: Any) -> str | None:
+        if value is None or value == "":
+            return value
+        return secret_decrypt(value)
+
+    def get_prep_value(self, value: Any) -> Any:
+        value = super().get_prep_value(value)
+        if value is None or value == "":
+            return value
+        return secret_encrypt(value)
