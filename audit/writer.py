@@ -30,6 +30,7 @@ class BatchWriter(Generic[Row]):
         self._write = write
         self.interval = interval
         self.batch_size = batch_size
+        self.max_pending = max(batch_size * 200, 100_000)
         self._rows: list[Row] = []
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"writer-{name}")
@@ -77,6 +78,11 @@ class BatchWriter(Generic[Row]):
             logger.exception("%s writer failed to write %d rows; will retry", self.name, len(rows))
             with self._lock:
                 self._rows[:0] = rows
+                overflow = len(self._rows) - self.max_pending
+                if overflow > 0:
+                    # Bound memory while the database stays down: drop the oldest, loudly.
+                    del self._rows[:overflow]
+                    logger.error("%s writer dropped %d rows: database unavailable too long", self.name, overflow)
             return 0
         finally:
             close_old_connections()

@@ -67,6 +67,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "llm_platform.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -94,6 +95,12 @@ TEMPLATES = [
     },
 ]
 
+_SQLITE_OPTIONS = {
+    # WAL lets the API read while the usage writer and the admin write.
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 20,
+}
 if DATABASE_URL:
     try:
         _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))
@@ -102,16 +109,14 @@ if DATABASE_URL:
     _db.setdefault("OPTIONS", {})
     if _db["ENGINE"] == "django.db.backends.postgresql":
         _db["OPTIONS"].setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT", 3, minimum=1))
+    elif _db["ENGINE"] == "django.db.backends.sqlite3":
+        _db["OPTIONS"] = {**_SQLITE_OPTIONS, **_db["OPTIONS"]}
+        _db["CONN_MAX_AGE"] = 0
 else:
     _db = {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": VAR_DIR / "db.sqlite3",
-        # WAL lets the API read while the usage writer and the admin write.
-        "OPTIONS": {
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-            "transaction_mode": "IMMEDIATE",
-            "timeout": 20,
-        },
+        "OPTIONS": _SQLITE_OPTIONS,
         # A file (not :memory:) so that a live server process in the tests sees the test data.
         "TEST": {"NAME": str(VAR_DIR / "test_db.sqlite3")},
     }
@@ -173,6 +178,7 @@ FERNET_KEYS = _fernet_keys()
 KEY_CACHE_TTL = env_float("KEY_CACHE_TTL", 30.0, minimum=0)
 KEY_CACHE_STALE_TTL = env_float("KEY_CACHE_STALE_TTL", 3600.0, minimum=0)
 KEY_REVOCATION_POLL = env_float("KEY_REVOCATION_POLL", 1.0, minimum=0)
+DEPLOYMENT_CACHE_TTL = env_float("DEPLOYMENT_CACHE_TTL", 10.0, minimum=0)
 UPSTREAM_TIMEOUT = env_float("UPSTREAM_TIMEOUT", 600.0, minimum=0.1)
 UPSTREAM_CONNECT_TIMEOUT = env_float("UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.1)
 USAGE_FLUSH_INTERVAL = env_float("USAGE_FLUSH_INTERVAL", 1.0, minimum=0.01)

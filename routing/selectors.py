@@ -8,13 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
 from routing.models import OPENAI_DEFAULT_API_BASE, ModelDeployment
 from tenants.epoch import SharedEpoch
 from tenants.errors import ServiceUnavailable
-
-DEPLOYMENT_CACHE_TTL = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +63,7 @@ class DeploymentCache:
     async def groups(self) -> dict[str, list[DeploymentTarget]]:
         if await self.epoch.moved():
             self.clear()
-        if time.monotonic() - self._loaded_at >= DEPLOYMENT_CACHE_TTL:
+        if time.monotonic() - self._loaded_at >= settings.DEPLOYMENT_CACHE_TTL:
             try:
                 self._groups = await _deployments_load()
             except DatabaseError as exc:

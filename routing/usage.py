@@ -9,11 +9,11 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import models, transaction
 
 from audit.writer import BatchWriter
-from routing.models import RequestLog
-from tenants.models import ApiKey
+from routing.models import ModelDeployment, RequestLog
+from tenants.models import ApiKey, Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -64,17 +64,27 @@ def usage_cost(model: str, prompt_tokens: int, completion_tokens: int, overrides
     return Decimal(str(round(prompt_cost + completion_cost, 8)))
 
 
+def _existing(model: type[models.Model], ids: set[int | None]) -> set[int]:
+    wanted = {pk for pk in ids if pk is not None}
+    return set(model._default_manager.filter(pk__in=wanted).values_list("pk", flat=True)) if wanted else set()
+
+
 def _write_usage(rows: list[UsageRow]) -> None:
+    # A key, tenant or deployment may be deleted while its requests are in flight: keep
+    # the record and drop the dangling reference rather than fail the whole batch.
+    tenants = _existing(Tenant, {row.tenant_id for row in rows})
+    keys = _existing(ApiKey, {row.api_key_id for row in rows})
+    deployments = _existing(ModelDeployment, {row.deployment_id for row in rows})
     logs = [
         RequestLog(
             request_id=row.request_id,
             created_at=row.created_at,
-            tenant_id=row.tenant_id,
-            api_key_id=row.api_key_id,
+            tenant_id=row.tenant_id if row.tenant_id in tenants else None,
+            api_key_id=row.api_key_id if row.api_key_id in keys else None,
             key_prefix=row.key_prefix,
             endpoint=row.endpoint,
             model_requested=row.model_requested[:200],
-            deployment_id=row.deployment_id,
+            deployment_id=row.deployment_id if row.deployment_id in deployments else None,
             model_served=row.model_served,
             stream=row.stream,
             status_code=row.status_code,
@@ -93,12 +103,12 @@ def _write_usage(rows: list[UsageRow]) -> None:
     ]
     last_used: dict[int, dt.datetime] = {}
     for row in rows:
-        if row.api_key_id is not None:
+        if row.api_key_id in keys:
             last_used[row.api_key_id] = max(row.created_at, last_used.get(row.api_key_id, row.created_at))
     with transaction.atomic():
         RequestLog.objects.bulk_create(logs, ignore_conflicts=True)
         for key_id, when in last_used.items():
-            ApiKey.objects.filter(pk=key_id).update(last_used_at=when)
+            ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gt=when).update(last_used_at=when)
 
 
 usage_writer = BatchWriter[UsageRow](

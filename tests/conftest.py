@@ -1,0 +1,92 @@
+"""Shared fixtures: the owner/member/outsider trio of tenants, keys, deployments, live servers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from routing.models import ModelDeployment
+from routing.services import deployment_save
+from tenants import services
+from tenants.models import ApiKey, Tenant
+from tests import live
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if settings.REDIS_URL:
+        # Keep this run's cache keys apart from anything else on the same Redis.
+        settings.CACHE_KEY_PREFIX = f"test{int(time.time() * 1000)}"
+        settings.CACHES["default"]["KEY_PREFIX"] = settings.CACHE_KEY_PREFIX
+
+
+@pytest.fixture(scope="session")
+def session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("live")
+
+
+@pytest.fixture(scope="session")
+def upstream(session_tmp: Path) -> Iterator[live.Server]:
+    with live.fake_upstream(session_tmp) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def server(django_db_setup: None, django_db_blocker: object, session_tmp: Path) -> Iterator[live.Server]:
+    """One daphne process on the test database, shared by the tests that need a live server."""
+    with live.daphne_server(session_tmp) as process:
+        yield process
+
+
+@dataclass
+class Issued:
+    key: ApiKey
+    secret: str
+
+
+@pytest.fixture
+def tenant_factory(transactional_db: None) -> Callable[..., Tenant]:
+    def make(slug: str, **fields: object) -> Tenant:
+        return services.tenant_save(tenant=Tenant(slug=slug, name=slug.title(), **fields), actor="test")
+
+    return make
+
+
+@pytest.fixture
+def key_factory(transactional_db: None) -> Callable[..., Issued]:
+    def make(tenant: Tenant, name: str = "key", **fields: object) -> Issued:
+        key, secret = services.api_key_create(tenant=tenant, name=name, actor="test", **fields)
+        return Issued(key, secret)
+
+    return make
+
+
+@pytest.fixture
+def deployment_factory(transactional_db: None, upstream: live.Server) -> Callable[..., ModelDeployment]:
+    def make(model_name: str = "gpt-4o-mini", litellm_model: str = "openai/gpt-4o-mini", **fields: object) -> ModelDeployment:
+        fields.setdefault("api_base", upstream.url)
+        fields.setdefault("api_key", "sk-provider-secret")
+        return deployment_save(
+            deployment=ModelDeployment(model_name=model_name, litellm_model=litellm_model, **fields), actor="test"
+        )
+
+    return make
+
+
+@pytest.fixture
+def owner(tenant_factory: Callable[..., Tenant]) -> Tenant:
+    return tenant_factory("owner")
+
+
+@pytest.fixture
+def outsider(tenant_factory: Callable[..., Tenant]) -> Tenant:
+    return tenant_factory("outsider")
+
+
+@pytest.fixture
+def owner_key(owner: Tenant, key_factory: Callable[..., Issued]) -> Issued:
+    return key_factory(owner, "owner key")

@@ -1,0 +1,119 @@
+"""Real processes for the tests: the fake upstream and a daphne server on the test database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode} before answering {url}")
+        try:
+            httpx.get(url, timeout=0.5)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+def test_database_url() -> str:
+    """The URL of the test database pytest-django created, for child processes."""
+    db = connection.settings_dict
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or ""
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    auth = f"{user}{password}@" if user else ""
+    return f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=test_database_url(),
+        SECRET_KEY=settings.SECRET_KEY,
+        FERNET_KEYS=",".join(settings.FERNET_KEYS),
+        CACHE_KEY_PREFIX=settings.CACHE_KEY_PREFIX,
+        KEY_REVOCATION_POLL="0",
+        USAGE_FLUSH_INTERVAL="0.05",
+        PYTHONUNBUFFERED="1",
+    )
+    if not settings.REDIS_URL:
+        # Without Redis the test process and the server share no cache, so nothing could
+        # tell the server that a key or deployment changed: make it read through.
+        env.update(KEY_CACHE_TTL="0", DEPLOYMENT_CACHE_TTL="0")
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextmanager
+def fake_upstream(tmp: Path, **options: str) -> Iterator[Server]:
+    port = free_port()
+    log = tmp / f"fake-upstream-{port}.log"
+    args = [sys.executable, "manage.py", "fake_upstream", "--port", str(port)]
+    for name, value in options.items():
+        args += [f"--{name.replace('_', '-')}", value]
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=child_env())
+    server = Server(f"http://127.0.0.1:{port}/v1", process, log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", process)
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def daphne_server(tmp: Path, **env: str) -> Iterator[Server]:
+    port = free_port()
+    log = tmp / f"daphne-{port}.log"
+    args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "llm_platform.asgi:application"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=child_env(**env))
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+    try:
+        wait_http(f"{server.url}/admin/login/", process)
+        yield server
+    finally:
+        server.stop()
+        if os.environ.get("SHOW_SERVER_LOGS"):
+            sys.stderr.write(log.read_text())
