@@ -1,0 +1,199 @@
+"""Config as code: apply a LiteLLM-style ``model_list`` plus a ``tenants`` section, idempotently."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils.dateparse import parse_datetime
+
+from routing.models import ModelDeployment
+from routing.services import deployment_save
+from tenants import services as tenant_services
+from tenants.models import ApiKey, Tenant, key_hash
+
+# Parts of a LiteLLM proxy config this platform reads elsewhere or not at all; they are
+# accepted so a LiteLLM config loads as is, and reported so nobody assumes they act.
+IGNORED_SECTIONS = ("litellm_settings", "general_settings", "router_settings", "environment_variables")
+TOP_LEVEL = {"model_list", "tenants", *IGNORED_SECTIONS}
+DEPLOYMENT_COLUMNS = {"model", "api_base", "api_key"}
+
+
+class ConfigError(ValueError):
+    """The file is not a valid config; the message says where and why."""
+
+
+@dataclass
+class ConfigReport:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    new_keys: dict[str, str] = field(default_factory=dict)  # "tenant/key name" -> plaintext, shown once
+
+
+def _resolve(value: Any, where: str) -> Any:
+    """LiteLLM's ``os.environ/NAME`` indirection, so secrets stay out of the file."""
+    if isinstance(value, str) and value.startswith("os.environ/"):
+        name = value.removeprefix("os.environ/")
+        if name not in os.environ:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        return os.environ[name]
+    return value
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _sequence(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{where} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _string(data: dict[str, Any], name: str, where: str, *, required: bool = True) -> str:
+    value = data.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}.{name} must be a non-empty string")
+    return value.strip()
+
+
+def _validation(where: str, exc: ValidationError) -> ConfigError:
+    return ConfigError(f"{where}: {'; '.join(f'{k}: {v}' for k, v in exc.message_dict.items())}")
+
+
+def _apply_deployment(entry: Any, where: str, actor: str, report: ConfigReport) -> None:
+    entry = _mapping(entry, where)
+    model_name = _string(entry, "model_name", where)
+    params = {k: _resolve(v, f"{where}.litellm_params.{k}") for k, v in _mapping(entry.get("litellm_params"), f"{where}.litellm_params").items()}
+    litellm_model = _string(params, "model", f"{where}.litellm_params")
+    if "/" not in litellm_model:
+        raise ConfigError(f"{where}.litellm_params.model must be litellm's <provider>/<model>, got {litellm_model!r}")
+    api_base = str(params.get("api_base") or "")
+    extra = {k: v for k, v in params.items() if k not in DEPLOYMENT_COLUMNS}
+    info = entry.get("model_info") or {}
+    for cost_key in ("input_cost_per_token", "output_cost_per_token"):
+        if isinstance(info, dict) and cost_key in info:
+            extra.setdefault(cost_key, info[cost_key])
+    deployment = ModelDeployment.objects.filter(model_name=model_name, litellm_model=litellm_model, api_base=api_base).first()
+    label = f"deployment {model_name} → {litellm_model}"
+    desired = {"api_key": str(params.get("api_key") or ""), "extra_params": extra, "enabled": entry.get("enabled", True) is not False}
+    if deployment is not None and all(getattr(deployment, k) == v for k, v in desired.items()):
+        report.unchanged.append(label)
+        return
+    is_new = deployment is None
+    old_key = deployment.api_key if deployment is not None else ""
+    deployment = deployment or ModelDeployment(model_name=model_name, litellm_model=litellm_model, api_base=api_base)
+    for name, value in desired.items():
+        setattr(deployment, name, value)
+    try:
+        deployment_save(deployment=deployment, actor=actor, api_key_changed=old_key != desired["api_key"])
+    except ValidationError as exc:
+        raise _validation(where, exc) from exc
+    (report.created if is_new else report.updated).append(label)
+
+
+def _expiry(value: Any, where: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    parsed = parse_datetime(str(value))
+    if parsed is None:
+        raise ConfigError(f"{where}.expires_at must be an ISO 8601 date-time, got {value!r}")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _apply_key(tenant: Tenant, entry: Any, where: str, actor: str, report: ConfigReport) -> None:
+    entry = _mapping(entry, where)
+    name = _string(entry, "name", where)
+    secret = _resolve(entry.get("key"), f"{where}.key")
+    if secret is not None and (not isinstance(secret, str) or len(secret) < 16):
+        raise ConfigError(f"{where}.key must be a string of at least 16 characters")
+    models = entry.get("models", entry.get("allowed_models", []))
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise ConfigError(f"{where}.models must be a list of model names")
+    expires_at = _expiry(entry.get("expires_at"), where)
+    label = f"api key {tenant.slug}/{name}"
+    existing = ApiKey.objects.filter(tenant=tenant, name=name, revoked_at__isnull=True).first()
+    if existing is None:
+        if secret is not None and ApiKey.objects.filter(secret_hash=key_hash(secret)).exists():
+            raise ConfigError(f"{where}.key is already used by another API key")
+        _, plaintext = tenant_services.api_key_create(
+            tenant=tenant, name=name, actor=actor, secret=secret, allowed_models=models, expires_at=expires_at
+        )
+        report.created.append(label)
+        if secret is None:
+            report.new_keys[f"{tenant.slug}/{name}"] = plaintext
+        return
+    changed = existing.allowed_models != models or existing.expires_at != expires_at
+    if secret is not None and existing.secret_hash != key_hash(secret):
+        existing.set_secret(secret)
+        changed = True
+    if not changed:
+        report.unchanged.append(label)
+        return
+    existing.allowed_models, existing.expires_at = models, expires_at
+    try:
+        tenant_services.api_key_update(api_key=existing, actor=actor)
+    except ValidationError as exc:
+        raise _validation(where, exc) from exc
+    report.updated.append(label)
+
+
+def _apply_tenant(entry: Any, where: str, actor: str, report: ConfigReport) -> None:
+    entry = _mapping(entry, where)
+    slug = _string(entry, "slug", where)
+    name = _string(entry, "name", where, required=False) or slug
+    active = entry.get("active", True)
+    if not isinstance(active, bool):
+        raise ConfigError(f"{where}.active must be true or false")
+    for section in ("limits", "quotas"):
+        if entry.get(section):
+            report.warnings.append(
+                f"{where}.{section}: quotas are not enforced by this version of the platform; the section was ignored"
+            )
+    tenant = Tenant.objects.filter(slug=slug).first()
+    label = f"tenant {slug}"
+    if tenant is None or tenant.name != name or tenant.is_active != active:
+        is_new = tenant is None
+        tenant = tenant or Tenant(slug=slug)
+        tenant.name, tenant.is_active = name, active
+        try:
+            tenant_services.tenant_save(tenant=tenant, actor=actor)
+        except ValidationError as exc:
+            raise _validation(where, exc) from exc
+        (report.created if is_new else report.updated).append(label)
+    else:
+        report.unchanged.append(label)
+    for index, key_entry in enumerate(_sequence(entry.get("api_keys"), f"{where}.api_keys")):
+        _apply_key(tenant, key_entry, f"{where}.api_keys[{index}]", actor, report)
+
+
+def config_apply(data: Any, *, actor: str) -> ConfigReport:
+    """Apply a whole config in one transaction: it loads completely or not at all."""
+    data = _mapping(data if data is not None else {}, "the config")
+    unknown = sorted(set(data) - TOP_LEVEL)
+    if unknown:
+        raise ConfigError(f"unknown top-level section(s): {', '.join(unknown)}; expected {', '.join(sorted(TOP_LEVEL))}")
+    report = ConfigReport()
+    for section in IGNORED_SECTIONS:
+        if data.get(section):
+            report.warnings.append(f"{section}: not used by this version of the platform; ignored")
+    with transaction.atomic():
+        for index, entry in enumerate(_sequence(data.get("model_list"), "model_list")):
+            _apply_deployment(entry, f"model_list[{index}]", actor, report)
+        for index, entry in enumerate(_sequence(data.get("tenants"), "tenants")):
+            _apply_tenant(entry, f"tenants[{index}]", actor, report)
+    return report
