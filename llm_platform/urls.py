@@ -17,7 +17,13 @@ def api_not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
     )
 
 
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers. (Readiness checks of the database and Redis are a separate concern.)"""
+    return JsonResponse({"status": "ok"})
+
+
 urlpatterns = [
+    path("healthz", healthz),
     path("admin/", admin.site.urls),
     path("v1/", api.urls),
     re_path(r"^v1/(?P<rest>.*)$", api_not_found),
