@@ -76,7 +76,10 @@ def _validation(where: str, exc: ValidationError) -> ConfigError:
 def _apply_deployment(entry: Any, where: str, actor: str, report: ConfigReport) -> None:
     entry = _mapping(entry, where)
     model_name = _string(entry, "model_name", where)
-    params = {k: _resolve(v, f"{where}.litellm_params.{k}") for k, v in _mapping(entry.get("litellm_params"), f"{where}.litellm_params").items()}
+    params = {
+        k: _resolve(v, f"{where}.litellm_params.{k}")
+        for k, v in _mapping(entry.get("litellm_params"), f"{where}.litellm_params").items()
+    }
     litellm_model = _string(params, "model", f"{where}.litellm_params")
     if "/" not in litellm_model:
         raise ConfigError(f"{where}.litellm_params.model must be litellm's <provider>/<model>, got {litellm_model!r}")
@@ -86,9 +89,15 @@ def _apply_deployment(entry: Any, where: str, actor: str, report: ConfigReport) 
     for cost_key in ("input_cost_per_token", "output_cost_per_token"):
         if isinstance(info, dict) and cost_key in info:
             extra.setdefault(cost_key, info[cost_key])
-    deployment = ModelDeployment.objects.filter(model_name=model_name, litellm_model=litellm_model, api_base=api_base).first()
+    deployment = ModelDeployment.objects.filter(
+        model_name=model_name, litellm_model=litellm_model, api_base=api_base
+    ).first()
     label = f"deployment {model_name} → {litellm_model}"
-    desired = {"api_key": str(params.get("api_key") or ""), "extra_params": extra, "enabled": entry.get("enabled", True) is not False}
+    desired = {
+        "api_key": str(params.get("api_key") or ""),
+        "extra_params": extra,
+        "enabled": entry.get("enabled", True) is not False,
+    }
     if deployment is not None and all(getattr(deployment, k) == v for k, v in desired.items()):
         report.unchanged.append(label)
         return
@@ -186,7 +195,9 @@ def config_apply(data: Any, *, actor: str) -> ConfigReport:
     data = _mapping(data if data is not None else {}, "the config")
     unknown = sorted(set(data) - TOP_LEVEL)
     if unknown:
-        raise ConfigError(f"unknown top-level section(s): {', '.join(unknown)}; expected {', '.join(sorted(TOP_LEVEL))}")
+        raise ConfigError(
+            f"unknown top-level section(s): {', '.join(unknown)}; expected {', '.join(sorted(TOP_LEVEL))}"
+        )
     report = ConfigReport()
     for section in IGNORED_SECTIONS:
         if data.get(section):

@@ -35,9 +35,7 @@ class ModelDeployment(models.Model):
     class Meta:
         ordering = ["model_name", "id"]
         constraints = [
-            models.UniqueConstraint(
-                fields=["model_name", "litellm_model", "api_base"], name="deployment_unique_target"
-            )
+            models.UniqueConstraint(fields=["model_name", "litellm_model", "api_base"], name="deployment_unique_target")
         ]
 
     def __str__(self) -> str:

@@ -102,4 +102,3 @@ class ApiKey(models.Model):
 
     def allows_model(self, model_name: str) -> bool:
         return not self.allowed_models or model_name in self.allowed_models
-

@@ -63,7 +63,12 @@ def tenant_delete(*, tenant: Tenant, actor: str, ip: str | None = None) -> None:
     tenant_id, slug = tenant.pk, tenant.slug
     tenant.delete()
     audit_record(
-        actor=actor, action="tenant.delete", target=f"tenant:{slug}", tenant_id=tenant_id, ip=ip, details={"before": before}
+        actor=actor,
+        action="tenant.delete",
+        target=f"tenant:{slug}",
+        tenant_id=tenant_id,
+        ip=ip,
+        details={"before": before},
     )
     transaction.on_commit(key_cache_invalidate)
 
@@ -142,6 +147,11 @@ def api_key_delete(*, api_key: ApiKey, actor: str, ip: str | None = None) -> Non
     tenant_id, prefix = api_key.tenant_id, api_key.prefix
     api_key.delete()
     audit_record(
-        actor=actor, action="api_key.delete", target=f"api_key:{prefix}", tenant_id=tenant_id, ip=ip, details={"before": before}
+        actor=actor,
+        action="api_key.delete",
+        target=f"api_key:{prefix}",
+        tenant_id=tenant_id,
+        ip=ip,
+        details={"before": before},
     )
     transaction.on_commit(key_cache_invalidate)

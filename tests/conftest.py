@@ -19,6 +19,14 @@ from tests import live
 
 def pytest_configure(config: pytest.Config) -> None:
     if settings.REDIS_URL:
+        # A configured Redis must be there: the platform tolerates a Redis outage, so
+        # without this check the suite could pass without ever testing against Redis.
+        import redis
+
+        try:
+            redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=3).ping()
+        except redis.RedisError as exc:
+            pytest.exit(f"REDIS_URL={settings.REDIS_URL} is unreachable: {exc}", returncode=3)
         # Keep this run's cache keys apart from anything else on the same Redis.
         settings.CACHE_KEY_PREFIX = f"test{int(time.time() * 1000)}"
         settings.CACHES["default"]["KEY_PREFIX"] = settings.CACHE_KEY_PREFIX
@@ -67,7 +75,9 @@ def key_factory(transactional_db: None) -> Callable[..., Issued]:
 
 @pytest.fixture
 def deployment_factory(transactional_db: None, upstream: live.Server) -> Callable[..., ModelDeployment]:
-    def make(model_name: str = "gpt-4o-mini", litellm_model: str = "openai/gpt-4o-mini", **fields: object) -> ModelDeployment:
+    def make(
+        model_name: str = "gpt-4o-mini", litellm_model: str = "openai/gpt-4o-mini", **fields: object
+    ) -> ModelDeployment:
         fields.setdefault("api_base", upstream.url)
         fields.setdefault("api_key", "sk-provider-secret")
         return deployment_save(

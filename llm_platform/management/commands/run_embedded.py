@@ -49,7 +49,9 @@ class Command(BaseCommand):
         elif not user.check_password(password):
             user.set_password(password)
             user.save(update_fields=["password"])
-        demo_key = os.environ.get("DEMO_API_KEY") or _persistent_secret("demo_api_key", "sk-demo-" + secrets.token_urlsafe(24))
+        demo_key = os.environ.get("DEMO_API_KEY") or _persistent_secret(
+            "demo_api_key", "sk-demo-" + secrets.token_urlsafe(24)
+        )
         upstream_url = f"http://127.0.0.1:{options['upstream_port']}/v1"
         env = {**os.environ, "FAKE_UPSTREAM_URL": upstream_url, "DEMO_API_KEY": demo_key, "PYTHONUNBUFFERED": "1"}
         os.environ.update(FAKE_UPSTREAM_URL=upstream_url, DEMO_API_KEY=demo_key)
@@ -57,15 +59,43 @@ class Command(BaseCommand):
 
         python = sys.executable
         commands = {
-            "fake upstream": [python, "manage.py", "fake_upstream", "--port", str(options["upstream_port"]),
-                              "--chunks", "12", "--gap-ms", "40"],
-            "web (daphne)": [python, "-m", "daphne", "-b", options["host"], "-p", str(options["port"]),
-                             "llm_platform.asgi:application"],
+            "fake upstream": [
+                python,
+                "manage.py",
+                "fake_upstream",
+                "--port",
+                str(options["upstream_port"]),
+                "--chunks",
+                "12",
+                "--gap-ms",
+                "40",
+            ],
+            "web (daphne)": [
+                python,
+                "-m",
+                "daphne",
+                "-b",
+                options["host"],
+                "-p",
+                str(options["port"]),
+                "llm_platform.asgi:application",
+            ],
         }
         if not options["no_worker"]:
             commands["worker + beat (celery)"] = [
-                python, "-m", "celery", "-A", "llm_platform", "worker", "--beat", "--pool", "solo",
-                "--loglevel", "warning", "--schedule", str(settings.VAR_DIR / "celerybeat-schedule"),
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "llm_platform",
+                "worker",
+                "--beat",
+                "--pool",
+                "solo",
+                "--loglevel",
+                "warning",
+                "--schedule",
+                str(settings.VAR_DIR / "celerybeat-schedule"),
             ]
         logs = settings.VAR_DIR / "logs"
         logs.mkdir(exist_ok=True)
@@ -105,7 +135,7 @@ class Command(BaseCommand):
         curl = (
             f"curl -N {base}/v1/chat/completions -H 'Authorization: Bearer {key}' "
             "-H 'Content-Type: application/json' "
-            "-d '{\"model\": \"gpt-4o-mini\", \"stream\": true, \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'"
+            '-d \'{"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "Hello!"}]}\''
         )
         self.stdout.write(
             "\n".join(
