@@ -166,6 +166,16 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIN
 def _fernet_keys() -> list[str]:
     keys = env_list("FERNET_KEYS")
     if keys:
+        from cryptography.fernet import Fernet
+
+        for index, key in enumerate(keys):
+            try:
+                Fernet(key)
+            except ValueError:
+                raise ImproperlyConfigured(
+                    f"FERNET_KEYS entry {index + 1} is not a Fernet key (32 url-safe base64-encoded bytes); make one with "
+                    '`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`.'
+                ) from None
         return keys
     # Derived from SECRET_KEY so the embedded mode needs no extra setting; production sets
     # FERNET_KEYS explicitly so SECRET_KEY can change without losing provider credentials.

@@ -1,0 +1,133 @@
+"""`manage.py loadconfig`: LiteLLM's model_list plus tenants, idempotent, audited, all-or-nothing."""
+
+from __future__ import annotations
+
+import re
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+
+from audit.models import AuditEvent
+from routing.models import ModelDeployment
+from tenants.models import ApiKey, Tenant, key_hash
+
+CONFIG = """
+model_list:
+  - model_name: gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: http://127.0.0.1:9100/v1
+      api_key: os.environ/TEST_PROVIDER_KEY
+      timeout: 30
+    model_info:
+      input_cost_per_token: 0.000001
+  - model_name: gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: http://127.0.0.1:9101/v1
+router_settings:
+  routing_strategy: simple-shuffle
+tenants:
+  - slug: search
+    name: Search team
+    api_keys:
+      - name: backend
+        key: sk-search-backend-0123456789
+        models: [gpt-4o-mini]
+      - name: generated
+"""
+
+
+def load(tmp_path: Path, text: str) -> tuple[str, str]:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    out, err = StringIO(), StringIO()
+    call_command("loadconfig", str(path), stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def provider_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("TEST_PROVIDER_KEY", "sk-provider-from-env")
+    return "sk-provider-from-env"
+
+
+def test_loadconfig_creates_deployments_tenants_and_keys(db, tmp_path, provider_key):
+    out, err = load(tmp_path, CONFIG)
+    deployments = ModelDeployment.objects.filter(model_name="gpt-4o-mini").order_by("api_base")
+    assert [d.api_base for d in deployments] == ["http://127.0.0.1:9100/v1", "http://127.0.0.1:9101/v1"]
+    first = deployments[0]
+    assert first.api_key == provider_key
+    assert first.extra_params == {"timeout": 30, "input_cost_per_token": 0.000001}
+    tenant = Tenant.objects.get(slug="search")
+    assert tenant.name == "Search team"
+    backend = ApiKey.objects.get(tenant=tenant, name="backend")
+    assert backend.secret_hash == key_hash("sk-search-backend-0123456789")
+    assert backend.allowed_models == ["gpt-4o-mini"]
+    generated = ApiKey.objects.get(tenant=tenant, name="generated")
+    assert "new API key search/generated: sk-" in out
+    secret = out.split("new API key search/generated: ")[1].split()[0]
+    assert generated.secret_hash == key_hash(secret)
+    assert "router_settings: not used" in err
+    assert AuditEvent.objects.filter(actor="config:config.yaml", action="api_key.create").count() == 2
+
+
+def test_provider_key_is_encrypted_at_rest(db, tmp_path, provider_key):
+    load(tmp_path, CONFIG)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT api_key FROM routing_modeldeployment WHERE api_base = %s", ["http://127.0.0.1:9100/v1"])
+        stored = cursor.fetchone()[0]
+    assert provider_key not in stored and stored.startswith("gAAAAA")
+
+
+def test_loadconfig_twice_changes_nothing(db, tmp_path, provider_key):
+    load(tmp_path, CONFIG)
+    events = AuditEvent.objects.count()
+    out, _ = load(tmp_path, CONFIG)
+    assert "0 created, 0 updated, 5 unchanged" in out
+    assert AuditEvent.objects.count() == events
+    assert ApiKey.objects.count() == 2
+
+
+def test_changed_key_and_models_are_updated_in_place(db, tmp_path, provider_key):
+    load(tmp_path, CONFIG)
+    changed = CONFIG.replace("sk-search-backend-0123456789", "sk-search-backend-rotated-99").replace(
+        "models: [gpt-4o-mini]", "models: [gpt-4o-mini, gpt-4o]"
+    )
+    out, _ = load(tmp_path, changed)
+    assert "updated   api key search/backend" in out
+    backend = ApiKey.objects.get(name="backend")
+    assert backend.secret_hash == key_hash("sk-search-backend-rotated-99")
+    assert backend.allowed_models == ["gpt-4o-mini", "gpt-4o"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("model_list: {}", "model_list must be a list"),
+        ("model_list:\n  - model_name: x\n    litellm_params: {model: gpt-4o}", "<provider>/<model>"),
+        ("model_list:\n  - litellm_params: {model: openai/x}", "model_list[0].model_name"),
+        ("tenants:\n  - slug: a\n    api_keys:\n      - name: k\n        key: short", "at least 16 characters"),
+        ("tenants:\n  - slug: 'not a slug!'", "tenants[0]"),
+        (
+            "model_list:\n  - model_name: x\n    litellm_params: {model: openai/x, api_key: os.environ/NOPE_UNSET}",
+            "NOPE_UNSET",
+        ),
+        ("surprise: 1", "unknown top-level section"),
+        ("model_list: [", "not valid YAML"),
+        (
+            "model_list:\n  - model_name: ok\n    litellm_params: {model: openai/ok}\n  - model_name: bad\n"
+            "    litellm_params: {model: nope}",
+            "model_list[1]",
+        ),
+    ],
+)
+def test_bad_config_is_refused_with_a_clear_error_and_nothing_applied(db, tmp_path, text, message):
+    with pytest.raises(CommandError, match=re.escape(message)):
+        load(tmp_path, text)
+    assert Tenant.objects.count() == 0
+    assert ModelDeployment.objects.count() == 0
+    assert ApiKey.objects.count() == 0

@@ -1,0 +1,45 @@
+"""Settings from the environment: malformed or missing values stop start-up with a clear message."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.live import ROOT
+
+
+def start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DEBUG": "maybe"}, "DEBUG='maybe' is not a boolean"),
+        ({"KEY_CACHE_TTL": "soon"}, "KEY_CACHE_TTL='soon' is not a number"),
+        ({"USAGE_FLUSH_BATCH": "0"}, "USAGE_FLUSH_BATCH=0 must be at least 1"),
+        ({"DATABASE_URL": "sqlite:////tmp/x.sqlite3"}, "SECRET_KEY is not set"),
+        ({"FERNET_KEYS": "not-a-key"}, "FERNET_KEYS entry 1 is not a Fernet key"),
+        ({"SECRET_KEY_FILE": "/nonexistent/secret"}, "SECRET_KEY_FILE='/nonexistent/secret' cannot be read"),
+    ],
+)
+def test_bad_environment_fails_at_start_up_saying_what_to_set(env, message):
+    result = start(env)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and message in result.stderr
+
+
+def test_embedded_default_needs_no_environment():
+    result = start({})
+    assert result.returncode == 0, result.stderr
