@@ -173,7 +173,7 @@ def _fernet_keys() -> list[str]:
                 Fernet(key)
             except ValueError:
                 raise ImproperlyConfigured(
-                    f"FERNET_KEYS entry {index + 1} is not a Fernet key (32 url-safe base64-encoded bytes); make one with "
+                    f"FERNET_KEYS entry {index + 1} is not a Fernet key (32 url-safe base64 bytes); make one with "
                     '`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`.'
                 ) from None
         return keys
