@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -13,6 +12,7 @@ from django.db import models, transaction
 
 from audit.writer import BatchWriter
 from routing.models import ModelDeployment, RequestLog
+from routing.pricing import usage_cost
 from tenants.models import ApiKey, Tenant
 
 logger = logging.getLogger(__name__)
@@ -41,27 +41,6 @@ class UsageRow:
     overhead_ms: float
     client_disconnected: bool
     cost_overrides: dict[str, Any] | None = None
-
-
-def usage_cost(model: str, prompt_tokens: int, completion_tokens: int, overrides: dict[str, Any] | None) -> Decimal:
-    """Price from the deployment's own per-token prices if set, else from litellm's price map."""
-    if not prompt_tokens and not completion_tokens:
-        return Decimal(0)
-    overrides = overrides or {}
-    if "input_cost_per_token" in overrides or "output_cost_per_token" in overrides:
-        cost = prompt_tokens * float(overrides.get("input_cost_per_token") or 0) + completion_tokens * float(
-            overrides.get("output_cost_per_token") or 0
-        )
-        return Decimal(str(round(cost, 8)))
-    import litellm  # Imported here, in the writer thread: its import costs seconds.
-
-    try:
-        prompt_cost, completion_cost = litellm.cost_per_token(
-            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
-        )
-    except Exception:  # Not in the price map: a private model without prices set.
-        return Decimal(0)
-    return Decimal(str(round(prompt_cost + completion_cost, 8)))
 
 
 def _existing(model: type[models.Model], ids: set[int | None]) -> set[int]:
