@@ -20,6 +20,8 @@ from tenants.errors import AuthenticationFailed, PermissionDenied, ServiceUnavai
 
 logger = logging.getLogger(__name__)
 
+DB_RETRY_INTERVAL = 2.0
+
 
 @dataclass(frozen=True, slots=True)
 class KeyContext:
@@ -58,6 +60,9 @@ class KeyCache:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
         self.epoch = SharedEpoch("apikey")
+        # After a failed lookup the database is not tried again for a moment, so an outage
+        # costs one connect timeout per DB_RETRY_INTERVAL, not one per request.
+        self._db_down_until = 0.0
 
     def clear(self) -> None:
         self._entries.clear()
@@ -69,20 +74,27 @@ class KeyCache:
         entry = self._entries.get(secret_hash)
         if entry is not None and now - entry.fetched_at < settings.KEY_CACHE_TTL:
             return entry.context
+        if now < self._db_down_until:
+            return self._stale(entry, now)
         try:
             context = await _key_fetch(secret_hash)
         except DatabaseError as exc:
-            if entry is not None and entry.context is not None and now - entry.fetched_at < settings.KEY_CACHE_STALE_TTL:
-                return entry.context
             logger.warning("key lookup failed: database unavailable (%s)", exc)
-            raise ServiceUnavailable(
-                "The platform cannot verify API keys right now (database unavailable); retry shortly.",
-                code="auth_backend_unavailable",
-            ) from exc
+            self._db_down_until = time.monotonic() + DB_RETRY_INTERVAL
+            return self._stale(entry, now)
         if len(self._entries) > 100_000:
             self._entries.clear()
         self._entries[secret_hash] = _Entry(context, time.monotonic())
         return context
+
+    @staticmethod
+    def _stale(entry: _Entry | None, now: float) -> KeyContext:
+        if entry is not None and entry.context is not None and now - entry.fetched_at < settings.KEY_CACHE_STALE_TTL:
+            return entry.context
+        raise ServiceUnavailable(
+            "The platform cannot verify API keys right now (database unavailable); retry shortly.",
+            code="auth_backend_unavailable",
+        )
 
 
 def _key_fetch_sync(secret_hash: str) -> KeyContext | None:
@@ -92,7 +104,14 @@ def _key_fetch_sync(secret_hash: str) -> KeyContext | None:
     row = (
         ApiKey.objects.filter(secret_hash=secret_hash)
         .values(
-            "id", "prefix", "tenant_id", "tenant__slug", "tenant__is_active", "allowed_models", "expires_at", "revoked_at"
+            "id",
+            "prefix",
+            "tenant_id",
+            "tenant__slug",
+            "tenant__is_active",
+            "allowed_models",
+            "expires_at",
+            "revoked_at",
         )
         .first()
     )
@@ -130,7 +149,9 @@ def bearer_secret(authorization: str | None) -> str:
     scheme, _, secret = authorization.partition(" ")
     secret = secret.strip()
     if scheme.lower() != "bearer" or not secret:
-        raise AuthenticationFailed("The Authorization header must be 'Bearer <key>'.", code="invalid_authorization_header")
+        raise AuthenticationFailed(
+            "The Authorization header must be 'Bearer <key>'.", code="invalid_authorization_header"
+        )
     return secret
 
 
