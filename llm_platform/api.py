@@ -61,7 +61,9 @@ def authentication_error(request: HttpRequest, exc: AuthenticationError) -> Http
 def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     first = exc.errors[0] if exc.errors else {}
     param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
-    return error_response(request, InvalidRequest(first.get("msg", "Invalid request."), param=param, code="invalid_value"))
+    return error_response(
+        request, InvalidRequest(first.get("msg", "Invalid request."), param=param, code="invalid_value")
+    )
 
 
 @api.exception_handler(HttpError)

@@ -115,7 +115,11 @@ class FakeUpstream:
         created = int(time.time())
         prompt_tokens = _tokens(payload)
         words = _words(behaviour)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words), "total_tokens": prompt_tokens + len(words)}
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(words),
+            "total_tokens": prompt_tokens + len(words),
+        }
         if not payload.get("stream"):
             body = {
                 "id": completion_id,
@@ -156,8 +160,14 @@ class FakeUpstream:
             await response.write(chunk({"content": word}, None))
         await response.write(chunk({}, "stop"))
         if include_usage:
-            final = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                     "choices": [], "usage": usage}
+            final = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
             await response.write(b"data: " + json.dumps(final).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
@@ -179,8 +189,11 @@ class FakeUpstream:
                 "created": int(time.time()),
                 "model": payload.get("model", "fake-model"),
                 "choices": [{"index": 0, "text": "".join(words), "finish_reason": "stop", "logprobs": None}],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
-                          "total_tokens": prompt_tokens + len(words)},
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(words),
+                    "total_tokens": prompt_tokens + len(words),
+                },
             }
         )
 
@@ -192,13 +205,21 @@ class FakeUpstream:
         items = inputs if isinstance(inputs, list) else [inputs]
         dimensions = int(payload.get("dimensions") or 8)
         data = [
-            {"object": "embedding", "index": i, "embedding": [((hash(str(item)) >> k) % 1000) / 1000 for k in range(dimensions)]}
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": [((hash(str(item)) >> k) % 1000) / 1000 for k in range(dimensions)],
+            }
             for i, item in enumerate(items)
         ]
         tokens = max(1, len(json.dumps(items)) // 4)
         return web.json_response(
-            {"object": "list", "data": data, "model": payload.get("model", "fake-embedding"),
-             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+            {
+                "object": "list",
+                "data": data,
+                "model": payload.get("model", "fake-embedding"),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
         )
 
     async def models(self, request: web.Request) -> web.Response:

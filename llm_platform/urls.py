@@ -11,8 +11,14 @@ from llm_platform.api import api
 
 def api_not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
     return JsonResponse(
-        {"error": {"message": f"Unknown API route: {request.method} {request.path}", "type": "invalid_request_error",
-                   "code": "unknown_url", "param": None}},
+        {
+            "error": {
+                "message": f"Unknown API route: {request.method} {request.path}",
+                "type": "invalid_request_error",
+                "code": "unknown_url",
+                "param": None,
+            }
+        },
         status=404,
     )
 

@@ -78,8 +78,20 @@ class ModelDeploymentAdmin(admin.ModelAdmin):
 @admin.register(RequestLog)
 class RequestLogAdmin(admin.ModelAdmin):
     list_display = [
-        "created_at", "request_id", "tenant", "key_prefix", "model_requested", "model_served", "status_code",
-        "stream", "total_tokens", "cost_usd", "latency_ms", "ttfb_ms", "overhead_ms", "client_disconnected",
+        "created_at",
+        "request_id",
+        "tenant",
+        "key_prefix",
+        "model_requested",
+        "model_served",
+        "status_code",
+        "stream",
+        "total_tokens",
+        "cost_usd",
+        "latency_ms",
+        "ttfb_ms",
+        "overhead_ms",
+        "client_disconnected",
     ]
     list_filter = ["status_code", "stream", "endpoint", "client_disconnected", "tenant"]
     list_select_related = ["tenant"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
 import json
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +24,7 @@ SendStart = Callable[[int, list[tuple[bytes, bytes]]], Awaitable[None]]
 SendBody = Callable[[bytes, bool], Awaitable[None]]
 
 MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+ROLES_TEXT = ", ".join(sorted(MESSAGE_ROLES))
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -92,7 +93,7 @@ def chat_request_parse(body: bytes) -> ChatRequest:
         role = message.get("role")
         if role not in MESSAGE_ROLES:
             raise InvalidRequest(
-                f"Invalid value for 'messages[{index}].role': {role!r}; expected one of {', '.join(sorted(MESSAGE_ROLES))}.",
+                f"Invalid value for 'messages[{index}].role': {role!r}; expected one of {ROLES_TEXT}.",
                 param=f"messages[{index}].role",
                 code="invalid_value",
             )
@@ -147,7 +148,9 @@ class ChatCompletion:
     the whole stream's.
     """
 
-    def __init__(self, *, headers: dict[bytes, bytes], client_ip: str | None, send_start: SendStart, send_body: SendBody):
+    def __init__(
+        self, *, headers: dict[bytes, bytes], client_ip: str | None, send_start: SendStart, send_body: SendBody
+    ):
         self.started = time.perf_counter()
         self.created_at = dt.datetime.now(dt.UTC)
         self.request_id = request_id_new()
@@ -198,7 +201,9 @@ class ChatCompletion:
             self.error_type = "internal_error"
             if self.response_started:
                 raise
-            await self._respond(500, PlatformError("The platform failed to handle this request.").body_bytes(), JSON_HEADERS)
+            await self._respond(
+                500, PlatformError("The platform failed to handle this request.").body_bytes(), JSON_HEADERS
+            )
         finally:
             self._account()
 

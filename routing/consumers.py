@@ -48,7 +48,9 @@ class ChatCompletionsConsumer(AsyncHttpConsumer):
 
     async def _serve(self, body: bytes) -> None:
         if self.scope["method"] != "POST":
-            await self._error(InvalidRequest("Use POST for /v1/chat/completions.", code="method_not_allowed", status=405))
+            await self._error(
+                InvalidRequest("Use POST for /v1/chat/completions.", code="method_not_allowed", status=405)
+            )
             return
         if self.too_large:
             await self._error(PayloadTooLarge(f"The request body exceeds {settings.MAX_REQUEST_BYTES} bytes."))

@@ -120,13 +120,19 @@ def upstream_status_error(target: DeploymentTarget, status: int, body: bytes, re
         return InvalidRequest(message, status=status, code="upstream_rejected_request")
     if status == 429:
         headers = {"Retry-After": retry_after} if retry_after else {}
-        return RateLimited(f"The provider rate-limited {where}: {message}", code="upstream_rate_limited", headers=headers)
+        return RateLimited(
+            f"The provider rate-limited {where}: {message}", code="upstream_rate_limited", headers=headers
+        )
     if status in (401, 403):
-        return UpstreamError(f"The provider refused the platform's credentials for {where}: {message}", code="upstream_auth_error")
+        return UpstreamError(
+            f"The provider refused the platform's credentials for {where}: {message}", code="upstream_auth_error"
+        )
     if status == 404:
         return UpstreamError(f"The provider does not know {where}: {message}", code="upstream_not_found")
     if status in (503, 504):
-        return UpstreamError(f"The provider is unavailable for {where}: {message}", status=status, code="upstream_unavailable")
+        return UpstreamError(
+            f"The provider is unavailable for {where}: {message}", status=status, code="upstream_unavailable"
+        )
     return UpstreamError(f"The provider failed ({status}) for {where}: {message}")
 
 
@@ -155,12 +161,15 @@ async def complete(target: DeploymentTarget, payload: dict[str, Any]) -> Complet
     started = time.perf_counter()
     try:
         async with _session().post(
-            f"{target.api_base}/chat/completions", data=data, headers=_headers(target), timeout=_timeout(target, stream=False)
+            f"{target.api_base}/chat/completions",
+            data=data,
+            headers=_headers(target),
+            timeout=_timeout(target, stream=False),
         ) as response:
             body = await response.read()
             status = response.status
             retry_after = response.headers.get("Retry-After")
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         raise _connection_error(target, exc) from exc
     wait = time.perf_counter() - started
     if status != 200:
@@ -205,7 +214,7 @@ class StreamRelay:
                     headers=_headers(self.target),
                     timeout=_timeout(self.target, stream=True),
                 )
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 raise _connection_error(self.target, exc) from exc
             if response.status != 200:
                 try:
@@ -247,7 +256,7 @@ class StreamRelay:
                 data = await iterator.__anext__()
             except StopAsyncIteration:
                 return
-            except (aiohttp.ClientError, asyncio.TimeoutError, PlatformError) as exc:
+            except (TimeoutError, aiohttp.ClientError, PlatformError) as exc:
                 self.error = exc if isinstance(exc, PlatformError) else _connection_error(self.target, exc)
                 self.error.message = f"The upstream stream broke off: {self.error.message}"
                 yield b"data: " + self.error.body_bytes() + b"\n\n"
@@ -322,9 +331,11 @@ def _litellm_error(target: DeploymentTarget, exc: Exception) -> PlatformError:
     status = getattr(exc, "status_code", None)
     message = str(getattr(exc, "message", None) or exc)[:500]
     if name in ("Timeout", "APITimeoutError") or isinstance(exc, asyncio.TimeoutError):
-        return _connection_error(target, asyncio.TimeoutError())
+        return _connection_error(target, TimeoutError())
     if name == "APIConnectionError":
-        return UpstreamError(f"The provider for model '{target.model_name}' cannot be reached: {message}", code="upstream_unreachable")
+        return UpstreamError(
+            f"The provider for model '{target.model_name}' cannot be reached: {message}", code="upstream_unreachable"
+        )
     if isinstance(status, int):
         return upstream_status_error(target, status, json.dumps({"error": {"message": message}}).encode(), None)
     return UpstreamError(f"The provider call failed for model '{target.model_name}': {name}: {message}")

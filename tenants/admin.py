@@ -139,8 +139,18 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         if obj is None:
             return ["tenant", "name", "allowed_models", "expires_at"]
-        return ["tenant", "name", "prefix", "status_display", "allowed_models", "expires_at",
-                "created_at", "revoked_at", "last_used_at", "created_by"]
+        return [
+            "tenant",
+            "name",
+            "prefix",
+            "status_display",
+            "allowed_models",
+            "expires_at",
+            "created_at",
+            "revoked_at",
+            "last_used_at",
+            "created_by",
+        ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         # A key never moves between tenants: that would hand one tenant's secret to another.

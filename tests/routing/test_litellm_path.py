@@ -39,9 +39,13 @@ def test_litellm_deployment_streams_with_usage_when_asked(client):
 
 def test_litellm_deployment_maps_provider_errors_like_the_relay(client):
     with pytest.raises(openai.RateLimitError) as raised:
-        client.chat.completions.create(model="via-litellm", messages=[{"role": "user", "content": "[[fake status=429]]"}])
+        client.chat.completions.create(
+            model="via-litellm", messages=[{"role": "user", "content": "[[fake status=429]]"}]
+        )
     assert raised.value.status_code == 429
     with pytest.raises(openai.InternalServerError) as failed:
-        client.chat.completions.create(model="via-litellm", messages=[{"role": "user", "content": "[[fake status=500]]"}])
+        client.chat.completions.create(
+            model="via-litellm", messages=[{"role": "user", "content": "[[fake status=500]]"}]
+        )
     assert failed.value.status_code == 502
     assert failed.value.body["type"] == "upstream_error"
