@@ -149,28 +149,31 @@ class FakeUpstream:
                 data["usage"] = None
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
-        await response.write(chunk({"role": "assistant", "content": ""}, None))
-        for index, word in enumerate(words):
-            if behaviour.gap_ms:
-                await asyncio.sleep(behaviour.gap_ms / 1000)
-            if index == behaviour.drop_after:
-                if request.transport is not None:
-                    request.transport.abort()
-                return response
-            await response.write(chunk({"content": word}, None))
-        await response.write(chunk({}, "stop"))
-        if include_usage:
-            final = {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": usage,
-            }
-            await response.write(b"data: " + json.dumps(final).encode() + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+        try:
+            await response.write(chunk({"role": "assistant", "content": ""}, None))
+            for index, word in enumerate(words):
+                if behaviour.gap_ms:
+                    await asyncio.sleep(behaviour.gap_ms / 1000)
+                if index == behaviour.drop_after:
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return response
+                await response.write(chunk({"content": word}, None))
+            await response.write(chunk({}, "stop"))
+            if include_usage:
+                final = {
+                    "id": completion_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
+                await response.write(b"data: " + json.dumps(final).encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away mid-stream, as clients do
         return response
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
