@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connections
 from django.test import override_settings
 
 from tenants import auth, services
@@ -18,6 +19,13 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+@pytest.fixture(autouse=True)
+async def close_thread_connections():
+    yield
+    # Lookups ran in asgiref's sync thread; close its connection so the test database can be dropped.
+    await sync_to_async(connections.close_all)()
+
+
 @pytest.fixture
 def issued(transactional_db):
     tenant = services.tenant_save(tenant=Tenant(slug="cache", name="Cache"), actor="test")
@@ -27,7 +35,7 @@ def issued(transactional_db):
 
 @override_settings(KEY_CACHE_TTL=3600, KEY_REVOCATION_POLL=0)
 async def test_revocation_reaches_a_cache_in_another_process_through_the_shared_epoch(issued):
-    tenant, key, secret = issued
+    _, key, secret = issued
     other_process = KeyCache()  # a second cache, as another server process holds
     await other_process.lookup(digest(secret))  # warm, with a TTL of an hour
     await sync_to_async(services.api_key_revoke)(api_key=key, actor="test")
