@@ -12,9 +12,16 @@ from django.core.asgi import get_asgi_application
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
 from routing.consumers import ChatCompletionsConsumer  # noqa: E402
+
+if settings.SERVE_STATIC:
+    # The admin's CSS/JS, served by the app itself so one process is the whole web tier;
+    # set SERVE_STATIC=false when a proxy or CDN serves STATIC_ROOT instead.
+    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
 application = ProtocolTypeRouter(
     {
