@@ -5,10 +5,12 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
 from django.urls import path, re_path
+from django.views.decorators.csrf import csrf_exempt
 
 from llm_platform.api import api
 
 
+@csrf_exempt  # API clients carry no CSRF token; they must get this JSON 404, not a CSRF page
 def api_not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
     return JsonResponse(
         {
