@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
 from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
+from django.views.generic import RedirectView
 
 from llm_platform.api import api
 
@@ -30,7 +31,13 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+admin.site.site_header = "LLM platform"
+admin.site.site_title = "LLM platform admin"
+admin.site.index_title = "Tenants, keys, models and the audit trail"
+admin.site.site_url = "/v1/docs"
+
 urlpatterns = [
+    path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("healthz", healthz),
     path("admin/", admin.site.urls),
     path("v1/", api.urls),
