@@ -184,15 +184,20 @@ class ChatCompletion:
         self.response_complete = True
         await self._send_body(body, False)
 
+    async def refuse(self, exc: PlatformError) -> None:
+        """Answer with ``exc`` as an OpenAI-style error, with the usual gateway headers."""
+        self.error_type = exc.code or exc.type
+        extra = [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
+        await self._respond(exc.status, exc.body_bytes(), [*JSON_HEADERS, *extra])
+
     async def run(self, body: bytes) -> None:
         try:
             await self._serve(body)
         except PlatformError as exc:
-            self.error_type = exc.code or exc.type
             if self.response_started:
+                self.error_type = exc.code or exc.type
                 raise
-            extra = [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
-            await self._respond(exc.status, exc.body_bytes(), [*JSON_HEADERS, *extra])
+            await self.refuse(exc)
         except asyncio.CancelledError:
             self.disconnected = not self.response_complete
             raise

@@ -10,8 +10,8 @@ from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
-from routing.chat import JSON_HEADERS, ChatCompletion, request_id_new
-from tenants.errors import InvalidRequest, PayloadTooLarge, PlatformError
+from routing.chat import ChatCompletion
+from tenants.errors import InvalidRequest, PayloadTooLarge
 
 
 class ChatCompletionsConsumer(AsyncHttpConsumer):
@@ -47,32 +47,27 @@ class ChatCompletionsConsumer(AsyncHttpConsumer):
         self.task = asyncio.ensure_future(self._serve(b"".join(self.body)))
 
     async def _serve(self, body: bytes) -> None:
-        if self.scope["method"] != "POST":
-            await self._error(
-                InvalidRequest("Use POST for /v1/chat/completions.", code="method_not_allowed", status=405)
-            )
-            return
-        if self.too_large:
-            await self._error(PayloadTooLarge(f"The request body exceeds {settings.MAX_REQUEST_BYTES} bytes."))
-            return
         client = self.scope.get("client")
-        self.completion = ChatCompletion(
+        self.completion = completion = ChatCompletion(
             headers=dict(self.scope["headers"]),
             client_ip=client[0] if client else None,
             send_start=self._start,
             send_body=self._body,
         )
-        await self.completion.run(body)
+        if self.scope["method"] != "POST":
+            await completion.refuse(
+                InvalidRequest("Use POST for /v1/chat/completions.", code="method_not_allowed", status=405)
+            )
+        elif self.too_large:
+            await completion.refuse(PayloadTooLarge(f"The request body exceeds {settings.MAX_REQUEST_BYTES} bytes."))
+        else:
+            await completion.run(body)
 
     async def _start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def _body(self, body: bytes, more: bool) -> None:
         await self.send({"type": "http.response.body", "body": body, "more_body": more})
-
-    async def _error(self, exc: PlatformError) -> None:
-        await self._start(exc.status, [*JSON_HEADERS, (b"x-request-id", request_id_new().encode())])
-        await self._body(exc.body_bytes(), False)
 
     async def http_disconnect(self, message: dict[str, Any]) -> None:
         task = self.task

@@ -144,6 +144,16 @@ def test_wrong_method_is_405_json(server, chat, owner_key):
     response = httpx.get(f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {owner_key.secret}"})
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
+    assert {"x-request-id", "x-gateway-overhead-ms"} <= set(response.headers)
+
+
+def test_oversized_body_is_413(server, chat, owner_key):
+    too_big = (
+        b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "' + b"x" * (21 * 1024 * 1024) + b'"}]}'
+    )
+    response = post(server, too_big, owner_key.secret)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
 
 
 def test_unknown_api_route_is_404_json_not_html(server):
