@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -14,7 +15,7 @@ from django.utils.dateparse import parse_datetime
 from routing.models import ModelDeployment
 from routing.services import deployment_save
 from tenants import services as tenant_services
-from tenants.models import ApiKey, Tenant, key_hash
+from tenants.models import ApiKey, Quota, Tenant, key_hash
 
 # Parts of a LiteLLM proxy config this platform reads elsewhere or not at all; they are
 # accepted so a LiteLLM config loads as is, and reported so nobody assumes they act.
@@ -113,6 +114,62 @@ def _apply_deployment(entry: Any, where: str, actor: str, report: ConfigReport) 
     (report.created if is_new else report.updated).append(label)
 
 
+LIMIT_NAMES = {"rpm_limit", "tpm_limit", "input_tpm_limit", "output_tpm_limit", "max_parallel_requests", "max_budget"}
+DURATIONS = {"1d": "1d", "24h": "1d", "day": "1d", "30d": "30d", "1mo": "30d", "month": "30d"}
+
+
+def _limit_entries(value: Any, where: str) -> list[tuple[str, dict[str, Any], str]]:
+    """Flatten ``limits`` (a mapping, optionally with ``model_limits``, or a list of mappings) to rows."""
+    if value is None:
+        return []
+    entries = value if isinstance(value, list) else [value]
+    rows = []
+    for index, entry in enumerate(entries):
+        here = f"{where}[{index}]" if isinstance(value, list) else where
+        entry = dict(_mapping(entry, here))
+        per_model = _mapping(entry.pop("model_limits", None) or {}, f"{here}.model_limits")
+        rows.append((str(entry.pop("model", "") or ""), entry, here))
+        for model, limits in per_model.items():
+            rows.append(
+                (str(model), dict(_mapping(limits, f"{here}.model_limits.{model}")), f"{here}.model_limits.{model}")
+            )
+    return rows
+
+
+def _apply_limits(scope: dict[str, Any], value: Any, where: str, actor: str, report: ConfigReport) -> None:
+    for model, limits, here in _limit_entries(value, where):
+        unknown = sorted(set(limits) - LIMIT_NAMES - {"budget_duration"})
+        if unknown:
+            raise ConfigError(
+                f"{here}: unknown limit(s) {', '.join(unknown)}; expected {', '.join(sorted(LIMIT_NAMES))}"
+            )
+        duration = DURATIONS.get(str(limits.pop("budget_duration", "30d")))
+        if duration is None:
+            raise ConfigError(f"{here}.budget_duration must be 1d or 30d")
+        desired: dict[str, Any] = {name: limits.get(name) for name in LIMIT_NAMES}
+        if desired["max_budget"] is not None:
+            try:
+                desired["max_budget"] = Decimal(str(desired["max_budget"]))
+            except ArithmeticError:
+                raise ConfigError(f"{here}.max_budget must be a number of USD") from None
+        quota = Quota.objects.filter(**scope, model=model, budget_duration=duration).first()
+        label = f"quota {here}"
+        if quota is not None and all(getattr(quota, k) == v for k, v in desired.items()):
+            report.unchanged.append(label)
+            continue
+        is_new = quota is None
+        quota = quota or Quota(**scope, model=model, budget_duration=duration)
+        for name, limit in desired.items():
+            setattr(quota, name, limit)
+        try:
+            tenant_services.quota_save(quota=quota, actor=actor)
+        except ValidationError as exc:
+            raise _validation(here, exc) from exc
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise ConfigError(f"{here}: limits must be non-negative numbers ({exc})") from exc
+        (report.created if is_new else report.updated).append(label)
+
+
 def _expiry(value: Any, where: str) -> dt.datetime | None:
     if value is None:
         return None
@@ -145,11 +202,19 @@ def _apply_key(tenant: Tenant, entry: Any, where: str, actor: str, report: Confi
         report.created.append(label)
         if secret is None:
             report.new_keys[f"{tenant.slug}/{name}"] = plaintext
+        _apply_limits(
+            {"api_key": ApiKey.objects.get(tenant=tenant, name=name, revoked_at__isnull=True)},
+            entry.get("limits"),
+            f"{where}.limits",
+            actor,
+            report,
+        )
         return
     changed = existing.allowed_models != models or existing.expires_at != expires_at
     if secret is not None and existing.secret_hash != key_hash(secret):
         existing.set_secret(secret)
         changed = True
+    _apply_limits({"api_key": existing}, entry.get("limits"), f"{where}.limits", actor, report)
     if not changed:
         report.unchanged.append(label)
         return
@@ -168,11 +233,6 @@ def _apply_tenant(entry: Any, where: str, actor: str, report: ConfigReport) -> N
     active = entry.get("active", True)
     if not isinstance(active, bool):
         raise ConfigError(f"{where}.active must be true or false")
-    for section in ("limits", "quotas"):
-        if entry.get(section):
-            report.warnings.append(
-                f"{where}.{section}: quotas are not enforced by this version of the platform; the section was ignored"
-            )
     tenant = Tenant.objects.filter(slug=slug).first()
     label = f"tenant {slug}"
     if tenant is None or tenant.name != name or tenant.is_active != active:
@@ -186,6 +246,7 @@ def _apply_tenant(entry: Any, where: str, actor: str, report: ConfigReport) -> N
         (report.created if is_new else report.updated).append(label)
     else:
         report.unchanged.append(label)
+    _apply_limits({"tenant": tenant}, entry.get("limits"), f"{where}.limits", actor, report)
     for index, key_entry in enumerate(_sequence(entry.get("api_keys"), f"{where}.api_keys")):
         _apply_key(tenant, key_entry, f"{where}.api_keys[{index}]", actor, report)
 

@@ -12,13 +12,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
+
+from audit.models import AuditEvent
+from audit.services import AuditEntry, audit_record_deferred
 from routing import upstream
+from routing.pricing import usage_cost
 from routing.selectors import DeploymentTarget, deployment_cache
 from routing.usage import UsageRow, usage_record
 from tenants.auth import KeyContext, key_authenticate_header
 from tenants.errors import InvalidRequest, NotFound, PermissionDenied, PlatformError
+from tenants.quota import QuotaExceeded, Reservation, quota_reserve, quota_settle
 
 logger = logging.getLogger(__name__)
+_settling: set[asyncio.Task[None]] = set()
 
 SendStart = Callable[[int, list[tuple[bytes, bytes]]], Awaitable[None]]
 SendBody = Callable[[bytes, bool], Awaitable[None]]
@@ -167,6 +174,7 @@ class ChatCompletion:
         self.wait_s = 0.0
         self.ttfb_s: float | None = None
         self.disconnected = False
+        self.reservation: Reservation | None = None
         self.response_started = False
         self.response_complete = False
 
@@ -175,6 +183,7 @@ class ChatCompletion:
         return [
             (b"x-request-id", self.request_id.encode()),
             (b"x-gateway-overhead-ms", f"{overhead * 1000:.3f}".encode()),
+            *(self.reservation.headers() if self.reservation is not None else ()),
         ]
 
     async def _respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -217,6 +226,8 @@ class ChatCompletion:
         self.key = await key_authenticate_header(authorization, ip=self.client_ip, endpoint="chat.completions")
         self.request = request = chat_request_parse(body)
         self.target = target = await route_select(self.key, request.model)
+        if self.key.quotas:
+            await self._reserve(body, request, target)
         if not request.stream:
             completion = await upstream.complete(target, request.payload)
             self.wait_s += completion.wait_s
@@ -246,11 +257,51 @@ class ChatCompletion:
                 self.usage = relay.usage or upstream.usage_estimate(request.payload, relay.content_events)
             await relay.close()
 
+    async def _reserve(self, body: bytes, request: ChatRequest, target: DeploymentTarget) -> None:
+        """Reserve against the key's and tenant's quotas before the upstream is called."""
+        assert self.key is not None
+        payload = request.payload
+        tokens_in = max(1, len(body) // 4)
+        tokens_out = int(
+            payload.get("max_completion_tokens") or payload.get("max_tokens") or settings.QUOTA_DEFAULT_OUTPUT_TOKENS
+        )
+        cost = usage_cost(target.litellm_model, tokens_in, tokens_out, target.extra_params)
+        try:
+            self.reservation = await quota_reserve(
+                self.key.quotas, request.model, tokens_in=tokens_in, tokens_out=tokens_out, cost=cost
+            )
+        except QuotaExceeded as exc:
+            audit_record_deferred(
+                AuditEntry(
+                    actor=f"key:{self.key.prefix}",
+                    action="quota.refused",
+                    target=f"model:{request.model}",
+                    tenant_id=self.key.tenant_id,
+                    outcome=AuditEvent.Outcome.DENIED,
+                    ip=self.client_ip,
+                    details={"limit": exc.code, "message": exc.message, "request_id": self.request_id},
+                )
+            )
+            raise
+
+    def _settle(self, usage: upstream.Usage) -> None:
+        reservation, target = self.reservation, self.target
+        if reservation is None or target is None:
+            return
+        cost = usage_cost(target.litellm_model, usage.prompt_tokens, usage.completion_tokens, target.extra_params)
+        task = asyncio.get_running_loop().create_task(
+            quota_settle(reservation, tokens_in=usage.prompt_tokens, tokens_out=usage.completion_tokens, cost=cost)
+        )
+        # Settling runs on its own task: a cancelled (disconnected) request must still settle.
+        _settling.add(task)
+        task.add_done_callback(_settling.discard)
+
     def _account(self) -> None:
         key, request, target = self.key, self.request, self.target
         if key is None:
             return
         usage = self.usage or upstream.Usage()
+        self._settle(usage)
         total = time.perf_counter() - self.started
         usage_record(
             UsageRow(

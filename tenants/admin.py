@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from tenants import services
-from tenants.models import ApiKey, Tenant
+from tenants.models import ApiKey, Quota, Tenant
 
 
 def actor_of(request: HttpRequest) -> str:
@@ -79,14 +79,44 @@ def status_badge(obj: ApiKey) -> str:
     return format_html('<b style="color:{}">{}</b>', colour, ApiKey.Status(obj.status).label)
 
 
+class QuotaInline(admin.TabularInline):
+    model = Quota
+    extra = 0
+    fields = [
+        "model",
+        "rpm_limit",
+        "tpm_limit",
+        "input_tpm_limit",
+        "output_tpm_limit",
+        "max_parallel_requests",
+        "max_budget",
+        "budget_duration",
+    ]
+    verbose_name_plural = "Quotas (empty fields mean no limit; every matching quota applies)"
+
+
+class QuotaFormsetMixin:
+    """Quota rows edited inline are saved through the audited services, like everything else."""
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        if formset.model is not Quota:
+            super().save_formset(request, form, formset, change)  # type: ignore[misc]
+            return
+        quotas = formset.save(commit=False)
+        for quota in formset.deleted_objects:
+            services.quota_delete(quota=quota, actor=actor_of(request), ip=ip_of(request))
+        for quota in quotas:
+            services.quota_save(quota=quota, actor=actor_of(request), ip=ip_of(request))
+
+
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(QuotaFormsetMixin, admin.ModelAdmin):
     list_display = ["slug", "name", "is_active", "key_count", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ["created_at", "updated_at"]
-    inlines = [ApiKeyInline]
+    inlines = [QuotaInline, ApiKeyInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
         return super().get_queryset(request).annotate(_key_count=Count("api_keys"))
@@ -125,7 +155,7 @@ class KeyStatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(QuotaFormsetMixin, admin.ModelAdmin):
     form = ApiKeyForm
     list_display = ["name", "prefix_display", "tenant", "status_display", "created_at", "expires_at", "last_used_at"]
     list_filter = [KeyStatusFilter, "tenant"]
@@ -134,6 +164,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     readonly_fields = ["prefix", "status_display", "created_at", "revoked_at", "last_used_at", "created_by"]
     autocomplete_fields = ["tenant"]
     actions = ["revoke_keys"]
+    inlines = [QuotaInline]
     show_full_result_count = False
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:

@@ -10,13 +10,14 @@ from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, models
 from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import AuditEntry, audit_record_deferred
 from tenants.epoch import SharedEpoch
 from tenants.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
+from tenants.quota import MICROS, QuotaRule
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class KeyContext:
     allowed_models: frozenset[str]
     expires_at: dt.datetime | None
     revoked: bool
+    quotas: tuple[QuotaRule, ...] = ()
 
     def allows_model(self, model_name: str) -> bool:
         return not self.allowed_models or model_name in self.allowed_models
@@ -97,6 +99,33 @@ class KeyCache:
         )
 
 
+def _quota_rules(key_id: int, prefix: str, tenant_id: int, tenant_slug: str) -> tuple[QuotaRule, ...]:
+    from tenants.models import Quota
+
+    rules = []
+    for quota in Quota.objects.filter(models.Q(tenant_id=tenant_id) | models.Q(api_key_id=key_id)).order_by("id"):
+        scope, label = (
+            (f"key:{key_id}", f"API key {prefix}…")
+            if quota.api_key_id
+            else (f"tenant:{tenant_id}", f"tenant {tenant_slug}")
+        )
+        rules.append(
+            QuotaRule(
+                scope=scope,
+                label=label,
+                model=quota.model,
+                rpm=quota.rpm_limit,
+                tpm=quota.tpm_limit,
+                input_tpm=quota.input_tpm_limit,
+                output_tpm=quota.output_tpm_limit,
+                parallel=quota.max_parallel_requests,
+                budget_micros=None if quota.max_budget is None else int(quota.max_budget * MICROS),
+                budget_duration=quota.budget_duration,
+            )
+        )
+    return tuple(rules)
+
+
 def _key_fetch_sync(secret_hash: str) -> KeyContext | None:
     from tenants.models import ApiKey
 
@@ -126,6 +155,7 @@ def _key_fetch_sync(secret_hash: str) -> KeyContext | None:
         allowed_models=frozenset(row["allowed_models"] or ()),
         expires_at=row["expires_at"],
         revoked=row["revoked_at"] is not None,
+        quotas=_quota_rules(row["id"], row["prefix"], row["tenant_id"], row["tenant__slug"]),
     )
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from decimal import Decimal
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -102,3 +104,70 @@ class ApiKey(models.Model):
 
     def allows_model(self, model_name: str) -> bool:
         return not self.allowed_models or model_name in self.allowed_models
+
+
+MAX_RATE = 10_000_000
+MAX_BUDGET_USD = 10_000_000
+
+
+class Quota(models.Model):
+    """Limits for a tenant or one of its API keys, for every model or one model.
+
+    Field names follow LiteLLM's (``rpm_limit``, ``tpm_limit``, ``max_parallel_requests``,
+    ``max_budget`` with ``budget_duration``) so configs carry over. Every quota that
+    matches a request applies: a key's tighter limit and its tenant's wider one both hold.
+    Empty fields mean "no limit of this kind".
+    """
+
+    class BudgetDuration(models.TextChoices):
+        DAY = "1d", "per day (UTC)"
+        MONTH = "30d", "per calendar month (UTC)"
+
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="quotas")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="quotas")
+    model = models.CharField(max_length=200, blank=True, help_text="Public model name; empty applies to all models.")
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=[MaxValueValidator(MAX_RATE)])
+    tpm_limit = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MaxValueValidator(MAX_RATE)], help_text="Total tokens per minute."
+    )
+    input_tpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=[MaxValueValidator(MAX_RATE)])
+    output_tpm_limit = models.PositiveIntegerField(null=True, blank=True, validators=[MaxValueValidator(MAX_RATE)])
+    max_parallel_requests = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MaxValueValidator(100_000)], help_text="Concurrent requests and streams."
+    )
+    max_budget = models.DecimalField(
+        max_digits=14,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0)), MaxValueValidator(Decimal(MAX_BUDGET_USD))],
+        help_text="USD per budget duration.",
+    )
+    budget_duration = models.CharField(max_length=4, choices=BudgetDuration.choices, default=BudgetDuration.MONTH)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(tenant__isnull=False, api_key__isnull=True)
+                    | models.Q(tenant__isnull=True, api_key__isnull=False)
+                ),
+                name="quota_one_scope",
+            ),
+            models.UniqueConstraint(fields=["tenant", "model", "budget_duration"], name="quota_unique_tenant_model"),
+            models.UniqueConstraint(fields=["api_key", "model", "budget_duration"], name="quota_unique_key_model"),
+        ]
+
+    def __str__(self) -> str:
+        scope = f"key {self.api_key}" if self.api_key_id else f"tenant {self.tenant}"
+        return f"{scope} · {self.model or 'all models'}"
+
+    LIMIT_FIELDS = (
+        "rpm_limit",
+        "tpm_limit",
+        "input_tpm_limit",
+        "output_tpm_limit",
+        "max_parallel_requests",
+        "max_budget",
+    )

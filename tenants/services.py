@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from audit.services import audit_record, changes_between
 from tenants.auth import key_cache_invalidate
-from tenants.models import ApiKey, Tenant, key_generate
+from tenants.models import ApiKey, Quota, Tenant, key_generate
 
 
 def snapshot(instance: models.Model, fields: Iterable[str]) -> dict[str, Any]:
@@ -153,5 +153,47 @@ def api_key_delete(*, api_key: ApiKey, actor: str, ip: str | None = None) -> Non
         tenant_id=tenant_id,
         ip=ip,
         details={"before": before},
+    )
+    transaction.on_commit(key_cache_invalidate)
+
+
+QUOTA_AUDIT_FIELDS = ("tenant", "api_key", "model", "budget_duration", *Quota.LIMIT_FIELDS)
+
+
+def _quota_tenant_id(quota: Quota) -> int | None:
+    return quota.tenant_id or (quota.api_key.tenant_id if quota.api_key_id else None)
+
+
+def _quota_snapshot(quota: Quota) -> dict[str, Any]:
+    values = snapshot(quota, QUOTA_AUDIT_FIELDS)
+    if values.get("max_budget") is not None:
+        values["max_budget"] = str(values["max_budget"])
+    return values
+
+
+@transaction.atomic
+def quota_save(*, quota: Quota, actor: str, ip: str | None = None) -> Quota:
+    old = Quota.objects.filter(pk=quota.pk).first() if quota.pk else None
+    before = _quota_snapshot(old) if old is not None else {}
+    quota.full_clean()
+    quota.save()
+    audit_record(
+        actor=actor,
+        action="quota.change" if old is not None else "quota.create",
+        target=f"quota:{quota.pk}:{quota}",
+        tenant_id=_quota_tenant_id(quota),
+        ip=ip,
+        details={"changes": changes_between(before, _quota_snapshot(quota))},
+    )
+    transaction.on_commit(key_cache_invalidate)
+    return quota
+
+
+@transaction.atomic
+def quota_delete(*, quota: Quota, actor: str, ip: str | None = None) -> None:
+    before, target, tenant_id = _quota_snapshot(quota), f"quota:{quota.pk}:{quota}", _quota_tenant_id(quota)
+    quota.delete()
+    audit_record(
+        actor=actor, action="quota.delete", target=target, tenant_id=tenant_id, ip=ip, details={"before": before}
     )
     transaction.on_commit(key_cache_invalidate)

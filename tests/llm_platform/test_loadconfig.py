@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from io import StringIO
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from django.db import connection
 
 from audit.models import AuditEvent
 from routing.models import ModelDeployment
-from tenants.models import ApiKey, Tenant, key_hash
+from tenants.models import ApiKey, Quota, Tenant, key_hash
 
 CONFIG = """
 model_list:
@@ -131,3 +132,54 @@ def test_bad_config_is_refused_with_a_clear_error_and_nothing_applied(db, tmp_pa
     assert Tenant.objects.count() == 0
     assert ModelDeployment.objects.count() == 0
     assert ApiKey.objects.count() == 0
+
+
+LIMITS = """
+tenants:
+  - slug: acme
+    limits:
+      rpm_limit: 600
+      max_budget: 100
+      budget_duration: 30d
+      model_limits:
+        gpt-4o: {rpm_limit: 10, tpm_limit: 20000}
+    api_keys:
+      - name: ci
+        key: sk-acme-ci-0123456789abcdef
+        limits:
+          - {rpm_limit: 60, max_parallel_requests: 2}
+          - {max_budget: 1.5, budget_duration: 1d}
+"""
+
+
+def test_litellm_style_limits_become_quotas_for_tenants_and_keys(db, tmp_path):
+    load(tmp_path, LIMITS)
+    tenant = Tenant.objects.get(slug="acme")
+    tenant_quotas = {q.model: q for q in Quota.objects.filter(tenant=tenant)}
+    assert tenant_quotas[""].rpm_limit == 600 and tenant_quotas[""].max_budget == 100
+    assert tenant_quotas[""].budget_duration == "30d"
+    assert (tenant_quotas["gpt-4o"].rpm_limit, tenant_quotas["gpt-4o"].tpm_limit) == (10, 20000)
+    key_quotas = sorted(Quota.objects.filter(api_key__name="ci"), key=lambda q: q.budget_duration)
+    assert [(q.budget_duration, q.rpm_limit, q.max_parallel_requests, q.max_budget) for q in key_quotas] == [
+        ("1d", None, None, Decimal("1.5")),
+        ("30d", 60, 2, None),
+    ]
+    assert AuditEvent.objects.filter(action="quota.create").count() == 4
+    out, _ = load(tmp_path, LIMITS)
+    assert "0 created, 0 updated" in out
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ("{rpm_limit: -5}", "rpm_limit"),
+        ("{rpm_limit: 100000000000}", "rpm_limit"),
+        ("{max_budget: lots}", "max_budget must be a number"),
+        ("{max_budget: 5, budget_duration: 7y}", "budget_duration must be 1d or 30d"),
+        ("{requests_per_day: 5}", "unknown limit(s) requests_per_day"),
+    ],
+)
+def test_bad_limits_are_refused(db, tmp_path, limits, message):
+    with pytest.raises(CommandError, match=re.escape(message)):
+        load(tmp_path, f"tenants:\n  - slug: acme\n    limits: {limits}\n")
+    assert not Quota.objects.exists() and not Tenant.objects.exists()

@@ -34,7 +34,8 @@ def wait_for_audit(**filters: object) -> AuditEvent:
     raise AssertionError(f"no audit event matching {filters}")
 
 
-INLINE = {"api_keys-TOTAL_FORMS": "0", "api_keys-INITIAL_FORMS": "0"}
+QUOTAS = {"quotas-TOTAL_FORMS": "0", "quotas-INITIAL_FORMS": "0"}
+INLINE = {"api_keys-TOTAL_FORMS": "0", "api_keys-INITIAL_FORMS": "0", **QUOTAS}
 
 
 def add_tenant(client: Client, slug: str = "search", name: str = "Search team") -> Tenant:
@@ -47,7 +48,8 @@ def add_tenant(client: Client, slug: str = "search", name: str = "Search team") 
 
 def add_key(client: Client, tenant: Tenant, **fields: str) -> tuple[ApiKey, str, str]:
     response = client.post(
-        reverse("admin:tenants_apikey_add"), {"tenant": tenant.pk, "name": "backend", "allowed_models": "", **fields}
+        reverse("admin:tenants_apikey_add"),
+        {"tenant": tenant.pk, "name": "backend", "allowed_models": "", **QUOTAS, **fields},
     )
     assert response.status_code == 200
     page = response.content.decode()
@@ -131,7 +133,7 @@ def test_key_with_an_expiry_in_the_past_is_refused(admin_client):
     tenant = add_tenant(admin_client)
     response = admin_client.post(
         reverse("admin:tenants_apikey_add"),
-        {"tenant": tenant.pk, "name": "old", "expires_at_0": "2001-01-01", "expires_at_1": "00:00:00"},
+        {"tenant": tenant.pk, "name": "old", "expires_at_0": "2001-01-01", "expires_at_1": "00:00:00", **QUOTAS},
     )
     assert response.status_code == 200
     assert "expires_at" in response.context["adminform"].form.errors

@@ -1,0 +1,337 @@
+"""Quotas on the hot path: one atomic check-and-reserve across all matching limits, then settle.
+
+Counters live in Redis when ``REDIS_URL`` is set, so every server process counts against
+the same numbers; one Lua script checks every limit and reserves on all of them, or on
+none. Without Redis (the embedded mode) the same logic runs on in-process counters.
+Windows are fixed and aligned to the clock (UTC): requests and tokens per minute, spend
+per day or calendar month. Concurrency counts requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+
+from tenants.errors import PlatformError, RateLimited, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+MICROS = 1_000_000  # spend is counted in micro-dollars so Redis can INCRBY integers
+PARALLEL_TTL_MS = 15 * 60 * 1000  # a crashed process's in-flight count heals after this
+
+# KEYS: counters. ARGV: limit, increment, ttl_ms for each. All or nothing.
+RESERVE_LUA = """
+local values = {}
+for i = 1, #KEYS do
+  local current = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if current + tonumber(ARGV[3 * i - 1]) > tonumber(ARGV[3 * i - 2]) then
+    return {i, current}
+  end
+end
+for i = 1, #KEYS do
+  values[i] = redis.call('INCRBY', KEYS[i], ARGV[3 * i - 1])
+  if redis.call('PTTL', KEYS[i]) < 0 then
+    redis.call('PEXPIRE', KEYS[i], ARGV[3 * i])
+  end
+end
+return {0, unpack(values)}
+"""
+
+# KEYS: counters. ARGV: delta, ttl_ms for each; a counter never drops below zero.
+SETTLE_LUA = """
+for i = 1, #KEYS do
+  local value = redis.call('INCRBY', KEYS[i], ARGV[2 * i - 1])
+  if value < 0 then redis.call('SET', KEYS[i], 0, 'KEEPTTL') end
+  if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[2 * i]) end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRule:
+    """One quota row as the hot path needs it."""
+
+    scope: str  # "key:12" or "tenant:3"
+    label: str  # for messages: "API key sk-abc…" or "tenant acme"
+    model: str  # "" applies to every model
+    rpm: int | None = None
+    tpm: int | None = None
+    input_tpm: int | None = None
+    output_tpm: int | None = None
+    parallel: int | None = None
+    budget_micros: int | None = None
+    budget_duration: str = "30d"
+
+    def applies_to(self, model: str) -> bool:
+        return not self.model or self.model == model
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    kind: str  # requests, tokens, input_tokens, output_tokens, parallel, budget
+    key: str
+    limit: int
+    amount: int
+    ttl_ms: int
+    reset_at: float  # epoch seconds when the window ends (0 for parallel)
+    rule: QuotaRule
+
+
+@dataclass(slots=True)
+class Reservation:
+    checks: list[Check] = field(default_factory=list)
+    values: list[int] = field(default_factory=list)
+    settled: bool = False
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """OpenAI's x-ratelimit-* headers for the tightest request and token limits."""
+        out: list[tuple[bytes, bytes]] = []
+        for kind, suffix in (("requests", b"requests"), ("tokens", b"tokens")):
+            tightest = None
+            for check, value in zip(self.checks, self.values, strict=False):
+                if check.kind == kind and (tightest is None or check.limit - value < tightest[1]):
+                    tightest = (check, check.limit - value)
+            if tightest is not None:
+                check, remaining = tightest
+                out += [
+                    (b"x-ratelimit-limit-" + suffix, str(check.limit).encode()),
+                    (b"x-ratelimit-remaining-" + suffix, str(max(0, remaining)).encode()),
+                    (b"x-ratelimit-reset-" + suffix, reset_text(check.reset_at - time.time()).encode()),
+                ]
+        return out
+
+
+def reset_text(seconds: float) -> str:
+    """OpenAI's duration style: 450ms, 17s, 6m0s, 3h2m0s."""
+    seconds = max(0.0, seconds)
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    whole = math.ceil(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def _windows(now: float) -> dict[str, tuple[str, float]]:
+    """Window ids and their end times (epoch seconds) for the fixed, clock-aligned windows."""
+    minute = int(now // 60)
+    today = dt.datetime.fromtimestamp(now, dt.UTC)
+    day_end = dt.datetime(today.year, today.month, today.day, tzinfo=dt.UTC) + dt.timedelta(days=1)
+    month_end = dt.datetime(today.year + today.month // 12, today.month % 12 + 1, 1, tzinfo=dt.UTC)
+    return {
+        "minute": (f"m{minute}", (minute + 1) * 60.0),
+        "1d": (f"d{today:%Y%m%d}", day_end.timestamp()),
+        "30d": (f"M{today:%Y%m}", month_end.timestamp()),
+    }
+
+
+REFUSALS = {
+    "requests": ("requests", "rpm_limit_exceeded", "requests per minute"),
+    "tokens": ("tokens", "tpm_limit_exceeded", "tokens per minute"),
+    "input_tokens": ("tokens", "input_tpm_limit_exceeded", "input tokens per minute"),
+    "output_tokens": ("tokens", "output_tpm_limit_exceeded", "output tokens per minute"),
+    "parallel": ("requests", "max_parallel_requests_exceeded", "concurrent requests"),
+    "budget": ("budget", "budget_exceeded", "USD"),
+}
+
+
+class QuotaExceeded(RateLimited):
+    """429 whose ``type`` says which family of limit and ``code`` which limit."""
+
+    def __init__(self, check: Check, current: int, headers: dict[str, str]) -> None:
+        kind, code, unit = REFUSALS[check.kind]
+        scope = f"{check.rule.label}" + (f" for model '{check.rule.model}'" if check.rule.model else "")
+        if check.kind == "budget":
+            spent, limit = current / MICROS, check.limit / MICROS
+            period = "today" if check.rule.budget_duration == "1d" else "this month"
+            message = f"Budget exceeded for {scope}: ${spent:.4f} of ${limit:.2f} spent {period}."
+        else:
+            message = (
+                f"Rate limit reached for {scope}: {check.limit} {unit}; "
+                f"used {current}, this request needs {check.amount}."
+            )
+        super().__init__(message, code=code, headers=headers)
+        self.type = kind
+
+
+def _checks(rules: tuple[QuotaRule, ...], model: str, tokens_in: int, tokens_out: int, cost_micros: int) -> list[Check]:
+    now = time.time()
+    windows = _windows(now)
+    minute_id, minute_end = windows["minute"]
+    prefix = settings.CACHE_KEY_PREFIX
+    checks: list[Check] = []
+    for rule in rules:
+        if not rule.applies_to(model):
+            continue
+        base = f"{prefix}:q:{rule.scope}:{rule.model or '*'}"
+        minute_ttl = int((minute_end - now) * 1000) + 5000
+        for kind, limit, amount in (
+            ("requests", rule.rpm, 1),
+            ("tokens", rule.tpm, tokens_in + tokens_out),
+            ("input_tokens", rule.input_tpm, tokens_in),
+            ("output_tokens", rule.output_tpm, tokens_out),
+        ):
+            if limit is not None:
+                checks.append(Check(kind, f"{base}:{kind}:{minute_id}", limit, amount, minute_ttl, minute_end, rule))
+        if rule.parallel is not None:
+            checks.append(Check("parallel", f"{base}:parallel", rule.parallel, 1, PARALLEL_TTL_MS, 0.0, rule))
+        if rule.budget_micros is not None:
+            window_id, window_end = windows[rule.budget_duration]
+            ttl = int((window_end - now) * 1000) + 3600 * 1000
+            checks.append(
+                Check("budget", f"{base}:budget:{window_id}", rule.budget_micros, cost_micros, ttl, window_end, rule)
+            )
+    return checks
+
+
+class LocalCounters:
+    """In-process counters with the same all-or-nothing semantics (one event loop, no await inside)."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[int, float]] = {}
+
+    def _get(self, key: str, now: float) -> int:
+        value, expires = self._values.get(key, (0, 0.0))
+        return value if expires > now else 0
+
+    async def reserve(self, checks: list[Check]) -> tuple[int, int, list[int]]:
+        now = time.monotonic()
+        for index, check in enumerate(checks, start=1):
+            current = self._get(check.key, now)
+            if current + check.amount > check.limit:
+                return index, current, []
+        values = []
+        for check in checks:
+            value = self._get(check.key, now) + check.amount
+            expires = self._values.get(check.key, (0, 0.0))[1]
+            self._values[check.key] = (value, expires if expires > now else now + check.ttl_ms / 1000)
+            values.append(value)
+        if len(self._values) > 200_000:
+            self._values = {k: v for k, v in self._values.items() if v[1] > now}
+        return 0, 0, values
+
+    async def settle(self, adjustments: list[tuple[str, int, int]]) -> None:
+        now = time.monotonic()
+        for key, delta, ttl_ms in adjustments:
+            value, expires = self._values.get(key, (0, 0.0))
+            if expires <= now:
+                value, expires = 0, now + ttl_ms / 1000
+            self._values[key] = (max(0, value + delta), expires)
+
+
+class RedisCounters:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+
+    def _client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            import redis.asyncio as redis
+
+            client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
+            client.reserve_script = client.register_script(RESERVE_LUA)
+            client.settle_script = client.register_script(SETTLE_LUA)
+            self._clients[loop] = client
+        return client
+
+    async def reserve(self, checks: list[Check]) -> tuple[int, int, list[int]]:
+        args: list[int] = []
+        for check in checks:
+            args += [check.limit, check.amount, check.ttl_ms]
+        result = await self._client().reserve_script(keys=[check.key for check in checks], args=args)
+        if int(result[0]):
+            return int(result[0]), int(result[1]), []
+        return 0, 0, [int(value) for value in result[1:]]
+
+    async def settle(self, adjustments: list[tuple[str, int, int]]) -> None:
+        args: list[int] = []
+        for _, delta, ttl_ms in adjustments:
+            args += [delta, ttl_ms]
+        await self._client().settle_script(keys=[key for key, _, _ in adjustments], args=args)
+
+
+_counters: LocalCounters | RedisCounters | None = None
+
+
+def counters() -> LocalCounters | RedisCounters:
+    global _counters
+    if _counters is None:
+        _counters = RedisCounters(settings.REDIS_URL) if settings.REDIS_URL else LocalCounters()
+    return _counters
+
+
+def _store_failed(exc: Exception) -> None:
+    """Apply QUOTA_FAIL_MODE when Redis cannot be reached: admit (open) or refuse with 503 (closed)."""
+    if settings.QUOTA_FAIL_MODE == "closed":
+        raise ServiceUnavailable(
+            "Quotas cannot be checked right now (Redis unavailable); retry shortly.", code="quota_backend_unavailable"
+        ) from exc
+    logger.warning("quota store unavailable, admitting without limits (QUOTA_FAIL_MODE=open): %s", exc)
+
+
+async def quota_reserve(
+    rules: tuple[QuotaRule, ...], model: str, *, tokens_in: int, tokens_out: int, cost: Decimal
+) -> Reservation:
+    """Check every limit that applies and reserve on all of them at once, or raise ``QuotaExceeded``."""
+    checks = _checks(rules, model, tokens_in, tokens_out, int(cost * MICROS))
+    if not checks:
+        return Reservation()
+    try:
+        failed, current, values = await counters().reserve(checks)
+    except Exception as exc:  # redis.RedisError, OSError: the store is unreachable
+        if isinstance(exc, PlatformError):
+            raise
+        _store_failed(exc)
+        return Reservation()
+    if failed:
+        check = checks[failed - 1]
+        retry = max(1, math.ceil(check.reset_at - time.time())) if check.reset_at else 1
+        headers = {"Retry-After": str(retry)}
+        if check.kind in ("requests", "tokens"):
+            refused = Reservation([check], [current])
+            headers.update({name.decode(): value.decode() for name, value in refused.headers()})
+        raise QuotaExceeded(check, current, headers)
+    return Reservation(checks, values)
+
+
+async def quota_settle(reservation: Reservation, *, tokens_in: int, tokens_out: int, cost: Decimal) -> None:
+    """Replace the reservation with what was really used, and release the concurrency slot."""
+    if reservation.settled or not reservation.checks:
+        return
+    reservation.settled = True
+    actual = {
+        "requests": None,
+        "tokens": tokens_in + tokens_out,
+        "input_tokens": tokens_in,
+        "output_tokens": tokens_out,
+        "budget": int(cost * MICROS),
+    }
+    adjustments = []
+    for check in reservation.checks:
+        if check.kind == "parallel":
+            adjustments.append((check.key, -1, check.ttl_ms))
+            continue
+        used = actual[check.kind]
+        if used is not None and used != check.amount:
+            adjustments.append((check.key, used - check.amount, check.ttl_ms))
+    if not adjustments:
+        return
+    try:
+        await counters().settle(adjustments)
+    except Exception as exc:
+        logger.warning("quota settle failed (%s); counters heal when their window ends", exc)
