@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -12,59 +10,6 @@ import pytest
 from django.db import connection
 
 from tests import live
-
-
-class TcpProxy:
-    """A loopback TCP proxy the test can cut, to make the database really unreachable."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def cut(self) -> None:
-        """Refuse new connections and break every open one."""
-        self.listener.close()
-        with self.lock:
-            for sock in self.sockets:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
 
 
 @pytest.fixture
@@ -79,7 +24,7 @@ def test_seen_keys_keep_working_and_unseen_keys_get_503_while_the_database_is_do
     deployment_factory()
     seen, unseen = key_factory(owner, "seen"), key_factory(owner, "unseen")
     url = urlsplit(live.test_database_url())
-    proxy = TcpProxy((url.hostname or "127.0.0.1", url.port or 5432))
+    proxy = live.TcpProxy((url.hostname or "127.0.0.1", url.port or 5432))
     proxied = urlunsplit(
         url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}" if url.username else f"127.0.0.1:{proxy.port}")
     )
