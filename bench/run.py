@@ -47,7 +47,7 @@ def wait(url: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def setup(env: dict[str, str], upstream: str) -> None:
+def setup(env: dict[str, str], upstream: str, *, quota: bool) -> None:
     python = sys.executable
     subprocess.run([python, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     # A --database given on the command line may hold an earlier run's rows: start empty.
@@ -58,7 +58,13 @@ from tenants import services
 from routing.models import ModelDeployment
 from routing.services import deployment_save
 tenant = services.tenant_save(tenant=Tenant(slug="bench", name="Bench"), actor="bench")
-services.api_key_create(tenant=tenant, name="bench", actor="bench", secret="{KEY}")
+key, _ = services.api_key_create(tenant=tenant, name="bench", actor="bench", secret="{KEY}")
+if {quota!r}:
+    from tenants.models import Quota
+    # Limits high enough never to refuse: the bench measures the cost of enforcing them.
+    for scope in ({{"api_key": key}}, {{"tenant": tenant}}):
+        services.quota_save(quota=Quota(**scope, rpm_limit=10_000_000, tpm_limit=10_000_000,
+                            max_parallel_requests=10_000, max_budget=1_000_000), actor="bench")
 deployment_save(deployment=ModelDeployment(model_name="gpt-4o-mini", litellm_model="openai/gpt-4o-mini",
                 api_base="{upstream}", api_key="sk-fake"), actor="bench")
 """
@@ -131,6 +137,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--stream-concurrency", type=int, default=2)
     parser.add_argument("--redis", default="", help="run the gateway with this REDIS_URL")
+    parser.add_argument("--quota", action="store_true", help="give the bench key and tenant (never-reached) quotas")
     parser.add_argument(
         "--database", default="", help="run the gateway with this DATABASE_URL, an existing database it may empty"
     )
@@ -154,7 +161,7 @@ def main() -> None:
     up_port, gw_port = free_port(), free_port()
     direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
     gateway = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
-    setup(env, f"http://127.0.0.1:{up_port}/v1")
+    setup(env, f"http://127.0.0.1:{up_port}/v1", quota=args.quota)
     python = sys.executable
     processes = [
         subprocess.Popen(
@@ -176,6 +183,7 @@ def main() -> None:
         "date": dt.datetime.now(dt.UTC).isoformat(),
         "redis": bool(args.redis),
         "database": "postgresql" if args.database else "sqlite",
+        "quota": args.quota,
         "cpus": os.cpu_count(),
     }
     try:

@@ -329,9 +329,47 @@ async def quota_settle(reservation: Reservation, *, tokens_in: int, tokens_out: 
         used = actual[check.kind]
         if used is not None and used != check.amount:
             adjustments.append((check.key, used - check.amount, check.ttl_ms))
-    if not adjustments:
-        return
-    try:
-        await counters().settle(adjustments)
-    except Exception as exc:
-        logger.warning("quota settle failed (%s); counters heal when their window ends", exc)
+    if adjustments:
+        _settle_batch.add(adjustments)
+
+
+class SettleBatch:
+    """Folds the settlements of many requests into one store call every few milliseconds.
+
+    Each request would otherwise pay a second Redis round trip after its response; batched,
+    the cost is shared. A released concurrency slot or a refunded reservation becomes
+    visible to other requests at most ``SETTLE_INTERVAL`` later.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, list[int]] = {}  # key -> [delta, ttl_ms]
+        self._scheduled = False
+
+    def add(self, adjustments: list[tuple[str, int, int]]) -> None:
+        for key, delta, ttl_ms in adjustments:
+            entry = self._pending.setdefault(key, [0, ttl_ms])
+            entry[0] += delta
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(SETTLE_INTERVAL, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        task = asyncio.ensure_future(self.flush())
+        _flushing.add(task)
+        task.add_done_callback(_flushing.discard)
+
+    async def flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, {}
+        adjustments = [(key, delta, ttl) for key, (delta, ttl) in pending.items() if delta]
+        if not adjustments:
+            return
+        try:
+            await counters().settle(adjustments)
+        except Exception as exc:
+            logger.warning("quota settle failed (%s); counters heal when their window ends", exc)
+
+
+SETTLE_INTERVAL = 0.02
+_settle_batch = SettleBatch()
+_flushing: set[asyncio.Task[None]] = set()
