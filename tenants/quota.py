@@ -27,22 +27,40 @@ logger = logging.getLogger(__name__)
 MICROS = 1_000_000  # spend is counted in micro-dollars so Redis can INCRBY integers
 PARALLEL_TTL_MS = 15 * 60 * 1000  # a crashed process's in-flight count heals after this
 
-# KEYS: counters. ARGV: limit, increment, ttl_ms for each. All or nothing.
+# Reserves for several requests in one call. ARGV[1] = number of requests; then, per request,
+# its number of counters n followed by n triples (limit, increment, ttl_ms); KEYS are the
+# counters in the same order. Each request is all or nothing, independently of the others.
+# Per request the reply holds: failing index (1-based) and that counter's value, or 0
+# followed by the counters' new values.
 RESERVE_LUA = """
-local values = {}
-for i = 1, #KEYS do
-  local current = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if current + tonumber(ARGV[3 * i - 1]) > tonumber(ARGV[3 * i - 2]) then
-    return {i, current}
+local out = {}
+local k, a = 1, 2
+for _ = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  local failed, seen = 0, 0
+  for i = 0, n - 1 do
+    local current = tonumber(redis.call('GET', KEYS[k + i]) or '0')
+    if current + tonumber(ARGV[a + 3 * i + 1]) > tonumber(ARGV[a + 3 * i]) then
+      failed, seen = i + 1, current
+      break
+    end
   end
-end
-for i = 1, #KEYS do
-  values[i] = redis.call('INCRBY', KEYS[i], ARGV[3 * i - 1])
-  if redis.call('PTTL', KEYS[i]) < 0 then
-    redis.call('PEXPIRE', KEYS[i], ARGV[3 * i])
+  if failed > 0 then
+    out[#out + 1] = failed
+    out[#out + 1] = seen
+  else
+    out[#out + 1] = 0
+    for i = 0, n - 1 do
+      out[#out + 1] = redis.call('INCRBY', KEYS[k + i], ARGV[a + 3 * i + 1])
+      if redis.call('PTTL', KEYS[k + i]) < 0 then
+        redis.call('PEXPIRE', KEYS[k + i], ARGV[a + 3 * i + 2])
+      end
+    end
   end
+  k, a = k + n, a + 3 * n
 end
-return {0, unpack(values)}
+return out
 """
 
 # KEYS: counters. ARGV: delta, ttl_ms for each; a counter never drops below zero.
@@ -233,9 +251,14 @@ class LocalCounters:
 
 
 class RedisCounters:
+    """Counters in Redis. Reserves that arrive while a call is in flight wait and then go
+    together in the next call, so under load one round trip serves many requests."""
+
     def __init__(self, url: str) -> None:
         self.url = url
         self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._waiting: list[tuple[list[Check], asyncio.Future[tuple[int, int, list[int]]]]] = []
+        self._sending = False
 
     def _client(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -250,13 +273,49 @@ class RedisCounters:
         return client
 
     async def reserve(self, checks: list[Check]) -> tuple[int, int, list[int]]:
-        args: list[int] = []
-        for check in checks:
-            args += [check.limit, check.amount, check.ttl_ms]
-        result = await self._client().reserve_script(keys=[check.key for check in checks], args=args)
-        if int(result[0]):
-            return int(result[0]), int(result[1]), []
-        return 0, 0, [int(value) for value in result[1:]]
+        future: asyncio.Future[tuple[int, int, list[int]]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((checks, future))
+        if not self._sending:
+            self._sending = True
+            task = asyncio.ensure_future(self._send())
+            _flushing.add(task)
+            task.add_done_callback(_flushing.discard)
+        return await future
+
+    async def _send(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                await self._send_batch(batch)
+        finally:
+            self._sending = False
+
+    async def _send_batch(self, batch: list[tuple[list[Check], asyncio.Future[tuple[int, int, list[int]]]]]) -> None:
+        keys: list[str] = []
+        args: list[int] = [len(batch)]
+        for checks, _ in batch:
+            args.append(len(checks))
+            for check in checks:
+                keys.append(check.key)
+                args += [check.limit, check.amount, check.ttl_ms]
+        try:
+            reply = [int(value) for value in await self._client().reserve_script(keys=keys, args=args)]
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        position = 0
+        for checks, future in batch:
+            failed = reply[position]
+            if failed:
+                result = (failed, reply[position + 1], [])
+                position += 2
+            else:
+                result = (0, 0, reply[position + 1 : position + 1 + len(checks)])
+                position += 1 + len(checks)
+            if not future.done():
+                future.set_result(result)
 
     async def settle(self, adjustments: list[tuple[str, int, int]]) -> None:
         args: list[int] = []
