@@ -4,6 +4,7 @@ revocation that the API honours, deployments whose credentials never show, and a
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 
 import openai
 import pytest
@@ -13,7 +14,7 @@ from django.urls import reverse
 
 from audit.models import AuditEvent
 from routing.models import ModelDeployment
-from tenants.models import ApiKey, Tenant, key_hash
+from tenants.models import ApiKey, Quota, Tenant, key_hash
 
 
 @pytest.fixture
@@ -209,3 +210,49 @@ def test_admin_list_pages_render(admin_client, owner_key):
     ):
         assert admin_client.get(reverse(f"admin:{name}_changelist")).status_code == 200, name
         assert admin_client.get(reverse(f"admin:{name}_changelist"), {"q": "x"}).status_code == 200, name
+
+
+def tenant_with_quota(client: Client, tenant: Tenant, **quota: str):
+    data = {
+        "slug": tenant.slug,
+        "name": tenant.name,
+        "is_active": "on",
+        "api_keys-TOTAL_FORMS": "0",
+        "api_keys-INITIAL_FORMS": "0",
+        "quotas-TOTAL_FORMS": "1",
+        "quotas-INITIAL_FORMS": "0",
+        "quotas-0-model": "",
+        "quotas-0-budget_duration": "30d",
+        **{f"quotas-0-{name}": value for name, value in quota.items()},
+    }
+    return client.post(reverse("admin:tenants_tenant_change", args=[tenant.pk]), data)
+
+
+@pytest.mark.parametrize(
+    ("quota", "field"),
+    [
+        ({"rpm_limit": "-5"}, "rpm_limit"),
+        ({"tpm_limit": "99999999999"}, "tpm_limit"),
+        ({"max_budget": "-1"}, "max_budget"),
+        ({"max_budget": "1e30"}, "max_budget"),
+        ({"max_parallel_requests": "lots"}, "max_parallel_requests"),
+    ],
+)
+def test_quota_inline_rejects_negative_and_absurd_limits(admin_client, quota, field):
+    tenant = add_tenant(admin_client)
+    response = tenant_with_quota(admin_client, tenant, **quota)
+    assert response.status_code == 200
+    errors = response.context["inline_admin_formsets"][0].formset.errors
+    assert field in errors[0]
+    assert not Quota.objects.exists()
+
+
+def test_quota_saved_in_the_admin_is_audited(admin_client):
+    tenant = add_tenant(admin_client)
+    response = tenant_with_quota(admin_client, tenant, rpm_limit="60", max_budget="12.5")
+    assert response.status_code == 302, response.content.decode()[:2000]
+    quota = Quota.objects.get(tenant=tenant)
+    assert (quota.rpm_limit, quota.max_budget) == (60, Decimal("12.5"))
+    event = AuditEvent.objects.get(action="quota.create")
+    assert event.tenant_id == tenant.pk and event.actor == "user:alice"
+    assert event.details["changes"]["rpm_limit"] == {"before": None, "after": 60}
