@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+def _roles_sync(**kwargs: Any) -> None:
+    from tenants.roles import groups_sync
+
+    groups_sync()
 
 
 class LlmPlatformConfig(AppConfig):
     name = "llm_platform"
     verbose_name = "Platform"
+
+    def ready(self) -> None:
+        # post_migrate fires once per app with models; syncing each time (it is idempotent)
+        # picks up every app's permissions by the last one, and again after a flush.
+        post_migrate.connect(_roles_sync, dispatch_uid="llm_platform.roles_sync")

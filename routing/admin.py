@@ -12,6 +12,7 @@ from django.http import HttpRequest
 from routing import services
 from routing.models import ModelDeployment, RequestLog
 from tenants.admin import actor_of, ip_of
+from tenants.scoping import TenantScopedAdmin
 
 
 class ModelDeploymentForm(forms.ModelForm):
@@ -76,7 +77,7 @@ class ModelDeploymentAdmin(admin.ModelAdmin):
 
 
 @admin.register(RequestLog)
-class RequestLogAdmin(admin.ModelAdmin):
+class RequestLogAdmin(TenantScopedAdmin):
     list_display = [
         "created_at",
         "request_id",

@@ -12,8 +12,12 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from audit.admin import AuditEventAdmin
+from audit.models import AuditEvent
 from tenants import services
-from tenants.models import ApiKey, Quota, Tenant
+from tenants.models import ApiKey, Membership, Quota, Tenant
+from tenants.roles import tenant_ids_for
+from tenants.scoping import TenantScopedAdmin
 
 
 def actor_of(request: HttpRequest) -> str:
@@ -80,7 +84,10 @@ def status_badge(obj: ApiKey) -> str:
 
 
 class QuotaInline(admin.TabularInline):
+    """Key quotas: editable by whoever may change quotas in the key's tenant."""
+
     model = Quota
+    fk_name = "api_key"
     extra = 0
     fields = [
         "model",
@@ -93,6 +100,29 @@ class QuotaInline(admin.TabularInline):
         "budget_duration",
     ]
     verbose_name_plural = "Quotas (empty fields mean no limit; every matching quota applies)"
+
+    def _may(self, request: HttpRequest, obj: Any, action: str) -> bool:
+        if request.user.is_superuser:
+            return True
+        return obj is not None and obj.tenant_id in tenant_ids_for(request.user, Quota, action)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_add_permission(request, obj) and self._may(request, obj, "add")
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_change_permission(request, obj) and self._may(request, obj, "change")
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_delete_permission(request, obj) and self._may(request, obj, "delete")
+
+
+class TenantQuotaInline(QuotaInline):
+    """A tenant's own quotas are set by platform admins; its members can read, not raise, them."""
+
+    fk_name = "tenant"
+
+    def _may(self, request: HttpRequest, obj: Any, action: str) -> bool:
+        return request.user.is_superuser
 
 
 class QuotaFormsetMixin:
@@ -110,13 +140,14 @@ class QuotaFormsetMixin:
 
 
 @admin.register(Tenant)
-class TenantAdmin(QuotaFormsetMixin, admin.ModelAdmin):
+class TenantAdmin(QuotaFormsetMixin, TenantScopedAdmin):
+    tenant_lookups = ("pk",)
     list_display = ["slug", "name", "is_active", "key_count", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ["created_at", "updated_at"]
-    inlines = [QuotaInline, ApiKeyInline]
+    inlines = [TenantQuotaInline, ApiKeyInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
         return super().get_queryset(request).annotate(_key_count=Count("api_keys"))
@@ -155,7 +186,7 @@ class KeyStatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(QuotaFormsetMixin, admin.ModelAdmin):
+class ApiKeyAdmin(QuotaFormsetMixin, TenantScopedAdmin):
     form = ApiKeyForm
     list_display = ["name", "prefix_display", "tenant", "status_display", "created_at", "expires_at", "last_used_at"]
     list_filter = [KeyStatusFilter, "tenant"]
@@ -196,6 +227,7 @@ class ApiKeyAdmin(QuotaFormsetMixin, admin.ModelAdmin):
         return status_badge(obj)
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        self.check_tenant(request, obj.tenant_id, "change" if change else "add")
         if change:
             services.api_key_update(api_key=obj, actor=actor_of(request), ip=ip_of(request))
             return
@@ -231,13 +263,43 @@ class ApiKeyAdmin(QuotaFormsetMixin, admin.ModelAdmin):
         services.api_key_delete(api_key=obj, actor=actor_of(request), ip=ip_of(request))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
-        for api_key in queryset:
+        for api_key in self.scope(queryset, self.allowed_tenants(request, "delete")):
             services.api_key_delete(api_key=api_key, actor=actor_of(request), ip=ip_of(request))
 
     @admin.action(description="Revoke selected API keys", permissions=["change"])
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         revoked = 0
-        for api_key in queryset.filter(revoked_at__isnull=True):
+        for api_key in self.scope(queryset, self.allowed_tenants(request, "change")).filter(revoked_at__isnull=True):
             services.api_key_revoke(api_key=api_key, actor=actor_of(request), ip=ip_of(request))
             revoked += 1
         self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)
+
+
+@admin.register(Membership)
+class MembershipAdmin(TenantScopedAdmin):
+    list_display = ["user", "tenant", "role", "created_at"]
+    list_filter = ["role"]
+    list_select_related = ["user", "tenant"]
+    search_fields = ["user__username", "tenant__slug"]
+    fields = ["user", "tenant", "role"]
+
+    def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
+        self.check_tenant(request, obj.tenant_id, "change" if change else "add")
+        services.membership_save(membership=obj, actor=actor_of(request), ip=ip_of(request))
+
+    def delete_model(self, request: HttpRequest, obj: Membership) -> None:
+        services.membership_delete(membership=obj, actor=actor_of(request), ip=ip_of(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Membership]) -> None:
+        for membership in self.scope(queryset, self.allowed_tenants(request, "delete")):
+            services.membership_delete(membership=membership, actor=actor_of(request), ip=ip_of(request))
+
+
+class ScopedAuditEventAdmin(TenantScopedAdmin, AuditEventAdmin):
+    """Auditors and tenant admins read their tenants' audit events; platform events stay with platform admins."""
+
+    tenant_lookups = ("tenant_id",)
+
+
+admin.site.unregister(AuditEvent)
+admin.site.register(AuditEvent, ScopedAuditEventAdmin)

@@ -171,3 +171,24 @@ class Quota(models.Model):
         "max_parallel_requests",
         "max_budget",
     )
+
+
+class Membership(models.Model):
+    """A user's role in a tenant; a user can hold roles in several tenants."""
+
+    class Role(models.TextChoices):
+        TENANT_ADMIN = "tenant_admin", "Tenant admin"
+        DEVELOPER = "developer", "Developer"
+        AUDITOR = "auditor", "Auditor"
+        VIEWER = "viewer", "Viewer"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=20, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "tenant"], name="membership_unique_user_tenant")]
+
+    def __str__(self) -> str:
+        return f"{self.user} · {self.get_role_display()} of {self.tenant}"

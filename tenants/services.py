@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from audit.services import audit_record, changes_between
 from tenants.auth import key_cache_invalidate
-from tenants.models import ApiKey, Quota, Tenant, key_generate
+from tenants.models import ApiKey, Membership, Quota, Tenant, key_generate
+from tenants.roles import ROLE_LABELS
 
 
 def snapshot(instance: models.Model, fields: Iterable[str]) -> dict[str, Any]:
@@ -197,3 +198,51 @@ def quota_delete(*, quota: Quota, actor: str, ip: str | None = None) -> None:
         actor=actor, action="quota.delete", target=target, tenant_id=tenant_id, ip=ip, details={"before": before}
     )
     transaction.on_commit(key_cache_invalidate)
+
+
+MEMBERSHIP_AUDIT_FIELDS = ("user", "tenant", "role")
+
+
+def _role_groups_refresh(user: Any) -> None:
+    """Give the user exactly the groups of the roles they hold somewhere, and admin access if any."""
+    from django.contrib.auth.models import Group
+
+    roles = set(Membership.objects.filter(user=user).values_list("role", flat=True))
+    role_groups = Group.objects.filter(name__in=ROLE_LABELS.values())
+    user.groups.remove(*[group for group in role_groups if group.name not in {ROLE_LABELS[r] for r in roles}])
+    user.groups.add(*[group for group in role_groups if group.name in {ROLE_LABELS[r] for r in roles}])
+    if roles and not user.is_staff:
+        user.is_staff = True
+        user.save(update_fields=["is_staff"])
+
+
+@transaction.atomic
+def membership_save(*, membership: Membership, actor: str, ip: str | None = None) -> Membership:
+    before = _before(Membership, membership.pk, MEMBERSHIP_AUDIT_FIELDS)
+    membership.full_clean()
+    membership.save()
+    _role_groups_refresh(membership.user)
+    audit_record(
+        actor=actor,
+        action="membership.change" if before else "membership.create",
+        target=f"membership:{membership.user}@{membership.tenant.slug}",
+        tenant_id=membership.tenant_id,
+        ip=ip,
+        details={"changes": changes_between(before, snapshot(membership, MEMBERSHIP_AUDIT_FIELDS))},
+    )
+    return membership
+
+
+@transaction.atomic
+def membership_delete(*, membership: Membership, actor: str, ip: str | None = None) -> None:
+    before = snapshot(membership, MEMBERSHIP_AUDIT_FIELDS)
+    user, tenant_id, target = (
+        membership.user,
+        membership.tenant_id,
+        f"membership:{membership.user}@{membership.tenant.slug}",
+    )
+    membership.delete()
+    _role_groups_refresh(user)
+    audit_record(
+        actor=actor, action="membership.delete", target=target, tenant_id=tenant_id, ip=ip, details={"before": before}
+    )
