@@ -191,14 +191,26 @@ def _apply_key(tenant: Tenant, entry: Any, where: str, actor: str, report: Confi
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise ConfigError(f"{where}.models must be a list of model names")
     expires_at = _expiry(entry.get("expires_at"), where)
+    scopes = entry.get("scopes", [])
+    if not isinstance(scopes, list) or not all(isinstance(scope, str) for scope in scopes):
+        raise ConfigError(f"{where}.scopes must be a list of endpoint names")
     label = f"api key {tenant.slug}/{name}"
     existing = ApiKey.objects.filter(tenant=tenant, name=name, revoked_at__isnull=True).first()
     if existing is None:
         if secret is not None and ApiKey.objects.filter(secret_hash=key_hash(secret)).exists():
             raise ConfigError(f"{where}.key is already used by another API key")
-        _, plaintext = tenant_services.api_key_create(
-            tenant=tenant, name=name, actor=actor, secret=secret, allowed_models=models, expires_at=expires_at
-        )
+        try:
+            _, plaintext = tenant_services.api_key_create(
+                tenant=tenant,
+                name=name,
+                actor=actor,
+                secret=secret,
+                allowed_models=models,
+                scopes=scopes,
+                expires_at=expires_at,
+            )
+        except ValidationError as exc:
+            raise _validation(where, exc) from exc
         report.created.append(label)
         if secret is None:
             report.new_keys[f"{tenant.slug}/{name}"] = plaintext
@@ -210,7 +222,7 @@ def _apply_key(tenant: Tenant, entry: Any, where: str, actor: str, report: Confi
             report,
         )
         return
-    changed = existing.allowed_models != models or existing.expires_at != expires_at
+    changed = existing.allowed_models != models or existing.expires_at != expires_at or existing.scopes != scopes
     if secret is not None and existing.secret_hash != key_hash(secret):
         existing.set_secret(secret)
         changed = True
@@ -218,7 +230,7 @@ def _apply_key(tenant: Tenant, entry: Any, where: str, actor: str, report: Confi
     if not changed:
         report.unchanged.append(label)
         return
-    existing.allowed_models, existing.expires_at = models, expires_at
+    existing.allowed_models, existing.expires_at, existing.scopes = models, expires_at, scopes
     try:
         tenant_services.api_key_update(api_key=existing, actor=actor)
     except ValidationError as exc:

@@ -26,6 +26,7 @@ class ModelList(Schema):
 @router.get("/models", response=ModelList, summary="Models this key may use (OpenAI list format)")
 async def models_list(request: HttpRequest) -> ModelList:
     key: KeyContext = request.auth  # type: ignore[attr-defined]
+    key.require_scope("models")
     groups = await deployment_cache.groups()
     data = [
         ModelOut(id=name, created=min(target.created for target in targets), owned_by=key.tenant_slug)

@@ -224,6 +224,7 @@ class ChatCompletion:
     async def _serve(self, body: bytes) -> None:
         authorization = self.headers.get(b"authorization", b"").decode("latin-1") or None
         self.key = await key_authenticate_header(authorization, ip=self.client_ip, endpoint="chat.completions")
+        self.key.require_scope("chat")
         self.request = request = chat_request_parse(body)
         self.target = target = await route_select(self.key, request.model)
         if self.key.quotas:

@@ -15,7 +15,7 @@ from django.utils.html import format_html
 from audit.admin import AuditEventAdmin
 from audit.models import AuditEvent
 from tenants import services
-from tenants.models import ApiKey, Membership, Quota, Tenant
+from tenants.models import KEY_SCOPES, ApiKey, Membership, Quota, Tenant
 from tenants.roles import tenant_ids_for
 from tenants.scoping import TenantScopedAdmin
 
@@ -52,9 +52,16 @@ class ApiKeyForm(forms.ModelForm):
         widget=forms.TextInput(attrs={"size": 80}),
     )
 
+    scopes = forms.MultipleChoiceField(
+        required=False,
+        choices=[(scope, scope) for scope in KEY_SCOPES],
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Endpoints this key may call; none ticked means all.",
+    )
+
     class Meta:
         model = ApiKey
-        fields = ["tenant", "name", "allowed_models", "expires_at"]
+        fields = ["tenant", "name", "allowed_models", "scopes", "expires_at"]
 
     def clean_expires_at(self) -> Any:
         expires_at = self.cleaned_data.get("expires_at")
@@ -200,13 +207,14 @@ class ApiKeyAdmin(QuotaFormsetMixin, TenantScopedAdmin):
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         if obj is None:
-            return ["tenant", "name", "allowed_models", "expires_at"]
+            return ["tenant", "name", "allowed_models", "scopes", "expires_at"]
         return [
             "tenant",
             "name",
             "prefix",
             "status_display",
             "allowed_models",
+            "scopes",
             "expires_at",
             "created_at",
             "revoked_at",
@@ -235,6 +243,7 @@ class ApiKeyAdmin(QuotaFormsetMixin, TenantScopedAdmin):
             tenant=obj.tenant,
             name=obj.name,
             allowed_models=obj.allowed_models,
+            scopes=obj.scopes,
             expires_at=obj.expires_at,
             created_by=request.user,
             actor=actor_of(request),

@@ -37,9 +37,17 @@ class KeyContext:
     expires_at: dt.datetime | None
     revoked: bool
     quotas: tuple[QuotaRule, ...] = ()
+    scopes: frozenset[str] = frozenset()
 
     def allows_model(self, model_name: str) -> bool:
         return not self.allowed_models or model_name in self.allowed_models
+
+    def require_scope(self, scope: str) -> None:
+        if self.scopes and scope not in self.scopes:
+            raise PermissionDenied(
+                f"This API key may not call the '{scope}' endpoints (its scopes: {', '.join(sorted(self.scopes))}).",
+                code="scope_not_allowed",
+            )
 
 
 @dataclass(slots=True)
@@ -139,6 +147,7 @@ def _key_fetch_sync(secret_hash: str) -> KeyContext | None:
             "tenant__slug",
             "tenant__is_active",
             "allowed_models",
+            "scopes",
             "expires_at",
             "revoked_at",
         )
@@ -153,6 +162,7 @@ def _key_fetch_sync(secret_hash: str) -> KeyContext | None:
         tenant_slug=row["tenant__slug"],
         tenant_active=row["tenant__is_active"],
         allowed_models=frozenset(row["allowed_models"] or ()),
+        scopes=frozenset(row["scopes"] or ()),
         expires_at=row["expires_at"],
         revoked=row["revoked_at"] is not None,
         quotas=_quota_rules(row["id"], row["prefix"], row["tenant_id"], row["tenant__slug"]),

@@ -7,6 +7,7 @@ import secrets
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -72,6 +73,11 @@ class ApiKey(models.Model):
         blank=True,
         help_text="Public model names this key may use; empty means every enabled model.",
     )
+    scopes = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="API endpoints this key may call (chat, embeddings, models, mcp); empty means all.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -104,6 +110,14 @@ class ApiKey(models.Model):
 
     def allows_model(self, model_name: str) -> bool:
         return not self.allowed_models or model_name in self.allowed_models
+
+    def clean(self) -> None:
+        unknown = sorted(set(self.scopes or ()) - set(KEY_SCOPES))
+        if unknown:
+            raise ValidationError({"scopes": f"Unknown scope(s) {', '.join(unknown)}; use {', '.join(KEY_SCOPES)}."})
+
+
+KEY_SCOPES = ("chat", "embeddings", "models", "mcp")
 
 
 MAX_RATE = 10_000_000

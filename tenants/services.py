@@ -29,7 +29,7 @@ def snapshot(instance: models.Model, fields: Iterable[str]) -> dict[str, Any]:
 
 
 TENANT_AUDIT_FIELDS = ("slug", "name", "is_active")
-KEY_AUDIT_FIELDS = ("name", "tenant", "prefix", "allowed_models", "expires_at", "revoked_at")
+KEY_AUDIT_FIELDS = ("name", "tenant", "prefix", "allowed_models", "scopes", "expires_at", "revoked_at")
 
 
 def _before(model: type[models.Model], pk: Any, fields: Iterable[str]) -> dict[str, Any]:
@@ -82,6 +82,7 @@ def api_key_create(
     actor: str,
     secret: str | None = None,
     allowed_models: list[str] | None = None,
+    scopes: list[str] | None = None,
     expires_at: dt.datetime | None = None,
     created_by: Any = None,
     ip: str | None = None,
@@ -89,7 +90,12 @@ def api_key_create(
     """Create a key and return it with its plaintext secret, which is never stored."""
     secret = secret or key_generate()
     api_key = ApiKey(
-        tenant=tenant, name=name, allowed_models=allowed_models or [], expires_at=expires_at, created_by=created_by
+        tenant=tenant,
+        name=name,
+        allowed_models=allowed_models or [],
+        scopes=scopes or [],
+        expires_at=expires_at,
+        created_by=created_by,
     )
     api_key.set_secret(secret)
     api_key.full_clean()

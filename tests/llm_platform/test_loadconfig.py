@@ -183,3 +183,10 @@ def test_bad_limits_are_refused(db, tmp_path, limits, message):
     with pytest.raises(CommandError, match=re.escape(message)):
         load(tmp_path, f"tenants:\n  - slug: acme\n    limits: {limits}\n")
     assert not Quota.objects.exists() and not Tenant.objects.exists()
+
+
+def test_key_scopes_load_and_unknown_scopes_are_refused(db, tmp_path):
+    load(tmp_path, "tenants:\n  - slug: acme\n    api_keys:\n      - name: bot\n        scopes: [chat]\n")
+    assert ApiKey.objects.get(name="bot").scopes == ["chat"]
+    with pytest.raises(CommandError, match="Unknown scope"):
+        load(tmp_path, "tenants:\n  - slug: other\n    api_keys:\n      - name: bot\n        scopes: [telepathy]\n")

@@ -249,3 +249,16 @@ def test_no_error_response_is_html(server, chat, owner_key):
         assert "html" not in response.headers.get("content-type", "")
         assert "error" in response.json()
     assert RequestLog.objects.filter(status_code=500).count() == 0
+
+
+def test_key_scopes_limit_which_endpoints_it_may_call(server, chat, owner, key_factory):
+    models_only = sdk(server, key_factory(owner, "models only", scopes=["models"]).secret)
+    assert [m.id for m in models_only.models.list()] == ["gpt-4o-mini"]
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        models_only.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    assert_error_body(refused.value.body, type_="permission_error", code="scope_not_allowed")
+    assert "'chat'" in refused.value.body["message"]
+    chat_only = sdk(server, key_factory(owner, "chat only", scopes=["chat"]).secret)
+    assert chat_only.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices
+    with pytest.raises(openai.PermissionDeniedError):
+        chat_only.models.list()
