@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path
 
-from routing import services
+from routing import charts as charts_svg
+from routing import reports, services
 from routing.models import ModelDeployment, RequestLog
 from tenants.admin import actor_of, ip_of
+from tenants.models import Tenant
 from tenants.scoping import TenantScopedAdmin
 
 
@@ -78,6 +85,64 @@ class ModelDeploymentAdmin(admin.ModelAdmin):
 
 @admin.register(RequestLog)
 class RequestLogAdmin(TenantScopedAdmin):
+    def get_urls(self) -> list[Any]:
+        dashboard = path(
+            "usage/<int:tenant_id>/", self.admin_site.admin_view(self.usage_view), name="routing_usage_dashboard"
+        )
+        return [dashboard, *super().get_urls()]
+
+    def usage_view(self, request: HttpRequest, tenant_id: int) -> HttpResponse:
+        """A tenant's usage: charts over time, breakdowns by model and key, quota gauges."""
+        tenant = get_object_or_404(Tenant, pk=tenant_id)
+        allowed = self.allowed_tenants(request, "view")
+        if not self.has_view_permission(request) or (allowed is not None and tenant.pk not in allowed):
+            raise PermissionDenied("You are not a member of this tenant.")
+        days = int(request.GET.get("days", "7")) if request.GET.get("days", "7") in ("1", "2", "7", "30", "90") else 7
+        points = reports.usage_series(tenant, days=days)
+        labels = [f"{p.start:%H:00}" if days <= 2 else f"{p.start:%m-%d}" for p in points]
+        charts = [
+            (
+                "Requests and errors",
+                charts_svg.line_chart(
+                    labels,
+                    [
+                        ("requests", [p.requests for p in points], "#417690"),
+                        ("errors", [p.errors for p in points], "#c62828"),
+                    ],
+                ),
+            ),
+            ("Tokens", charts_svg.line_chart(labels, [("tokens", [p.tokens for p in points], "#6a1b9a")])),
+            ("Spend (USD)", charts_svg.line_chart(labels, [("spend", [float(p.cost) for p in points], "#2e7d32")])),
+            (
+                "Latency percentiles (ms, bucket upper bound)",
+                charts_svg.line_chart(
+                    labels,
+                    [("p50", [p.p50_ms for p in points], "#417690"), ("p95", [p.p95_ms for p in points], "#ef6c00")],
+                    unit="ms",
+                ),
+            ),
+        ]
+        gauges = [(gauge, charts_svg.gauge(gauge.used, gauge.limit)) for gauge in reports.quota_gauges(tenant)]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"Usage of {tenant.name}",
+            "tenant": tenant,
+            "days": days,
+            "day_choices": (1, 2, 7, 30, 90),
+            "charts": charts,
+            "totals": {
+                "requests": sum(p.requests for p in points),
+                "errors": sum(p.errors for p in points),
+                "tokens": sum(p.tokens for p in points),
+                "cost": sum((p.cost for p in points), Decimal(0)),
+            },
+            "by_model": reports.usage_breakdown(tenant, days=days, by="model"),
+            "by_key": reports.usage_breakdown(tenant, days=days, by="api_key"),
+            "gauges": gauges,
+        }
+        return TemplateResponse(request, "admin/routing/usage_dashboard.html", context)
+
     list_display = [
         "created_at",
         "request_id",

@@ -88,3 +88,49 @@ class RequestLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model_requested} {self.status_code}"
+
+
+LATENCY_BUCKETS_MS = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)  # and above
+
+
+class UsageRollup(models.Model):
+    """Usage per hour, tenant, key and model: what charts and reports read, so raw request
+    logs can be pruned (``USAGE_RETENTION_DAYS``) without losing history.
+
+    ``latency_h0`` … ``latency_h9`` count requests by total latency into
+    ``LATENCY_BUCKETS_MS`` (the last bucket is everything slower), for percentiles.
+    """
+
+    hour = models.DateTimeField()
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey(ApiKey, null=True, on_delete=models.SET_NULL, related_name="+")
+    model = models.CharField(max_length=200)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=16, decimal_places=8, default=0)
+    latency_ms_sum = models.FloatField(default=0)
+    latency_h0 = models.PositiveIntegerField(default=0)
+    latency_h1 = models.PositiveIntegerField(default=0)
+    latency_h2 = models.PositiveIntegerField(default=0)
+    latency_h3 = models.PositiveIntegerField(default=0)
+    latency_h4 = models.PositiveIntegerField(default=0)
+    latency_h5 = models.PositiveIntegerField(default=0)
+    latency_h6 = models.PositiveIntegerField(default=0)
+    latency_h7 = models.PositiveIntegerField(default=0)
+    latency_h8 = models.PositiveIntegerField(default=0)
+    latency_h9 = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hour", "tenant", "api_key", "model"],
+                name="rollup_unique_bucket",
+                nulls_distinct=False,
+            )
+        ]
+        indexes = [models.Index(fields=["tenant", "hour"], name="rollup_tenant_hour_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} {self.tenant_id} {self.model}"

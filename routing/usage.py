@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
+from django.db.models import F
 
 from audit.writer import BatchWriter
-from routing.models import ModelDeployment, RequestLog
+from routing.models import LATENCY_BUCKETS_MS, ModelDeployment, RequestLog, UsageRollup
 from routing.pricing import usage_cost
 from tenants.models import ApiKey, Tenant
 
@@ -88,6 +91,49 @@ def _write_usage(rows: list[UsageRow]) -> None:
         RequestLog.objects.bulk_create(logs, ignore_conflicts=True)
         for key_id, when in last_used.items():
             ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gt=when).update(last_used_at=when)
+        _rollups_add(logs)
+
+
+def _latency_bucket(latency_ms: float) -> int:
+    return bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)
+
+
+def _rollups_add(logs: list[RequestLog]) -> None:
+    """Add a batch to the hourly rollups (one UPDATE per bucket; INSERT when it is new)."""
+    groups: dict[tuple[dt.datetime, int, int | None, str], dict[str, Any]] = {}
+    for log in logs:
+        if log.tenant_id is None:
+            continue
+        hour = log.created_at.replace(minute=0, second=0, microsecond=0)
+        totals = groups.setdefault(
+            (hour, log.tenant_id, log.api_key_id, log.model_requested),
+            {
+                "requests": 0,
+                "errors": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "cost_usd": Decimal(0),
+                "latency_ms_sum": 0.0,
+            },
+        )
+        totals["requests"] += 1
+        totals["errors"] += log.status_code >= 400
+        totals["prompt_tokens"] += log.prompt_tokens
+        totals["completion_tokens"] += log.completion_tokens
+        totals["cost_usd"] += log.cost_usd
+        totals["latency_ms_sum"] += log.latency_ms
+        bucket = f"latency_h{_latency_bucket(log.latency_ms)}"
+        totals[bucket] = totals.get(bucket, 0) + 1
+    for (hour, tenant_id, key_id, model), totals in groups.items():
+        bucket = UsageRollup.objects.filter(hour=hour, tenant_id=tenant_id, api_key_id=key_id, model=model)
+        increments = {name: F(name) + value for name, value in totals.items()}
+        if bucket.update(**increments):
+            continue
+        try:
+            with transaction.atomic():
+                UsageRollup.objects.create(hour=hour, tenant_id=tenant_id, api_key_id=key_id, model=model, **totals)
+        except IntegrityError:  # another process created the bucket first
+            bucket.update(**increments)
 
 
 usage_writer = BatchWriter[UsageRow](

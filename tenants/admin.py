@@ -9,6 +9,7 @@ from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
@@ -149,7 +150,7 @@ class QuotaFormsetMixin:
 @admin.register(Tenant)
 class TenantAdmin(QuotaFormsetMixin, TenantScopedAdmin):
     tenant_lookups = ("pk",)
-    list_display = ["slug", "name", "is_active", "key_count", "created_at"]
+    list_display = ["slug", "name", "is_active", "key_count", "usage_link", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ("name",)}
@@ -158,6 +159,10 @@ class TenantAdmin(QuotaFormsetMixin, TenantScopedAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
         return super().get_queryset(request).annotate(_key_count=Count("api_keys"))
+
+    @admin.display(description="Usage")
+    def usage_link(self, obj: Tenant) -> str:
+        return format_html('<a href="{}">charts</a>', reverse("admin:routing_usage_dashboard", args=[obj.pk]))
 
     @admin.display(description="API keys", ordering="_key_count")
     def key_count(self, obj: Tenant) -> int:

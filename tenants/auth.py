@@ -6,7 +6,9 @@ import datetime as dt
 import hashlib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -107,16 +109,14 @@ class KeyCache:
         )
 
 
-def _quota_rules(key_id: int, prefix: str, tenant_id: int, tenant_slug: str) -> tuple[QuotaRule, ...]:
-    from tenants.models import Quota
-
+def quota_rules(quotas: Iterable[Any], tenant_slug: str) -> tuple[QuotaRule, ...]:
+    """Hot-path rules from Quota rows (with ``api_key`` selected) of one tenant."""
     rules = []
-    for quota in Quota.objects.filter(models.Q(tenant_id=tenant_id) | models.Q(api_key_id=key_id)).order_by("id"):
-        scope, label = (
-            (f"key:{key_id}", f"API key {prefix}…")
-            if quota.api_key_id
-            else (f"tenant:{tenant_id}", f"tenant {tenant_slug}")
-        )
+    for quota in quotas:
+        if quota.api_key_id:
+            scope, label = f"key:{quota.api_key_id}", f"API key {quota.api_key.prefix}…"
+        else:
+            scope, label = f"tenant:{quota.tenant_id}", f"tenant {tenant_slug}"
         rules.append(
             QuotaRule(
                 scope=scope,
@@ -135,7 +135,7 @@ def _quota_rules(key_id: int, prefix: str, tenant_id: int, tenant_slug: str) -> 
 
 
 def _key_fetch_sync(secret_hash: str) -> KeyContext | None:
-    from tenants.models import ApiKey
+    from tenants.models import ApiKey, Quota
 
     close_old_connections()
     row = (
@@ -165,7 +165,12 @@ def _key_fetch_sync(secret_hash: str) -> KeyContext | None:
         scopes=frozenset(row["scopes"] or ()),
         expires_at=row["expires_at"],
         revoked=row["revoked_at"] is not None,
-        quotas=_quota_rules(row["id"], row["prefix"], row["tenant_id"], row["tenant__slug"]),
+        quotas=quota_rules(
+            Quota.objects.filter(models.Q(tenant_id=row["tenant_id"]) | models.Q(api_key_id=row["id"]))
+            .select_related("api_key")
+            .order_by("id"),
+            row["tenant__slug"],
+        ),
     )
 
 

@@ -241,6 +241,10 @@ class LocalCounters:
             self._values = {k: v for k, v in self._values.items() if v[1] > now}
         return 0, 0, values
 
+    async def values(self, keys: list[str]) -> list[int]:
+        now = time.monotonic()
+        return [self._get(key, now) for key in keys]
+
     async def settle(self, adjustments: list[tuple[str, int, int]]) -> None:
         now = time.monotonic()
         for key, delta, ttl_ms in adjustments:
@@ -317,6 +321,9 @@ class RedisCounters:
             if not future.done():
                 future.set_result(result)
 
+    async def values(self, keys: list[str]) -> list[int]:
+        return [int(value or 0) for value in await self._client().mget(keys)] if keys else []
+
     async def settle(self, adjustments: list[tuple[str, int, int]]) -> None:
         args: list[int] = []
         for _, delta, ttl_ms in adjustments:
@@ -341,6 +348,42 @@ def _store_failed(exc: Exception) -> None:
             "Quotas cannot be checked right now (Redis unavailable); retry shortly.", code="quota_backend_unavailable"
         ) from exc
     logger.warning("quota store unavailable, admitting without limits (QUOTA_FAIL_MODE=open): %s", exc)
+
+
+@dataclass(frozen=True, slots=True)
+class Gauge:
+    """How much of one limit is in use right now (for the admin's usage page)."""
+
+    rule: QuotaRule
+    kind: str
+    used: float
+    limit: float
+    reset_at: float
+
+    @property
+    def label(self) -> str:
+        return REFUSALS[self.kind][2]
+
+
+async def quota_usage(rules: list[QuotaRule]) -> list[Gauge]:
+    """Current consumption of every limit of ``rules``; empty when the store is unreachable."""
+    checks = [check for rule in rules for check in _checks((rule,), rule.model, 0, 0, 0)]
+    try:
+        values = await counters().values([check.key for check in checks])
+    except Exception as exc:
+        logger.warning("quota usage unavailable: %s", exc)
+        return []
+    scale = {"budget": MICROS}
+    return [
+        Gauge(
+            check.rule,
+            check.kind,
+            value / scale.get(check.kind, 1),
+            check.limit / scale.get(check.kind, 1),
+            check.reset_at,
+        )
+        for check, value in zip(checks, values, strict=True)
+    ]
 
 
 async def quota_reserve(

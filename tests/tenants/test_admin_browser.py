@@ -75,6 +75,18 @@ def test_a_person_creates_uses_and_revokes_a_key_in_the_browser(page, server, de
     hello = [{"role": "user", "content": "hi"}]
     assert api.chat.completions.create(model="gpt-4o-mini", messages=hello).choices
 
+    page.goto(f"{server.url}/admin/tenants/tenant/")
+    page.click("text=charts")
+    page.wait_for_selector("svg.usage-chart")
+    for _ in range(50):  # the usage writer flushes every 50 ms in the test server
+        if page.inner_text("#total-requests") == "1":
+            break
+        page.wait_for_timeout(100)
+        page.reload()
+    assert page.inner_text("#total-requests") == "1"
+    assert page.locator("svg.usage-chart").count() == 4
+    page.screenshot(path=str(tmp_path / "usage.png"), full_page=True)
+
     page.goto(f"{server.url}/admin/tenants/apikey/")
     key = ApiKey.objects.get(name="backend")
     page.check(f"input[name=_selected_action][value='{key.pk}']")
