@@ -198,6 +198,7 @@ DEPLOYMENT_CACHE_TTL = env_float("DEPLOYMENT_CACHE_TTL", 10.0, minimum=0)
 UPSTREAM_TIMEOUT = env_float("UPSTREAM_TIMEOUT", 600.0, minimum=0.1)
 UPSTREAM_CONNECT_TIMEOUT = env_float("UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.1)
 USAGE_FLUSH_INTERVAL = env_float("USAGE_FLUSH_INTERVAL", 1.0, minimum=0.01)
+USAGE_RETENTION_DAYS = env_int("USAGE_RETENTION_DAYS", 30, minimum=0)
 USAGE_FLUSH_BATCH = env_int("USAGE_FLUSH_BATCH", 500, minimum=1)
 MAX_REQUEST_BYTES = env_int("MAX_REQUEST_BYTES", 20 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
@@ -219,6 +220,9 @@ else:
         "store_processed": False,
     }
 CELERY_TASK_IGNORE_RESULT = True
+CELERY_BEAT_SCHEDULE = {
+    "usage-prune": {"task": "routing.tasks.usage_prune", "schedule": 3600.0},
+}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from django.db import transaction
 
 from audit.services import audit_record, changes_between
-from routing.models import ModelDeployment
+from routing.models import ModelDeployment, RequestLog
 from routing.selectors import deployment_cache
 from tenants.services import snapshot
 
@@ -56,3 +57,13 @@ def deployment_delete(*, deployment: ModelDeployment, actor: str, ip: str | None
     deployment.delete()
     audit_record(actor=actor, action="deployment.delete", target=target, ip=ip, details={"before": before})
     transaction.on_commit(_deployments_changed)
+
+
+def request_logs_prune(*, older_than: dt.datetime, batch: int = 10_000) -> int:
+    """Delete raw request logs older than ``older_than`` in batches (rollups keep the history)."""
+    deleted = 0
+    while True:
+        ids = list(RequestLog.objects.filter(created_at__lt=older_than).values_list("pk", flat=True)[:batch])
+        if not ids:
+            return deleted
+        deleted += RequestLog.objects.filter(pk__in=ids).delete()[0]

@@ -111,3 +111,17 @@ def test_usage_page_of_another_tenant_is_403(traffic, owner, outsider):
     client.login(username="viewer", password="pw-for-tests-only")
     assert client.get(reverse("admin:routing_usage_dashboard", args=[owner.pk])).status_code == 200
     assert client.get(reverse("admin:routing_usage_dashboard", args=[outsider.pk])).status_code == 403
+
+
+def test_pruning_drops_old_raw_logs_but_keeps_the_rollups(owner, owner_key):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    old, new = row(owner, owner_key.key, when=timezone.now() - dt.timedelta(days=40)), row(owner, owner_key.key)
+    _write_usage([old, new])
+    out = StringIO()
+    call_command("usage_prune", "--days", "30", stdout=out)
+    assert "deleted 1 request logs" in out.getvalue()
+    assert list(RequestLog.objects.values_list("request_id", flat=True)) == [new.request_id]
+    assert UsageRollup.objects.filter(tenant=owner).count() == 2

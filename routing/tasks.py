@@ -1,0 +1,19 @@
+"""Periodic jobs of the routing app (thin: they call services)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from routing.services import request_logs_prune
+
+
+@shared_task
+def usage_prune() -> int:
+    """Drop raw request logs past USAGE_RETENTION_DAYS (0 keeps them forever); rollups stay."""
+    if not settings.USAGE_RETENTION_DAYS:
+        return 0
+    return request_logs_prune(older_than=timezone.now() - dt.timedelta(days=settings.USAGE_RETENTION_DAYS))
