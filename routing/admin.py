@@ -162,6 +162,17 @@ class RequestLogAdmin(TenantScopedAdmin):
     list_filter = ["status_code", "stream", "endpoint", "client_disconnected", "tenant"]
     list_select_related = ["tenant"]
     search_fields = ["=request_id", "key_prefix", "model_requested"]
+    search_help_text = "A request id (req_…) or key prefix (sk-…) is looked up exactly; other text searches models."
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any], search_term: str) -> Any:
+        # Recognise ids and prefixes so the lookup uses an index instead of scanning every row.
+        term = search_term.strip()
+        if term.startswith("req_"):
+            return queryset.filter(request_id=term), False
+        if term.startswith("sk-"):
+            return queryset.filter(api_key__prefix=term[:12]), False
+        return queryset.filter(model_requested__istartswith=term) if term else queryset, False
+
     show_full_result_count = False
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -125,3 +125,14 @@ def test_pruning_drops_old_raw_logs_but_keeps_the_rollups(owner, owner_key):
     assert "deleted 1 request logs" in out.getvalue()
     assert list(RequestLog.objects.values_list("request_id", flat=True)) == [new.request_id]
     assert UsageRollup.objects.filter(tenant=owner).count() == 2
+
+
+def test_request_log_search_finds_ids_and_key_prefixes_exactly(traffic, owner_key, superuser_client):
+    url = reverse("admin:routing_requestlog_changelist")
+    wanted = traffic[0].request_id
+    by_id = superuser_client.get(url, {"q": wanted})
+    assert [log.request_id for log in by_id.context["cl"].result_list] == [wanted]
+    by_prefix = superuser_client.get(url, {"q": owner_key.key.prefix})
+    assert {log.api_key_id for log in by_prefix.context["cl"].result_list} == {owner_key.key.pk}
+    by_model = superuser_client.get(url, {"q": "gpt-4o"})
+    assert len(by_model.context["cl"].result_list) == len(traffic)
