@@ -97,3 +97,29 @@ def test_a_person_creates_uses_and_revokes_a_key_in_the_browser(page, server, de
 
     with pytest.raises(openai.AuthenticationError):
         api.chat.completions.create(model="gpt-4o-mini", messages=hello)
+
+
+def test_a_tenant_admin_in_the_browser_sees_only_their_tenant(page, server, owner, outsider, key_factory, tmp_path):
+    from tenants import services
+    from tenants.models import Membership
+
+    own, foreign = key_factory(owner, "own key"), key_factory(outsider, "foreign key")
+    user = User.objects.create_user("tina", password="correct horse battery staple")
+    services.membership_save(membership=Membership(user=user, tenant=owner, role="tenant_admin"), actor="test")
+
+    page.goto(f"{server.url}/admin/")
+    page.fill("#id_username", "tina")
+    page.fill("#id_password", "correct horse battery staple")
+    page.click("input[type=submit]")
+    page.wait_for_selector("text=Tenants, keys, models and the audit trail")
+    assert not page.is_visible("text=Model deployments"), "deployments are for platform admins"
+
+    page.goto(f"{server.url}/admin/tenants/apikey/")
+    listing = page.inner_text("#result_list")
+    assert own.key.prefix in listing and foreign.key.prefix not in listing
+
+    response = page.goto(f"{server.url}/admin/tenants/apikey/{foreign.key.pk}/change/")
+    assert response is not None and response.status == 403
+    assert foreign.key.prefix not in page.content()
+    assert page.is_visible("text=tenant you are not a member of")
+    page.screenshot(path=str(tmp_path / "forbidden.png"))
