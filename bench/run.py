@@ -25,6 +25,10 @@ import aiohttp
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from llm_platform.processes import http_wait  # noqa: E402
+
 KEY = "sk-bench-0123456789abcdefghijklmnop"
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello to the benchmark."}]}
 CHUNKS, GAP_MS = 20, 10.0
@@ -34,17 +38,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def setup(env: dict[str, str], upstream: str, *, quota: bool) -> None:
@@ -187,8 +180,8 @@ def main() -> None:
         "cpus": os.cpu_count(),
     }
     try:
-        wait(f"http://127.0.0.1:{up_port}/healthz")
-        wait(f"http://127.0.0.1:{gw_port}/healthz")
+        http_wait(f"http://127.0.0.1:{up_port}/healthz", processes[0])
+        http_wait(f"http://127.0.0.1:{gw_port}/healthz", processes[1])
         for url in (direct, gateway):  # warm-up: connections, caches, lazy imports
             wrk(url, 16, 3)
         c1 = {

@@ -8,15 +8,15 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from django.conf import settings
 from django.db import connection
+
+from llm_platform.processes import http_wait
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,19 +25,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode} before answering {url}")
-        try:
-            httpx.get(url, timeout=0.5)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
 def test_database_url() -> str:
@@ -97,7 +84,7 @@ def fake_upstream(tmp: Path, **options: str) -> Iterator[Server]:
         process = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=child_env())
     server = Server(f"http://127.0.0.1:{port}/v1", process, log)
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", process)
+        http_wait(f"http://127.0.0.1:{port}/healthz", process)
         yield server
     finally:
         server.stop()
@@ -112,7 +99,7 @@ def daphne_server(tmp: Path, **env: str) -> Iterator[Server]:
         process = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=child_env(**env))
     server = Server(f"http://127.0.0.1:{port}", process, log)
     try:
-        wait_http(f"{server.url}/admin/login/", process)
+        http_wait(f"{server.url}/admin/login/", process)
         yield server
     finally:
         server.stop()

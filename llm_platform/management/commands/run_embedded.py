@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+
+from llm_platform.processes import NotReady, http_wait
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -120,16 +121,10 @@ class Command(BaseCommand):
                     process.kill()
 
     def _wait(self, url: str, process: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise CommandError(f"{process.args[2:4]} exited with {process.returncode}; see var/logs/")
-            try:
-                httpx.get(url, timeout=1)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise CommandError(f"{url} did not answer within 60 s; see var/logs/")
+        try:
+            http_wait(url, process, timeout=60)
+        except NotReady as exc:
+            raise CommandError(f"{exc}; see var/logs/") from exc
 
     def _banner(self, base: str, username: str, password: str, key: str, logs: Path) -> None:
         curl = (
