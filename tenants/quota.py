@@ -52,10 +52,13 @@ for _ = 1, tonumber(ARGV[1]) do
   else
     out[#out + 1] = 0
     for i = 0, n - 1 do
-      out[#out + 1] = redis.call('INCRBY', KEYS[k + i], ARGV[a + 3 * i + 1])
-      if redis.call('PTTL', KEYS[k + i]) < 0 then
+      local amount = tonumber(ARGV[a + 3 * i + 1])
+      local value = redis.call('INCRBY', KEYS[k + i], amount)
+      -- value == amount: the counter was just created (or was at zero), so give it its window.
+      if value == amount then
         redis.call('PEXPIRE', KEYS[k + i], ARGV[a + 3 * i + 2])
       end
+      out[#out + 1] = value
     end
   end
   k, a = k + n, a + 3 * n
