@@ -114,7 +114,7 @@ def _apply_deployment(entry: Any, where: str, actor: str, report: ConfigReport) 
     (report.created if is_new else report.updated).append(label)
 
 
-LIMIT_NAMES = {"rpm_limit", "tpm_limit", "input_tpm_limit", "output_tpm_limit", "max_parallel_requests", "max_budget"}
+LIMIT_NAMES = set(Quota.LIMIT_FIELDS)
 DURATIONS = {"1d": "1d", "24h": "1d", "day": "1d", "30d": "30d", "1mo": "30d", "month": "30d"}
 
 

@@ -97,16 +97,7 @@ class QuotaInline(admin.TabularInline):
     model = Quota
     fk_name = "api_key"
     extra = 0
-    fields = [
-        "model",
-        "rpm_limit",
-        "tpm_limit",
-        "input_tpm_limit",
-        "output_tpm_limit",
-        "max_parallel_requests",
-        "max_budget",
-        "budget_duration",
-    ]
+    fields = ["model", *Quota.LIMIT_FIELDS, "budget_duration"]
     verbose_name_plural = "Quotas (empty fields mean no limit; every matching quota applies)"
 
     def _may(self, request: HttpRequest, obj: Any, action: str) -> bool:
