@@ -19,6 +19,7 @@ from audit.services import AuditEntry, audit_record_deferred
 from routing import upstream
 from routing.pricing import usage_cost
 from routing.selectors import DeploymentTarget, deployment_cache
+from routing.smart import SmartDecision, smart_route
 from routing.usage import UsageRow, usage_record
 from tenants.auth import KeyContext, key_authenticate_header
 from tenants.errors import InvalidRequest, NotFound, PermissionDenied, PlatformError
@@ -175,6 +176,7 @@ class ChatCompletion:
         self.ttfb_s: float | None = None
         self.disconnected = False
         self.reservation: Reservation | None = None
+        self.smart: SmartDecision | None = None
         self.response_started = False
         self.response_complete = False
 
@@ -226,7 +228,10 @@ class ChatCompletion:
         self.key = await key_authenticate_header(authorization, ip=self.client_ip, endpoint="chat.completions")
         self.key.require_scope("chat")
         self.request = request = chat_request_parse(body)
-        self.target = target = await route_select(self.key, request.model)
+        self.smart = await smart_route(
+            model=request.model, payload=request.payload, tenant_id=self.key.tenant_id, request_id=self.request_id
+        )
+        self.target = target = await route_select(self.key, self.smart.model if self.smart else request.model)
         if self.key.quotas:
             await self._reserve(body, request, target)
         if not request.stream:
