@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -280,6 +281,32 @@ class ApiKeyAdmin(QuotaFormsetMixin, TenantScopedAdmin):
         self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)
 
 
+class MembershipByUsernameForm(forms.ModelForm):
+    """For tenant admins: the member is named by exact username, so the form lists no
+    users of other tenants (a select of every user would leak who else is on the platform)."""
+
+    username = forms.CharField(max_length=150, help_text="The exact username of the person to add.")
+
+    class Meta:
+        model = Membership
+        fields = ["tenant", "role"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["username"].initial = self.instance.user.get_username()
+            self.fields["username"].disabled = True
+
+    def clean_username(self) -> str:
+        username = self.cleaned_data["username"]
+        user_model = get_user_model()
+        try:
+            self.instance.user = user_model._default_manager.get(**{user_model.USERNAME_FIELD: username})
+        except user_model.DoesNotExist:
+            raise forms.ValidationError("There is no user with that username; a platform admin creates users.")
+        return username
+
+
 @admin.register(Membership)
 class MembershipAdmin(TenantScopedAdmin):
     list_display = ["user", "tenant", "role", "created_at"]
@@ -287,6 +314,16 @@ class MembershipAdmin(TenantScopedAdmin):
     list_select_related = ["user", "tenant"]
     search_fields = ["user__username", "tenant__slug"]
     fields = ["user", "tenant", "role"]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if request.user.is_superuser:
+            return super().get_form(request, obj, change, **kwargs)
+        kwargs["form"] = MembershipByUsernameForm
+        kwargs["fields"] = ["username", "tenant", "role"]
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return list(self.fields) if request.user.is_superuser else ["username", "tenant", "role"]
 
     def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
         self.check_tenant(request, obj.tenant_id, "change" if change else "add")

@@ -151,3 +151,34 @@ def test_usage_rows_are_scoped_like_everything_else(world, owner, outsider):
         RequestLog.objects.create(request_id=request_id, created_at=timezone.now(), tenant=tenant, status_code=200)
     page = members["viewer"].get(reverse("admin:routing_requestlog_changelist")).content.decode()
     assert "req_own_row" in page and "req_foreign_row" not in page
+
+
+def test_a_tenant_admin_adds_members_by_username_without_seeing_other_tenants_users(world, owner, outsider):
+    members, _, _ = world
+    stranger = User.objects.create_user("stranger-in-outsider", password="pw-for-tests-only")
+    services.membership_save(membership=Membership(user=stranger, tenant=outsider, role="viewer"), actor="test")
+    User.objects.create_user("newcomer", password="pw-for-tests-only")
+    client = members["tenant_admin"]
+    add_url = reverse("admin:tenants_membership_add")
+    page = client.get(add_url).content.decode()
+    assert "stranger-in-outsider" not in page and "newcomer" not in page
+    refused = client.post(add_url, {"username": "nobody-by-that-name", "tenant": owner.pk, "role": "viewer"})
+    assert refused.status_code == 200
+    assert "There is no user with that username" in refused.content.decode()
+    assert client.post(add_url, {"username": "newcomer", "tenant": owner.pk, "role": "developer"}).status_code == 302
+    assert Membership.objects.get(user__username="newcomer").tenant_id == owner.pk
+    assert AuditEvent.objects.filter(action="membership.create", target="membership:newcomer@owner").exists()
+    foreign = client.post(add_url, {"username": "newcomer", "tenant": outsider.pk, "role": "viewer"})
+    assert not Membership.objects.filter(user__username="newcomer", tenant=outsider).exists()
+    assert foreign.status_code in (200, 403)
+    membership = Membership.objects.get(user__username="newcomer")
+    change = client.get(change_url("tenants_membership", membership.pk))
+    assert change.status_code == 200 and 'value="newcomer"' in change.content.decode()
+    assert (
+        client.post(
+            change_url("tenants_membership", membership.pk), {"tenant": owner.pk, "role": "auditor"}
+        ).status_code
+        == 302
+    )
+    membership.refresh_from_db()
+    assert (membership.user.username, membership.role) == ("newcomer", "auditor")
