@@ -59,3 +59,12 @@ def verifier() -> ModuleType:
 def postgres_only(transactional_db: None) -> None:
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL (set DATABASE_URL): concurrent writers with row locks")
+
+
+@pytest.fixture(autouse=True)
+def no_deferred_leftovers() -> Iterator[None]:
+    """Drop audit entries a test left queued, so they are not written after its database is gone."""
+    from audit.services import deferred_audit
+
+    yield
+    deferred_audit._take()
