@@ -1,15 +1,28 @@
-"""Writing audit events: inside the caller's transaction, or deferred from the hot path."""
+"""Writing audit events: inside the caller's transaction, or deferred from the hot path.
+
+Every write appends to a hash chain (``audit.chain``). The chain's head row is locked
+(``SELECT … FOR UPDATE``) for the rest of the writing transaction, so concurrent writers
+of one chain queue up instead of forking it; the unique (chain, seq) constraint is the
+backstop. On SQLite the project's IMMEDIATE transactions serialise writers anyway.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
-from audit.models import AuditEvent
+from audit.chain import chain_for, event_hash
+from audit.models import AuditChainHead, AuditEvent
 from audit.writer import BatchWriter
+
+_IP_FIELD = AuditEvent._meta.get_field("ip")
 
 
 @dataclass(frozen=True)
@@ -21,17 +34,49 @@ class AuditEntry:
     outcome: str = AuditEvent.Outcome.SUCCESS
     ip: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    # When it happened: a deferred entry is written up to a flush interval later.
+    created_at: dt.datetime = field(default_factory=timezone.now)
 
     def to_model(self) -> AuditEvent:
+        """The unsaved event with its values as the database will return them (so the hash holds)."""
         return AuditEvent(
+            created_at=self.created_at,
             actor=self.actor[:200],
             action=self.action,
             target=self.target[:300],
-            tenant_id=self.tenant_id,
+            tenant_id=None if self.tenant_id is None else int(self.tenant_id),
             outcome=self.outcome,
-            ip=self.ip,
-            details=self.details,
+            ip=_IP_FIELD.get_prep_value(self.ip) or None,
+            # A JSON round trip: tuples become lists, keys strings — what the column will hold.
+            details=json.loads(json.dumps(self.details or {})),
         )
+
+
+def _head_lock(chain: str) -> AuditChainHead:
+    """Lock the chain's head row until the transaction ends, creating it for a new chain."""
+    AuditChainHead.objects.bulk_create([AuditChainHead(chain=chain)], ignore_conflicts=True)
+    return AuditChainHead.objects.select_for_update().get(chain=chain)
+
+
+def audit_append(events: list[AuditEvent]) -> list[AuditEvent]:
+    """Link unsaved events into their chains and insert them, in one transaction.
+
+    Chains are locked in sorted order so two writers never wait on each other crosswise.
+    """
+    by_chain: dict[str, list[AuditEvent]] = defaultdict(list)
+    for event in events:
+        by_chain[chain_for(event.tenant_id)].append(event)
+    with transaction.atomic():
+        for chain in sorted(by_chain):
+            head = _head_lock(chain)
+            linked = by_chain[chain]
+            for event in linked:
+                event.chain, event.seq, event.prev_hash = chain, head.seq + 1, head.hash
+                event.hash = event_hash(event.chained_fields())
+                head.seq, head.hash = event.seq, event.hash
+            AuditEvent.objects.bulk_create(linked)
+            AuditChainHead.objects.filter(chain=chain).update(seq=head.seq, hash=head.hash)
+    return events
 
 
 def audit_record(
@@ -46,14 +91,11 @@ def audit_record(
 ) -> AuditEvent:
     """Write one audit event now, in the caller's transaction (so it commits or rolls back with the change)."""
     entry = AuditEntry(actor, action, target, tenant_id, outcome, ip, details or {})
-    event = entry.to_model()
-    event.save()
-    return event
+    return audit_append([entry.to_model()])[0]
 
 
 def _write_entries(entries: list[AuditEntry]) -> None:
-    with transaction.atomic():
-        AuditEvent.objects.bulk_create([entry.to_model() for entry in entries])
+    audit_append([entry.to_model() for entry in entries])
 
 
 deferred_audit = BatchWriter[AuditEntry](

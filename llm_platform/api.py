@@ -9,6 +9,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
 
+from audit.api import router as audit_router
 from routing.api import router as routing_router
 from routing.chat import request_id_new
 from tenants.auth import KeyContext, key_authenticate_header
@@ -37,6 +38,7 @@ api = NinjaAPI(
     urls_namespace="api",
 )
 api.add_router("/", routing_router)
+api.add_router("/audit", audit_router)
 
 
 def error_response(request: HttpRequest, exc: PlatformError) -> HttpResponse:

@@ -241,3 +241,19 @@ LOGGING = {
 }
 
 NINJA_PAGINATION_PER_PAGE = 100
+
+# --- audit ---
+# Durable audit export: JSONL segments + manifests, to a local directory unless a bucket is set.
+AUDIT_EXPORT_DIR = Path(env_str("AUDIT_EXPORT_DIR", str(VAR_DIR / "audit-export")))
+AUDIT_EXPORT_SEGMENT_EVENTS = env_int("AUDIT_EXPORT_SEGMENT_EVENTS", 10_000, minimum=1)
+AUDIT_EXPORT_S3_BUCKET = env_str("AUDIT_EXPORT_S3_BUCKET", "")
+AUDIT_EXPORT_S3_PREFIX = env_str("AUDIT_EXPORT_S3_PREFIX", "audit-export").strip("/")
+AUDIT_EXPORT_S3_ENDPOINT_URL = env_str("AUDIT_EXPORT_S3_ENDPOINT_URL", "")
+AUDIT_EXPORT_S3_REGION = env_str("AUDIT_EXPORT_S3_REGION", "")
+AUDIT_EXPORT_S3_ACCESS_KEY_ID = env_secret("AUDIT_EXPORT_S3_ACCESS_KEY_ID", "")
+AUDIT_EXPORT_S3_SECRET_ACCESS_KEY = env_secret("AUDIT_EXPORT_S3_SECRET_ACCESS_KEY", "")
+if AUDIT_EXPORT_S3_BUCKET and bool(AUDIT_EXPORT_S3_ACCESS_KEY_ID) != bool(AUDIT_EXPORT_S3_SECRET_ACCESS_KEY):
+    raise ImproperlyConfigured(
+        "Set both AUDIT_EXPORT_S3_ACCESS_KEY_ID and AUDIT_EXPORT_S3_SECRET_ACCESS_KEY, or neither "
+        "(then boto3's default credential chain is used)."
+    )

@@ -22,7 +22,7 @@ from routing.selectors import DeploymentTarget, deployment_cache
 from routing.smart import SmartDecision, smart_route
 from routing.usage import UsageRow, usage_record
 from tenants.auth import KeyContext, key_authenticate_header
-from tenants.errors import InvalidRequest, NotFound, PermissionDenied, PlatformError
+from tenants.errors import InvalidRequest, NotFound, PlatformError
 from tenants.quota import QuotaExceeded, Reservation, quota_reserve, quota_settle
 
 logger = logging.getLogger(__name__)
@@ -137,8 +137,11 @@ async def route_select(key: KeyContext, model: str) -> DeploymentTarget:
     if target is None:
         raise NotFound(f"The model '{model}' does not exist.", param="model", code="model_not_found")
     if not key.allows_model(model):
-        raise PermissionDenied(
-            f"This API key is not allowed to use the model '{model}'.", param="model", code="model_not_allowed"
+        raise key.denied(
+            f"This API key is not allowed to use the model '{model}'.",
+            param="model",
+            code="model_not_allowed",
+            target=f"model:{model}",
         )
     return target
 

@@ -342,6 +342,12 @@ class ScopedAuditEventAdmin(TenantScopedAdmin, AuditEventAdmin):
 
     tenant_lookups = ("tenant_id",)
 
+    def has_export_permission(self, request: HttpRequest) -> bool:
+        return super().has_export_permission(request) and self._may(request, None, "export")
+
+    def export_queryset(self, request: HttpRequest) -> QuerySet[AuditEvent]:
+        return self.scope(AuditEvent.objects.all(), self.allowed_tenants(request, "export"))
+
 
 admin.site.unregister(AuditEvent)
 admin.site.register(AuditEvent, ScopedAuditEventAdmin)

@@ -44,12 +44,29 @@ class KeyContext:
     def allows_model(self, model_name: str) -> bool:
         return not self.allowed_models or model_name in self.allowed_models
 
-    def require_scope(self, scope: str) -> None:
-        if self.scopes and scope not in self.scopes:
-            raise PermissionDenied(
-                f"This API key may not call the '{scope}' endpoints (its scopes: {', '.join(sorted(self.scopes))}).",
+    def require_scope(self, scope: str, *, explicit: bool = False) -> None:
+        """Refuse (audited) unless the key has ``scope``; an empty list allows all but ``explicit`` scopes."""
+        if (explicit or self.scopes) and scope not in self.scopes:
+            granted = ", ".join(sorted(self.scopes)) or "all but audit"
+            raise self.denied(
+                f"This API key may not call the '{scope}' endpoints (its scopes: {granted}).",
                 code="scope_not_allowed",
+                target=f"scope:{scope}",
             )
+
+    def denied(self, message: str, *, code: str, target: str, param: str | None = None) -> PermissionDenied:
+        """An authorisation refusal for this key, audited off the hot path; the caller raises it."""
+        audit_record_deferred(
+            AuditEntry(
+                actor=f"key:{self.prefix}",
+                action="authz.denied",
+                target=target,
+                tenant_id=self.tenant_id,
+                outcome=AuditEvent.Outcome.DENIED,
+                details={"reason": code, "message": message},
+            )
+        )
+        return PermissionDenied(message, code=code, param=param)
 
 
 @dataclass(slots=True)

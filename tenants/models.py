@@ -117,7 +117,8 @@ class ApiKey(models.Model):
             raise ValidationError({"scopes": f"Unknown scope(s) {', '.join(unknown)}; use {', '.join(KEY_SCOPES)}."})
 
 
-KEY_SCOPES = ("chat", "embeddings", "models", "mcp")
+# "audit" (reading the tenant's audit trail) is never implied by an empty scope list.
+KEY_SCOPES = ("chat", "embeddings", "models", "mcp", "audit")
 
 
 MAX_RATE = 10_000_000

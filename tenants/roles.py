@@ -44,7 +44,7 @@ ROLE_PERMISSIONS: dict[str, dict[str, set[str]]] = {
         "tenants.quota": {"view"},
         "tenants.membership": {"view"},
         "routing.requestlog": {"view"},
-        "audit.auditevent": {"view"},
+        "audit.auditevent": {"view", "export"},
     },
     VIEWER: {
         "tenants.tenant": {"view"},
