@@ -12,7 +12,7 @@ from typing import Any
 
 from celery.beat import SchedulingError, _evaluate_entry_args, _evaluate_entry_kwargs
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.utils import timezone
 from django_celery_beat.schedulers import DatabaseScheduler
 
@@ -134,10 +134,25 @@ class InProcessScheduler(LeaderScheduler):
     def close(self) -> None:
         super().close()
         self.executor.shutdown(wait=True)
+        connections.close_all()  # this scheduler thread's own connections
 
 
 def _run_local(task: Any, args: Any, kwargs: Any, headers: dict[str, Any]) -> Any:
     try:
         return task.apply(args, kwargs, headers=headers, task_id=uuid.uuid4().hex)
     finally:
-        close_old_connections()
+        connections.close_all()  # job threads are pooled: no connection outlives its job
+
+
+def embedded_scheduler_start(app: Any) -> Any:
+    """Start the in-process scheduler thread of the embedded mode; call ``.stop()`` on the result to end it.
+
+    It is the beat service with InProcessScheduler: the same schedule (django-celery-beat's
+    tables), the same lease and the same per-period claims, with jobs run in local threads.
+    """
+    from celery.beat import EmbeddedService
+
+    app.loader.import_default_modules()  # register every app's tasks in this process
+    service = EmbeddedService(app, thread=True, scheduler_cls="llm_platform.beat:InProcessScheduler")
+    service.start()
+    return service

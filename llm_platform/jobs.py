@@ -75,7 +75,8 @@ def job_finish(run: JobRun, *, outcome: str, started: float, error: str = "") ->
             logger.exception("job_finished hook failed")
 
 
-def _header(request: Any, name: str) -> Any:
+def request_header(request: Any, name: str) -> Any:
+    """A custom message header of the running task (worker requests and local ``apply`` differ)."""
     value = getattr(request, name, None)
     if value is None:
         value = (getattr(request, "headers", None) or {}).get(name)
@@ -86,14 +87,14 @@ class ClaimedTask(Task):
     """Every task's base: a run dispatched by the scheduler first claims its period, or does nothing."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        job = _header(self.request, JOB_HEADER)
+        job = request_header(self.request, JOB_HEADER)
         if not job:
             return super().__call__(*args, **kwargs)
         close_old_connections()
         run = job_claim(
             job=job,
-            period=dt.datetime.fromisoformat(_header(self.request, PERIOD_HEADER)),
-            fence=int(_header(self.request, FENCE_HEADER)),
+            period=dt.datetime.fromisoformat(request_header(self.request, PERIOD_HEADER)),
+            fence=int(request_header(self.request, FENCE_HEADER)),
             task=self.name,
             task_id=self.request.id or "",
         )
