@@ -161,13 +161,13 @@ def api_key_rotate(
         allowed_models=list(old.allowed_models),
         scopes=list(old.scopes),
         expires_at=old.expires_at if old.expires_at and old.expires_at > now + grace else None,
+        max_age_days=old.max_age_days,
         created_by=old.created_by,
         ip=ip,
     )
     new.rotated_from = old
-    new.max_age_days = old.max_age_days
     new.pending_secret = secret if hold_secret else ""
-    new.save(update_fields=["rotated_from", "max_age_days", "pending_secret"])
+    new.save(update_fields=["rotated_from", "pending_secret"])
     for quota in Quota.objects.filter(api_key=old):
         quota.pk = None
         quota.api_key = new
