@@ -13,6 +13,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 from tenants import rotation
 from tenants.models import ApiKey
@@ -44,7 +45,7 @@ class KeyRotationAdminMixin:
         if due_at is None:
             return "—"
         if due_at <= timezone.now():
-            return format_html('<b style="color:#c62828">due</b>')
+            return mark_safe('<b style="color:#c62828">due</b>')
         return f"due {timezone.localtime(due_at):%Y-%m-%d}"
 
     def get_urls(self) -> list[Any]:
