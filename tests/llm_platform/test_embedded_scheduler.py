@@ -83,3 +83,17 @@ def test_a_period_is_claimed_once_and_a_deposed_leader_is_refused(transactional_
     assert job_claim(job="j", period=later - dt.timedelta(seconds=30), fence=2, task="t", task_id="d") is None
     # A redelivered message (same task id) of an unfinished run may go on.
     assert job_claim(job="j", period=later, fence=3, task="t", task_id="c") is not None
+
+
+def test_seeding_keeps_an_interval_edited_in_the_admin(transactional_db: None) -> None:
+    from llm_platform.jobs import periodic_tasks_seed
+
+    periodic_tasks_seed()
+    task = PeriodicTask.objects.get(name="audit-export")
+    assert task.task == "audit.tasks.audit_export" and task.interval.every == 300
+    task.interval = IntervalSchedule.objects.create(every=2, period=IntervalSchedule.MINUTES)
+    task.save()
+    assert periodic_tasks_seed() == 0
+    assert PeriodicTask.objects.get(name="audit-export").interval.every == 2
+    PeriodicTask.objects.filter(name="secret-rotate").delete()
+    assert periodic_tasks_seed() == 1
