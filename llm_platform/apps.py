@@ -14,6 +14,12 @@ def _roles_sync(**kwargs: Any) -> None:
     groups_sync()
 
 
+def _periodic_tasks_seed(**kwargs: Any) -> None:
+    from llm_platform.jobs import periodic_tasks_seed
+
+    periodic_tasks_seed()
+
+
 class LlmPlatformConfig(AppConfig):
     name = "llm_platform"
     verbose_name = "Platform"
@@ -22,3 +28,5 @@ class LlmPlatformConfig(AppConfig):
         # post_migrate fires once per app with models; syncing each time (it is idempotent)
         # picks up every app's permissions by the last one, and again after a flush.
         post_migrate.connect(_roles_sync, dispatch_uid="llm_platform.roles_sync")
+        # The periodic jobs appear in the admin (Periodic tasks) as soon as the database exists.
+        post_migrate.connect(_periodic_tasks_seed, sender=self, dispatch_uid="llm_platform.periodic_tasks_seed")

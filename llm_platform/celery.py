@@ -8,6 +8,7 @@ from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llm_platform.settings")
 
-app = Celery("llm_platform")
+# Every task claims its period first when the scheduler dispatched it (llm_platform.jobs).
+app = Celery("llm_platform", task_cls="llm_platform.jobs:ClaimedTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()

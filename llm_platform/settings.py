@@ -223,7 +223,7 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_BEAT_SCHEDULE = {
     "usage-prune": {"task": "routing.tasks.usage_prune", "schedule": 3600.0},
 }
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "llm_platform.beat:LeaderScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
@@ -257,3 +257,23 @@ if AUDIT_EXPORT_S3_BUCKET and bool(AUDIT_EXPORT_S3_ACCESS_KEY_ID) != bool(AUDIT_
         "Set both AUDIT_EXPORT_S3_ACCESS_KEY_ID and AUDIT_EXPORT_S3_SECRET_ACCESS_KEY, or neither "
         "(then boto3's default credential chain is used)."
     )
+
+# --- scheduler leader, periodic jobs and secret rotation ---
+BEAT_LEASE_BACKEND = env_str("BEAT_LEASE_BACKEND", "redis" if REDIS_URL else "database").lower()
+if BEAT_LEASE_BACKEND not in ("redis", "database"):
+    raise ImproperlyConfigured(f"BEAT_LEASE_BACKEND={BEAT_LEASE_BACKEND!r} must be 'redis' or 'database'.")
+if BEAT_LEASE_BACKEND == "redis" and not REDIS_URL:
+    raise ImproperlyConfigured("BEAT_LEASE_BACKEND=redis needs REDIS_URL.")
+# A standby takes over at most BEAT_LEASE_TTL + BEAT_LEASE_POLL seconds after the leader dies.
+BEAT_LEASE_TTL = env_float("BEAT_LEASE_TTL", 10.0, minimum=1.0)
+BEAT_LEASE_POLL = env_float("BEAT_LEASE_POLL", 1.0, minimum=0.05)
+AUDIT_EXPORT_INTERVAL = env_int("AUDIT_EXPORT_INTERVAL", 5, minimum=1)
+SECRET_ROTATION_INTERVAL = env_int("SECRET_ROTATION_INTERVAL", 60, minimum=1)
+SECRET_ROTATION_BATCH = env_int("SECRET_ROTATION_BATCH", 200, minimum=1)
+API_KEY_ROTATION_GRACE_HOURS = env_float("API_KEY_ROTATION_GRACE_HOURS", 24.0, minimum=0)
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "audit-export": {"task": "audit.tasks.audit_export", "schedule": AUDIT_EXPORT_INTERVAL * 60.0},
+        "secret-rotate": {"task": "tenants.tasks.secret_rotate", "schedule": SECRET_ROTATION_INTERVAL * 60.0},
+    }
+)

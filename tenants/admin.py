@@ -16,9 +16,10 @@ from django.utils.html import format_html
 
 from audit.admin import AuditEventAdmin
 from audit.models import AuditEvent
-from tenants import services
+from tenants import rotation, services
 from tenants.models import KEY_SCOPES, ApiKey, Membership, Quota, Tenant
 from tenants.roles import tenant_ids_for
+from tenants.rotation_admin import KeyRotationAdminMixin
 from tenants.scoping import TenantScopedAdmin
 
 
@@ -63,7 +64,7 @@ class ApiKeyForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ["tenant", "name", "allowed_models", "scopes", "expires_at"]
+        fields = ["tenant", "name", "allowed_models", "scopes", "expires_at", "max_age_days"]
 
     def clean_expires_at(self) -> Any:
         expires_at = self.cleaned_data.get("expires_at")
@@ -189,22 +190,57 @@ class KeyStatusFilter(admin.SimpleListFilter):
         return queryset
 
 
+class KeyRotationFilter(admin.SimpleListFilter):
+    title = "rotation"
+    parameter_name = "rotation"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("due", "Due now"), ("grace", "Rotated, in grace period"), ("pickup", "New secret to collect")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> QuerySet[ApiKey]:
+        if self.value() == "due":
+            return queryset.filter(pk__in=rotation.api_keys_rotation_due().values("pk"))
+        if self.value() == "grace":
+            return queryset.filter(pk__in=rotation.api_keys_in_grace().values("pk"))
+        if self.value() == "pickup":
+            return queryset.exclude(pending_secret="")
+        return queryset
+
+
 @admin.register(ApiKey)
-class ApiKeyAdmin(QuotaFormsetMixin, TenantScopedAdmin):
+class ApiKeyAdmin(KeyRotationAdminMixin, QuotaFormsetMixin, TenantScopedAdmin):
     form = ApiKeyForm
-    list_display = ["name", "prefix_display", "tenant", "status_display", "created_at", "expires_at", "last_used_at"]
-    list_filter = [KeyStatusFilter, "tenant"]
+    list_display = [
+        "name",
+        "prefix_display",
+        "tenant",
+        "status_display",
+        "rotation_display",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+    ]
+    list_filter = [KeyStatusFilter, KeyRotationFilter, "tenant"]
     list_select_related = ["tenant"]
     search_fields = ["name", "prefix", "tenant__slug"]
-    readonly_fields = ["prefix", "status_display", "created_at", "revoked_at", "last_used_at", "created_by"]
+    readonly_fields = [
+        "prefix",
+        "status_display",
+        "rotation_display",
+        "rotated_from",
+        "created_at",
+        "revoked_at",
+        "last_used_at",
+        "created_by",
+    ]
     autocomplete_fields = ["tenant"]
-    actions = ["revoke_keys"]
+    actions = ["revoke_keys", "rotate_keys"]
     inlines = [QuotaInline]
     show_full_result_count = False
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         if obj is None:
-            return ["tenant", "name", "allowed_models", "scopes", "expires_at"]
+            return ["tenant", "name", "allowed_models", "scopes", "expires_at", "max_age_days"]
         return [
             "tenant",
             "name",
@@ -213,6 +249,9 @@ class ApiKeyAdmin(QuotaFormsetMixin, TenantScopedAdmin):
             "allowed_models",
             "scopes",
             "expires_at",
+            "max_age_days",
+            "rotation_display",
+            "rotated_from",
             "created_at",
             "revoked_at",
             "last_used_at",
@@ -242,6 +281,7 @@ class ApiKeyAdmin(QuotaFormsetMixin, TenantScopedAdmin):
             allowed_models=obj.allowed_models,
             scopes=obj.scopes,
             expires_at=obj.expires_at,
+            max_age_days=obj.max_age_days,
             created_by=request.user,
             actor=actor_of(request),
             ip=ip_of(request),

@@ -12,6 +12,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from tenants.vault import EncryptedTextField
+
 KEY_PREFIX_LEN = 12
 
 
@@ -30,6 +32,12 @@ class Tenant(models.Model):
     slug = models.SlugField(max_length=63, unique=True)
     name = models.CharField(max_length=200)
     is_active = models.BooleanField(default=True, help_text="Inactive tenants' keys are refused.")
+    key_max_age_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Rotate this tenant's API keys once they are this old; empty means never (a key's own maximum wins).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -84,6 +92,20 @@ class ApiKey(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, editable=False, related_name="+"
+    )
+    max_age_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Rotate this key once it is this old; empty uses the tenant's maximum age.",
+    )
+    rotated_from = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, editable=False, related_name="successor"
+    )
+    pending_secret = EncryptedTextField(
+        blank=True,
+        editable=False,
+        help_text="A rotated key's secret, encrypted, until a tenant admin collects it once.",
     )
 
     objects = ApiKeyQuerySet.as_manager()

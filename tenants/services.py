@@ -28,8 +28,8 @@ def snapshot(instance: models.Model, fields: Iterable[str]) -> dict[str, Any]:
     return values
 
 
-TENANT_AUDIT_FIELDS = ("slug", "name", "is_active")
-KEY_AUDIT_FIELDS = ("name", "tenant", "prefix", "allowed_models", "scopes", "expires_at", "revoked_at")
+TENANT_AUDIT_FIELDS = ("slug", "name", "is_active", "key_max_age_days")
+KEY_AUDIT_FIELDS = ("name", "tenant", "prefix", "allowed_models", "scopes", "expires_at", "revoked_at", "max_age_days")
 
 
 def _before(model: type[models.Model], pk: Any, fields: Iterable[str]) -> dict[str, Any]:
@@ -84,6 +84,7 @@ def api_key_create(
     allowed_models: list[str] | None = None,
     scopes: list[str] | None = None,
     expires_at: dt.datetime | None = None,
+    max_age_days: int | None = None,
     created_by: Any = None,
     ip: str | None = None,
 ) -> tuple[ApiKey, str]:
@@ -95,6 +96,7 @@ def api_key_create(
         allowed_models=allowed_models or [],
         scopes=scopes or [],
         expires_at=expires_at,
+        max_age_days=max_age_days,
         created_by=created_by,
     )
     api_key.set_secret(secret)

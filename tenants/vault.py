@@ -11,10 +11,14 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 
 
-@lru_cache(maxsize=1)
 def _key_ring() -> MultiFernet:
+    return _key_ring_of(tuple(settings.FERNET_KEYS))
+
+
+@lru_cache(maxsize=4)
+def _key_ring_of(keys: tuple[str, ...]) -> MultiFernet:
     try:
-        return MultiFernet([Fernet(key) for key in settings.FERNET_KEYS])
+        return MultiFernet([Fernet(key) for key in keys])
     except (ValueError, TypeError) as exc:
         raise ImproperlyConfigured(
             "FERNET_KEYS must be a comma-separated list of Fernet keys "
@@ -29,6 +33,26 @@ def secret_encrypt(plaintext: str) -> str:
 def secret_decrypt(token: str) -> str:
     try:
         return _key_ring().decrypt(token.encode()).decode()
+    except InvalidToken as exc:
+        raise ImproperlyConfigured(
+            "A stored credential cannot be decrypted with any key in FERNET_KEYS; "
+            "the key that encrypted it was removed from the ring."
+        ) from exc
+
+
+def token_is_current(token: str) -> bool:
+    """Whether a stored ciphertext is under the first (encrypting) key of the ring."""
+    try:
+        Fernet(settings.FERNET_KEYS[0]).decrypt(token.encode())
+    except InvalidToken:
+        return False
+    return True
+
+
+def token_rotate(token: str) -> str:
+    """Re-encrypt a stored ciphertext with the first key (MultiFernet.rotate keeps the original timestamp)."""
+    try:
+        return _key_ring().rotate(token.encode()).decode()
     except InvalidToken as exc:
         raise ImproperlyConfigured(
             "A stored credential cannot be decrypted with any key in FERNET_KEYS; "

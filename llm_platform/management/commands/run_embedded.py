@@ -16,6 +16,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from llm_platform.beat import embedded_scheduler_start
+from llm_platform.celery import app as celery_app
 from llm_platform.processes import NotReady, http_wait
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -30,14 +32,19 @@ def _persistent_secret(name: str, make: str) -> str:
 
 
 class Command(BaseCommand):
-    help = "Migrate, create the admin user, load the demo config, and run server, fake upstream, worker and beat."
+    help = (
+        "Migrate, create the admin user, load the demo config, and run server, fake upstream and worker; "
+        "periodic jobs run in this process on the schedule edited in the admin (Periodic tasks)."
+    )
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--upstream-port", type=int, default=int(os.environ.get("FAKE_UPSTREAM_PORT", "9100")))
         parser.add_argument("--config", type=Path, default=ROOT / "demo" / "config.yaml")
-        parser.add_argument("--no-worker", action="store_true", help="Do not start the Celery worker and beat.")
+        parser.add_argument(
+            "--no-worker", action="store_true", help="Do not start the Celery worker nor the periodic jobs."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         call_command("migrate", interactive=False, verbosity=0)
@@ -90,17 +97,15 @@ class Command(BaseCommand):
                 "-A",
                 "llm_platform",
                 "worker",
-                "--beat",
                 "--pool",
                 "solo",
                 "--loglevel",
                 "warning",
-                "--schedule",
-                str(settings.VAR_DIR / "celerybeat-schedule"),
             ]
         logs = settings.VAR_DIR / "logs"
         logs.mkdir(exist_ok=True)
         children: dict[str, subprocess.Popen[bytes]] = {}
+        scheduler = None
         try:
             for name, command in commands.items():
                 log = (logs / f"{name.split()[0]}.log").open("ab")
@@ -108,9 +113,13 @@ class Command(BaseCommand):
             base = f"http://{options['host']}:{options['port']}"
             self._wait(f"{upstream_url[:-3]}/healthz", children["fake upstream"])
             self._wait(f"{base}/admin/login/", children["web (daphne)"])
+            if not options["no_worker"]:
+                scheduler = embedded_scheduler_start(celery_app)
             self._banner(base, username, password, demo_key, logs)
             self._supervise(children)
         finally:
+            if scheduler is not None:
+                scheduler.stop()
             for process in children.values():
                 if process.poll() is None:
                     process.terminate()
@@ -137,6 +146,8 @@ class Command(BaseCommand):
                 [
                     "",
                     self.style.SUCCESS("The LLM platform is running (embedded mode: SQLite, no Redis needed)."),
+                    "  Jobs:       usage prune, audit export and secret rotation run in this process "
+                    "(schedule: admin > Periodic tasks)",
                     f"  Admin:      {base}/admin/   login: {username} / {password}",
                     f"  API:        {base}/v1   (OpenAI-compatible; API docs at {base}/v1/docs)",
                     f"  API key:    {key}",
