@@ -88,6 +88,11 @@ def processes(tmp_path: Path, jobs: list[str]) -> Iterator[Processes]:
     group = Processes(tmp_path, env)
     yield group
     group.stop()
+    if settings.REDIS_URL:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        client.delete(*client.keys(f"{settings.CACHE_KEY_PREFIX}:lease:*") or ["-"])
     if os.environ.get("SHOW_SERVER_LOGS"):
         for log in group.logs.values():
             sys.stderr.write(f"--- {log.name}\n{log.read_text()}")
