@@ -64,10 +64,10 @@ deployment_save(deployment=ModelDeployment(model_name="gpt-4o-mini", litellm_mod
     subprocess.run([python, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, check=True, capture_output=True)
 
 
-def wrk(url: str, connections: int, seconds: float, key: str = KEY) -> dict[str, float]:
+def wrk(url: str, connections: int, seconds: float) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s", "-s", str(ROOT / "bench" / "post.lua"), url],
-        env={**os.environ, "BENCH_KEY": key},
+        env={**os.environ, "BENCH_KEY": KEY},
         capture_output=True,
         text=True,
         check=True,

@@ -14,16 +14,13 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.conf import settings
 
 from tenants.errors import PlatformError, RateLimited, ServiceUnavailable
-from tenants.resp import RespConnection
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +98,10 @@ class QuotaRule:
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One counter a request is checked against; the amount it adds is per request (``Reservation.amounts``)."""
-
     kind: str  # requests, tokens, input_tokens, output_tokens, parallel, budget
     key: str
     limit: int
+    amount: int
     ttl_ms: int
     reset_at: float  # epoch seconds when the window ends (0 for parallel)
     rule: QuotaRule
@@ -113,8 +109,7 @@ class Check:
 
 @dataclass(slots=True)
 class Reservation:
-    checks: tuple[Check, ...] | list[Check] = ()
-    amounts: list[int] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
     values: list[int] = field(default_factory=list)
     settled: bool = False
 
@@ -177,7 +172,7 @@ REFUSALS = {
 class QuotaExceeded(RateLimited):
     """429 whose ``type`` says which family of limit and ``code`` which limit."""
 
-    def __init__(self, check: Check, amount: int, current: int, headers: dict[str, str]) -> None:
+    def __init__(self, check: Check, current: int, headers: dict[str, str]) -> None:
         kind, code, unit = REFUSALS[check.kind]
         scope = f"{check.rule.label}" + (f" for model '{check.rule.model}'" if check.rule.model else "")
         if check.kind == "budget":
@@ -186,80 +181,41 @@ class QuotaExceeded(RateLimited):
             message = f"Budget exceeded for {scope}: ${spent:.4f} of ${limit:.2f} spent {period}."
         else:
             message = (
-                f"Rate limit reached for {scope}: {check.limit} {unit}; used {current}, this request needs {amount}."
+                f"Rate limit reached for {scope}: {check.limit} {unit}; "
+                f"used {current}, this request needs {check.amount}."
             )
         super().__init__(message, code=code, headers=headers)
         self.type = kind
 
 
-def _plan(rules: tuple[QuotaRule, ...], model: str, now: float) -> tuple[Check, ...]:
-    """The counters ``rules`` check for ``model`` in the windows that contain ``now``."""
+def _checks(rules: tuple[QuotaRule, ...], model: str, tokens_in: int, tokens_out: int, cost_micros: int) -> list[Check]:
+    now = time.time()
     windows = _windows(now)
     minute_id, minute_end = windows["minute"]
-    # Relative TTLs are fixed when the plan is made (at most a minute before a counter is
-    # created): a counter outlives its window by at most that, and its key names the window.
-    minute_ttl = int((minute_end - now) * 1000) + 5000
     prefix = settings.CACHE_KEY_PREFIX
     checks: list[Check] = []
     for rule in rules:
         if not rule.applies_to(model):
             continue
         base = f"{prefix}:q:{rule.scope}:{rule.model or '*'}"
-        for kind, limit in (
-            ("requests", rule.rpm),
-            ("tokens", rule.tpm),
-            ("input_tokens", rule.input_tpm),
-            ("output_tokens", rule.output_tpm),
+        minute_ttl = int((minute_end - now) * 1000) + 5000
+        for kind, limit, amount in (
+            ("requests", rule.rpm, 1),
+            ("tokens", rule.tpm, tokens_in + tokens_out),
+            ("input_tokens", rule.input_tpm, tokens_in),
+            ("output_tokens", rule.output_tpm, tokens_out),
         ):
             if limit is not None:
-                checks.append(Check(kind, f"{base}:{kind}:{minute_id}", limit, minute_ttl, minute_end, rule))
+                checks.append(Check(kind, f"{base}:{kind}:{minute_id}", limit, amount, minute_ttl, minute_end, rule))
         if rule.parallel is not None:
-            checks.append(Check("parallel", f"{base}:parallel", rule.parallel, PARALLEL_TTL_MS, 0.0, rule))
+            checks.append(Check("parallel", f"{base}:parallel", rule.parallel, 1, PARALLEL_TTL_MS, 0.0, rule))
         if rule.budget_micros is not None:
             window_id, window_end = windows[rule.budget_duration]
             ttl = int((window_end - now) * 1000) + 3600 * 1000
-            checks.append(Check("budget", f"{base}:budget:{window_id}", rule.budget_micros, ttl, window_end, rule))
-    return tuple(checks)
-
-
-class PlanCache:
-    """Plans per (rules, model), rebuilt when the minute window rolls over.
-
-    Day and month windows end on a minute boundary too, so one expiry covers them all.
-    Rules tuples come from the key cache and live as long as its entry, so they are keyed
-    by identity (hashing every rule on every request would cost more than the plan saves).
-    """
-
-    def __init__(self) -> None:
-        self._plans: dict[tuple[int, str], tuple[tuple[QuotaRule, ...], tuple[Check, ...]]] = {}
-        self._valid_until = 0.0
-
-    def get(self, rules: tuple[QuotaRule, ...], model: str) -> tuple[Check, ...]:
-        now = time.time()
-        if now >= self._valid_until or len(self._plans) > 10_000:
-            self._plans.clear()
-            self._valid_until = (now // 60 + 1) * 60
-        cached = self._plans.get((id(rules), model))
-        if cached is not None and cached[0] is rules:
-            return cached[1]
-        checks = _plan(rules, model, now)
-        self._plans[(id(rules), model)] = (rules, checks)
-        return checks
-
-
-_plans = PlanCache()
-
-
-def _amounts(checks: tuple[Check, ...], tokens_in: int, tokens_out: int, cost_micros: int) -> list[int]:
-    by_kind = {
-        "requests": 1,
-        "tokens": tokens_in + tokens_out,
-        "input_tokens": tokens_in,
-        "output_tokens": tokens_out,
-        "parallel": 1,
-        "budget": cost_micros,
-    }
-    return [by_kind[check.kind] for check in checks]
+            checks.append(
+                Check("budget", f"{base}:budget:{window_id}", rule.budget_micros, cost_micros, ttl, window_end, rule)
+            )
+    return checks
 
 
 class LocalCounters:
@@ -272,15 +228,15 @@ class LocalCounters:
         value, expires = self._values.get(key, (0, 0.0))
         return value if expires > now else 0
 
-    async def reserve(self, checks: Sequence[Check], amounts: list[int]) -> tuple[int, int, list[int]]:
+    async def reserve(self, checks: list[Check]) -> tuple[int, int, list[int]]:
         now = time.monotonic()
-        for index, (check, amount) in enumerate(zip(checks, amounts, strict=True), start=1):
+        for index, check in enumerate(checks, start=1):
             current = self._get(check.key, now)
-            if current + amount > check.limit:
+            if current + check.amount > check.limit:
                 return index, current, []
         values = []
-        for check, amount in zip(checks, amounts, strict=True):
-            value = self._get(check.key, now) + amount
+        for check in checks:
+            value = self._get(check.key, now) + check.amount
             expires = self._values.get(check.key, (0, 0.0))[1]
             self._values[check.key] = (value, expires if expires > now else now + check.ttl_ms / 1000)
             values.append(value)
@@ -308,9 +264,7 @@ class RedisCounters:
     def __init__(self, url: str) -> None:
         self.url = url
         self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
-        self._lean: dict[asyncio.AbstractEventLoop, RespConnection] = {}
-        self.lean = urlsplit(url).scheme in RespConnection.SCHEMES
-        self._waiting: list[tuple[Sequence[Check], list[int], asyncio.Future[tuple[int, int, list[int]]]]] = []
+        self._waiting: list[tuple[list[Check], asyncio.Future[tuple[int, int, list[int]]]]] = []
         self._sending = False
 
     def _client(self) -> Any:
@@ -325,18 +279,9 @@ class RedisCounters:
             self._clients[loop] = client
         return client
 
-    async def _reserve_script(self, keys: list[str], args: list[int]) -> Any:
-        if not self.lean:  # e.g. a unix socket URL: redis-py handles every form
-            return await self._client().reserve_script(keys=keys, args=args)
-        loop = asyncio.get_running_loop()
-        connection = self._lean.get(loop)
-        if connection is None:
-            connection = self._lean[loop] = RespConnection(self.url)
-        return await connection.evalsha(RESERVE_LUA, keys, args)
-
-    async def reserve(self, checks: Sequence[Check], amounts: list[int]) -> tuple[int, int, list[int]]:
+    async def reserve(self, checks: list[Check]) -> tuple[int, int, list[int]]:
         future: asyncio.Future[tuple[int, int, list[int]]] = asyncio.get_running_loop().create_future()
-        self._waiting.append((checks, amounts, future))
+        self._waiting.append((checks, future))
         if not self._sending:
             self._sending = True
             task = asyncio.ensure_future(self._send())
@@ -352,25 +297,23 @@ class RedisCounters:
         finally:
             self._sending = False
 
-    async def _send_batch(
-        self, batch: list[tuple[Sequence[Check], list[int], asyncio.Future[tuple[int, int, list[int]]]]]
-    ) -> None:
+    async def _send_batch(self, batch: list[tuple[list[Check], asyncio.Future[tuple[int, int, list[int]]]]]) -> None:
         keys: list[str] = []
         args: list[int] = [len(batch)]
-        for checks, amounts, _ in batch:
+        for checks, _ in batch:
             args.append(len(checks))
-            for check, amount in zip(checks, amounts, strict=True):
+            for check in checks:
                 keys.append(check.key)
-                args += [check.limit, amount, check.ttl_ms]
+                args += [check.limit, check.amount, check.ttl_ms]
         try:
-            reply = [int(value) for value in await self._reserve_script(keys, args)]
+            reply = [int(value) for value in await self._client().reserve_script(keys=keys, args=args)]
         except Exception as exc:
-            for _, _, future in batch:
+            for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
         position = 0
-        for checks, _, future in batch:
+        for checks, future in batch:
             failed = reply[position]
             if failed:
                 result = (failed, reply[position + 1], [])
@@ -427,8 +370,7 @@ class Gauge:
 
 async def quota_usage(rules: list[QuotaRule]) -> list[Gauge]:
     """Current consumption of every limit of ``rules``; empty when the store is unreachable."""
-    now = time.time()
-    checks = [check for rule in rules for check in _plan((rule,), rule.model, now)]
+    checks = [check for rule in rules for check in _checks((rule,), rule.model, 0, 0, 0)]
     try:
         values = await counters().values([check.key for check in checks])
     except Exception as exc:
@@ -451,26 +393,25 @@ async def quota_reserve(
     rules: tuple[QuotaRule, ...], model: str, *, tokens_in: int, tokens_out: int, cost: Decimal
 ) -> Reservation:
     """Check every limit that applies and reserve on all of them at once, or raise ``QuotaExceeded``."""
-    checks = _plans.get(rules, model)
+    checks = _checks(rules, model, tokens_in, tokens_out, int(cost * MICROS))
     if not checks:
         return Reservation()
-    amounts = _amounts(checks, tokens_in, tokens_out, int(cost * MICROS))
     try:
-        failed, current, values = await counters().reserve(checks, amounts)
+        failed, current, values = await counters().reserve(checks)
     except Exception as exc:  # redis.RedisError, OSError: the store is unreachable
         if isinstance(exc, PlatformError):
             raise
         _store_failed(exc)
         return Reservation()
     if failed:
-        check, amount = checks[failed - 1], amounts[failed - 1]
+        check = checks[failed - 1]
         retry = max(1, math.ceil(check.reset_at - time.time())) if check.reset_at else 1
         headers = {"Retry-After": str(retry)}
         if check.kind in ("requests", "tokens"):
-            refused = Reservation([check], [amount], [current])
+            refused = Reservation([check], [current])
             headers.update({name.decode(): value.decode() for name, value in refused.headers()})
-        raise QuotaExceeded(check, amount, current, headers)
-    return Reservation(checks, amounts, values)
+        raise QuotaExceeded(check, current, headers)
+    return Reservation(checks, values)
 
 
 async def quota_settle(reservation: Reservation, *, tokens_in: int, tokens_out: int, cost: Decimal) -> None:
@@ -486,13 +427,13 @@ async def quota_settle(reservation: Reservation, *, tokens_in: int, tokens_out: 
         "budget": int(cost * MICROS),
     }
     adjustments = []
-    for check, amount in zip(reservation.checks, reservation.amounts, strict=True):
+    for check in reservation.checks:
         if check.kind == "parallel":
             adjustments.append((check.key, -1, check.ttl_ms))
             continue
         used = actual[check.kind]
-        if used is not None and used != amount:
-            adjustments.append((check.key, used - amount, check.ttl_ms))
+        if used is not None and used != check.amount:
+            adjustments.append((check.key, used - check.amount, check.ttl_ms))
     if adjustments:
         _settle_batch.add(adjustments)
 
