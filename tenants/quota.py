@@ -21,6 +21,7 @@ from typing import Any
 from django.conf import settings
 
 from tenants.errors import PlatformError, RateLimited, ServiceUnavailable
+from tenants.quota_redis import Script, ScriptConnection, script_connection_for
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ for i = 1, #KEYS do
 end
 return 1
 """
+
+_RESERVE, _SETTLE = Script(RESERVE_LUA), Script(SETTLE_LUA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +267,7 @@ class RedisCounters:
     def __init__(self, url: str) -> None:
         self.url = url
         self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._scripts: dict[asyncio.AbstractEventLoop, ScriptConnection | None] = {}
         self._waiting: list[tuple[list[Check], asyncio.Future[tuple[int, int, list[int]]]]] = []
         self._sending = False
 
@@ -278,6 +282,18 @@ class RedisCounters:
             client.settle_script = client.register_script(SETTLE_LUA)
             self._clients[loop] = client
         return client
+
+    async def _script(self, script: Script, keys: list[str], args: list[int]) -> Any:
+        """Run a quota script on this loop's lean connection (redis-py for URLs it does not take)."""
+        loop = asyncio.get_running_loop()
+        if loop not in self._scripts:
+            self._scripts[loop] = script_connection_for(self.url, timeout=1.0)
+        connection = self._scripts[loop]
+        if connection is not None:
+            return await connection.evalsha(script, keys, args)
+        client = self._client()
+        redis_script = client.reserve_script if script is _RESERVE else client.settle_script
+        return await redis_script(keys=keys, args=args)
 
     async def reserve(self, checks: list[Check]) -> tuple[int, int, list[int]]:
         future: asyncio.Future[tuple[int, int, list[int]]] = asyncio.get_running_loop().create_future()
@@ -306,7 +322,7 @@ class RedisCounters:
                 keys.append(check.key)
                 args += [check.limit, check.amount, check.ttl_ms]
         try:
-            reply = [int(value) for value in await self._client().reserve_script(keys=keys, args=args)]
+            reply = [int(value) for value in await self._script(_RESERVE, keys, args)]
         except Exception as exc:
             for _, future in batch:
                 if not future.done():
@@ -331,7 +347,7 @@ class RedisCounters:
         args: list[int] = []
         for _, delta, ttl_ms in adjustments:
             args += [delta, ttl_ms]
-        await self._client().settle_script(keys=[key for key, _, _ in adjustments], args=args)
+        await self._script(_SETTLE, [key for key, _, _ in adjustments], args)
 
 
 _counters: LocalCounters | RedisCounters | None = None
