@@ -123,18 +123,23 @@ class Reservation:
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """OpenAI's x-ratelimit-* headers for the tightest request and token limits."""
+        tightest: dict[str, tuple[Check, int]] = {}
+        for check, value in zip(self.checks, self.values, strict=False):
+            kind = check.kind
+            if kind == "requests" or kind == "tokens":
+                remaining = check.limit - value
+                best = tightest.get(kind)
+                if best is None or remaining < best[1]:
+                    tightest[kind] = (check, remaining)
         out: list[tuple[bytes, bytes]] = []
+        now = time.time()
         for kind, suffix in (("requests", b"requests"), ("tokens", b"tokens")):
-            tightest = None
-            for check, value in zip(self.checks, self.values, strict=False):
-                if check.kind == kind and (tightest is None or check.limit - value < tightest[1]):
-                    tightest = (check, check.limit - value)
-            if tightest is not None:
-                check, remaining = tightest
+            if kind in tightest:
+                check, remaining = tightest[kind]
                 out += [
-                    (b"x-ratelimit-limit-" + suffix, str(check.limit).encode()),
-                    (b"x-ratelimit-remaining-" + suffix, str(max(0, remaining)).encode()),
-                    (b"x-ratelimit-reset-" + suffix, reset_text(check.reset_at - time.time()).encode()),
+                    (b"x-ratelimit-limit-" + suffix, b"%d" % check.limit),
+                    (b"x-ratelimit-remaining-" + suffix, b"%d" % max(0, remaining)),
+                    (b"x-ratelimit-reset-" + suffix, reset_text(check.reset_at - now).encode()),
                 ]
         return out
 

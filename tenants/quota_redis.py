@@ -25,15 +25,27 @@ class RedisReplyError(Exception):
 _INCOMPLETE = object()
 
 
+_bulk_strings: dict[str, bytes] = {}
+
+
 def command_bytes(*parts: bytes | str | int) -> bytes:
     """A command in RESP's request form (an array of bulk strings)."""
     out = [b"*%d\r\n" % len(parts)]
     for part in parts:
         if isinstance(part, int):
-            part = b"%d" % part
+            out.append(b"$%d\r\n%d\r\n" % (len(b"%d" % part), part))
         elif isinstance(part, str):
-            part = part.encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
+            # Counter keys repeat for every request of a key in a window: encode each once.
+            bulk = _bulk_strings.get(part)
+            if bulk is None:
+                raw = part.encode()
+                bulk = b"$%d\r\n%s\r\n" % (len(raw), raw)
+                if len(_bulk_strings) >= 4096:
+                    _bulk_strings.clear()
+                _bulk_strings[part] = bulk
+            out.append(bulk)
+        else:
+            out.append(b"$%d\r\n%s\r\n" % (len(part), part))
     return b"".join(out)
 
 
