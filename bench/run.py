@@ -1,6 +1,7 @@
 """Benchmark: the fake upstream directly vs through one daphne process of the gateway, same run.
 
     .venv/bin/python bench/run.py [--seconds 8] [--runs 3] [--streams 200] [--redis URL]
+    .venv/bin/python bench/run.py --quota-compare [--runs 5] [--redis URL --database URL]
 
 Prints a Markdown table and writes bench/results/<timestamp>.json. Needs `wrk`.
 """
@@ -30,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from llm_platform.processes import http_wait  # noqa: E402
 
 KEY = "sk-bench-0123456789abcdefghijklmnop"
+QUOTA_KEY = "sk-benchq-0123456789abcdefghijklmno"  # --quota-compare: a second tenant, with quotas
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello to the benchmark."}]}
 CHUNKS, GAP_MS = 20, 10.0
 
@@ -40,7 +42,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def setup(env: dict[str, str], upstream: str, *, quota: bool) -> None:
+def setup(env: dict[str, str], upstream: str, *, quota: bool, quota_key: bool = False) -> None:
     python = sys.executable
     subprocess.run([python, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     # A --database given on the command line may hold an earlier run's rows: start empty.
@@ -58,16 +60,23 @@ if {quota!r}:
     for scope in ({{"api_key": key}}, {{"tenant": tenant}}):
         services.quota_save(quota=Quota(**scope, rpm_limit=10_000_000, tpm_limit=10_000_000,
                             max_parallel_requests=10_000, max_budget=1_000_000), actor="bench")
+if {quota_key!r}:
+    from tenants.models import Quota
+    tenant_q = services.tenant_save(tenant=Tenant(slug="benchq", name="Bench with quotas"), actor="bench")
+    key_q, _ = services.api_key_create(tenant=tenant_q, name="benchq", actor="bench", secret="{QUOTA_KEY}")
+    for scope in ({{"api_key": key_q}}, {{"tenant": tenant_q}}):
+        services.quota_save(quota=Quota(**scope, rpm_limit=10_000_000, tpm_limit=10_000_000,
+                            max_parallel_requests=10_000, max_budget=1_000_000), actor="bench")
 deployment_save(deployment=ModelDeployment(model_name="gpt-4o-mini", litellm_model="openai/gpt-4o-mini",
                 api_base="{upstream}", api_key="sk-fake"), actor="bench")
 """
     subprocess.run([python, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, check=True, capture_output=True)
 
 
-def wrk(url: str, connections: int, seconds: float) -> dict[str, float]:
+def wrk(url: str, connections: int, seconds: float, key: str = KEY) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s", "-s", str(ROOT / "bench" / "post.lua"), url],
-        env={**os.environ, "BENCH_KEY": KEY},
+        env={**os.environ, "BENCH_KEY": key},
         capture_output=True,
         text=True,
         check=True,
@@ -123,6 +132,119 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc; Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_seconds(url: str) -> float:
+    """The Redis server's own CPU time (INFO cpu); it counts every client of that server."""
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def sequential(url: str, key: str, count: int) -> list[float]:
+    """Latency of ``count`` requests sent one after another on one keep-alive connection (ms).
+
+    Timed request by request, unlike wrk's c=1 histogram, which is corrected for coordinated
+    omission and adds synthetic samples after each slow response.
+    """
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    body = json.dumps(BODY).encode()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    connection = http.client.HTTPConnection(parts.hostname, parts.port)
+    times = []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            connection.request("POST", parts.path, body, headers)
+            response = connection.getresponse()
+            response.read()
+            times.append((time.perf_counter() - started) * 1000)
+            if response.status != 200:
+                raise RuntimeError(f"{url}: HTTP {response.status}")
+    finally:
+        connection.close()
+    return times
+
+
+def quota_compare(args: argparse.Namespace, gateway: str, gateway_pid: int) -> dict[str, object]:
+    """Interleave rounds without and with quotas against the same server process.
+
+    Two keys of two tenants: one without limits, one (and its tenant) with never-reached
+    rpm, tpm, concurrency and budget limits. Each round measures both, in alternating order,
+    so machine noise falls on both alike. Besides req/s, the gateway process's CPU time per
+    request (and the Redis server's) is far less sensitive to other load on the machine.
+    """
+    names = {"none": KEY, "quota": QUOTA_KEY}
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for round_index in range(args.runs):
+        order = list(names) if round_index % 2 == 0 else list(reversed(names))
+        for name in order:
+            key = names[name]
+            times = sequential(gateway, key, args.sequential)
+            cpu0 = cpu_seconds(gateway_pid)
+            redis0 = redis_cpu_seconds(args.redis) if args.redis else 0.0
+            result = wrk(gateway, 16, args.seconds, key)
+            cpu1 = cpu_seconds(gateway_pid)
+            redis1 = redis_cpu_seconds(args.redis) if args.redis else 0.0
+            served = result["requests"]
+            rounds[name].append(
+                {
+                    "rps": result["rps"],
+                    "errors": result["non2xx"] + result["errors"],
+                    "cpu_us_per_request": (cpu1 - cpu0) / served * 1e6,
+                    "redis_cpu_us_per_request": (redis1 - redis0) / served * 1e6,
+                    "c1_p50_ms": statistics.median(times),
+                    "c1_p95_ms": percentile(times, 95),
+                    "c1_p99_ms": percentile(times, 99),
+                }
+            )
+            print(f"round {round_index + 1} {name}: {json.dumps(rounds[name][-1])}", file=sys.stderr)
+    return rounds
+
+
+def quota_compare_table(rounds: dict[str, list[dict[str, float]]], redis: bool) -> list[str]:
+    def med(name: str, field: str) -> float:
+        return statistics.median(run[field] for run in rounds[name])
+
+    rps_ratio = statistics.median(
+        quota["rps"] / none["rps"] for none, quota in zip(rounds["none"], rounds["quota"], strict=True)
+    )
+    added_p50 = med("quota", "c1_p50_ms") - med("none", "c1_p50_ms")
+    rows = [
+        ("Latency, c=1, median (ms)", "c1_p50_ms", "{:.2f}", f"+{added_p50:.2f} ms", "≤ 0.5 ms", added_p50 <= 0.5),
+        ("Latency, c=1, p95 (ms)", "c1_p95_ms", "{:.2f}", "", "", None),
+        ("Latency, c=1, p99 (ms)", "c1_p99_ms", "{:.2f}", "", "", None),
+        (
+            "Requests/s, c=16",
+            "rps",
+            "{:.0f}",
+            f"{(rps_ratio - 1) * 100:+.0f}% (median of per-round ratios)",
+            "within 15%",
+            rps_ratio >= 0.85,
+        ),
+        ("Gateway CPU per request, c=16 (µs)", "cpu_us_per_request", "{:.0f}", None, "", None),
+    ]
+    if redis:
+        rows.append(("Redis server CPU per request, c=16 (µs)", "redis_cpu_us_per_request", "{:.0f}", None, "", None))
+    table = ["| Metric | No quotas | With quotas | Added | Target | Met |", "|---|---|---|---|---|---|"]
+    for label, field, fmt, added, target, met in rows:
+        none, quota = med("none", field), med("quota", field)
+        if added is None:
+            added = f"{quota - none:+.0f} µs ({(quota / none - 1) * 100:+.0f}%)"
+        met_text = "" if met is None else ("yes" if met else "no")
+        table.append(f"| {label} | {fmt.format(none)} | {fmt.format(quota)} | {added} | {target} | {met_text} |")
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8)
@@ -134,6 +256,12 @@ def main() -> None:
     parser.add_argument(
         "--database", default="", help="run the gateway with this DATABASE_URL, an existing database it may empty"
     )
+    parser.add_argument(
+        "--quota-compare",
+        action="store_true",
+        help="only the cost of quotas: a key without and a key with quotas, interleaved rounds on one server",
+    )
+    parser.add_argument("--sequential", type=int, default=1000, help="requests timed one by one per round (c=1)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is required (Debian: apt-get install wrk)")
@@ -154,7 +282,7 @@ def main() -> None:
     up_port, gw_port = free_port(), free_port()
     direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
     gateway = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
-    setup(env, f"http://127.0.0.1:{up_port}/v1", quota=args.quota)
+    setup(env, f"http://127.0.0.1:{up_port}/v1", quota=args.quota, quota_key=args.quota_compare)
     python = sys.executable
     processes = [
         subprocess.Popen(
@@ -184,23 +312,38 @@ def main() -> None:
         http_wait(f"http://127.0.0.1:{gw_port}/healthz", processes[1])
         for url in (direct, gateway):  # warm-up: connections, caches, lazy imports
             wrk(url, 16, 3)
-        c1 = {
-            name: [wrk(url, 1, args.seconds) for _ in range(args.runs)]
-            for name, url in (("direct", direct), ("gateway", gateway))
-        }
-        c16 = {
-            name: [wrk(url, 16, args.seconds) for _ in range(args.runs)]
-            for name, url in (("direct", direct), ("gateway", gateway))
-        }
-        header = overhead_header_median(gateway)
-        streamed_direct = asyncio.run(streams(direct, args.streams, args.stream_concurrency))
-        streamed_gateway = asyncio.run(streams(gateway, args.streams, args.stream_concurrency))
+        if args.quota_compare:
+            wrk(gateway, 16, 3, QUOTA_KEY)
+            rounds = quota_compare(args, gateway, processes[1].pid)
+        else:
+            c1 = {
+                name: [wrk(url, 1, args.seconds) for _ in range(args.runs)]
+                for name, url in (("direct", direct), ("gateway", gateway))
+            }
+            c16 = {
+                name: [wrk(url, 16, args.seconds) for _ in range(args.runs)]
+                for name, url in (("direct", direct), ("gateway", gateway))
+            }
+            header = overhead_header_median(gateway)
+            streamed_direct = asyncio.run(streams(direct, args.streams, args.stream_concurrency))
+            streamed_gateway = asyncio.run(streams(gateway, args.streams, args.stream_concurrency))
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
             process.wait(timeout=10)
         shutil.rmtree(var, ignore_errors=True)
+
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    if args.quota_compare:
+        table = quota_compare_table(rounds, bool(args.redis))
+        print("\n".join(table))
+        errors = sum(run["errors"] for runs in rounds.values() for run in runs)
+        print(f"\ngateway errors during load: {errors}")
+        results.update(rounds=rounds, table=table, seconds=args.seconds, sequential=args.sequential)
+        (out / f"{dt.datetime.now():%Y%m%d-%H%M%S}-quota.json").write_text(json.dumps(results, indent=1))
+        return
 
     def med(runs: list[dict[str, float]], field: str) -> float:
         return statistics.median(run[field] for run in runs)
@@ -273,8 +416,6 @@ def main() -> None:
         gap_spread_gateway_pct=gap_spread_g,
         table=table,
     )
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
     (out / f"{dt.datetime.now():%Y%m%d-%H%M%S}.json").write_text(json.dumps(results, indent=1))
 
 

@@ -26,7 +26,6 @@ from tenants.errors import InvalidRequest, NotFound, PlatformError
 from tenants.quota import QuotaExceeded, Reservation, quota_reserve, quota_settle
 
 logger = logging.getLogger(__name__)
-_settling: set[asyncio.Task[None]] = set()
 
 SendStart = Callable[[int, list[tuple[bytes, bytes]]], Awaitable[None]]
 SendBody = Callable[[bytes, bool], Awaitable[None]]
@@ -298,12 +297,8 @@ class ChatCompletion:
         if reservation is None or target is None:
             return
         cost = usage_cost(target.litellm_model, usage.prompt_tokens, usage.completion_tokens, target.extra_params)
-        task = asyncio.get_running_loop().create_task(
-            quota_settle(reservation, tokens_in=usage.prompt_tokens, tokens_out=usage.completion_tokens, cost=cost)
-        )
-        # Settling runs on its own task: a cancelled (disconnected) request must still settle.
-        _settling.add(task)
-        task.add_done_callback(_settling.discard)
+        # Synchronous (it queues the adjustment), so a cancelled (disconnected) request settles too.
+        quota_settle(reservation, tokens_in=usage.prompt_tokens, tokens_out=usage.completion_tokens, cost=cost)
 
     def _account(self) -> None:
         key, request, target = self.key, self.request, self.target

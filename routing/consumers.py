@@ -73,6 +73,9 @@ class ChatCompletionsConsumer(AsyncHttpConsumer):
             await completion.refuse(PayloadTooLarge(f"The request body exceeds {settings.MAX_REQUEST_BYTES} bytes."))
         else:
             await completion.run(body)
+        # The completion holds this consumer's send methods: drop the cycle now rather than
+        # leave it to the garbage collector.
+        self.completion = None
 
     async def _start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         await self.send({"type": "http.response.start", "status": status, "headers": headers})

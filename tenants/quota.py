@@ -21,6 +21,7 @@ from typing import Any
 from django.conf import settings
 
 from tenants.errors import PlatformError, RateLimited, ServiceUnavailable
+from tenants.quota_redis import Script, ScriptConnection, script_connection_for
 
 logger = logging.getLogger(__name__)
 
@@ -38,27 +39,32 @@ local k, a = 1, 2
 for _ = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[a])
   a = a + 1
-  local failed, seen = 0, 0
+  -- Increment first and undo on a refusal: one call per counter when the request fits
+  -- (the usual case) instead of a read and then a write. Nothing else runs in between.
+  local values, failed, seen = {}, 0, 0
   for i = 0, n - 1 do
-    local current = tonumber(redis.call('GET', KEYS[k + i]) or '0')
-    if current + tonumber(ARGV[a + 3 * i + 1]) > tonumber(ARGV[a + 3 * i]) then
-      failed, seen = i + 1, current
+    local amount = tonumber(ARGV[a + 3 * i + 1])
+    local value = redis.call('INCRBY', KEYS[k + i], amount)
+    -- value == amount: the counter was just created (or was at zero), so give it its window.
+    if value == amount then
+      redis.call('PEXPIRE', KEYS[k + i], ARGV[a + 3 * i + 2])
+    end
+    values[i + 1] = value
+    if value > tonumber(ARGV[a + 3 * i]) then
+      failed, seen = i + 1, value - amount
       break
     end
   end
   if failed > 0 then
+    for i = 0, failed - 1 do
+      redis.call('DECRBY', KEYS[k + i], ARGV[a + 3 * i + 1])
+    end
     out[#out + 1] = failed
     out[#out + 1] = seen
   else
     out[#out + 1] = 0
-    for i = 0, n - 1 do
-      local amount = tonumber(ARGV[a + 3 * i + 1])
-      local value = redis.call('INCRBY', KEYS[k + i], amount)
-      -- value == amount: the counter was just created (or was at zero), so give it its window.
-      if value == amount then
-        redis.call('PEXPIRE', KEYS[k + i], ARGV[a + 3 * i + 2])
-      end
-      out[#out + 1] = value
+    for i = 1, n do
+      out[#out + 1] = values[i]
     end
   end
   k, a = k + n, a + 3 * n
@@ -75,6 +81,8 @@ for i = 1, #KEYS do
 end
 return 1
 """
+
+_RESERVE, _SETTLE = Script(RESERVE_LUA), Script(SETTLE_LUA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,18 +123,23 @@ class Reservation:
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """OpenAI's x-ratelimit-* headers for the tightest request and token limits."""
+        tightest: dict[str, tuple[Check, int]] = {}
+        for check, value in zip(self.checks, self.values, strict=False):
+            kind = check.kind
+            if kind == "requests" or kind == "tokens":
+                remaining = check.limit - value
+                best = tightest.get(kind)
+                if best is None or remaining < best[1]:
+                    tightest[kind] = (check, remaining)
         out: list[tuple[bytes, bytes]] = []
+        now = time.time()
         for kind, suffix in (("requests", b"requests"), ("tokens", b"tokens")):
-            tightest = None
-            for check, value in zip(self.checks, self.values, strict=False):
-                if check.kind == kind and (tightest is None or check.limit - value < tightest[1]):
-                    tightest = (check, check.limit - value)
-            if tightest is not None:
-                check, remaining = tightest
+            if kind in tightest:
+                check, remaining = tightest[kind]
                 out += [
-                    (b"x-ratelimit-limit-" + suffix, str(check.limit).encode()),
-                    (b"x-ratelimit-remaining-" + suffix, str(max(0, remaining)).encode()),
-                    (b"x-ratelimit-reset-" + suffix, reset_text(check.reset_at - time.time()).encode()),
+                    (b"x-ratelimit-limit-" + suffix, b"%d" % check.limit),
+                    (b"x-ratelimit-remaining-" + suffix, b"%d" % max(0, remaining)),
+                    (b"x-ratelimit-reset-" + suffix, reset_text(check.reset_at - now).encode()),
                 ]
         return out
 
@@ -188,34 +201,69 @@ class QuotaExceeded(RateLimited):
         self.type = kind
 
 
-def _checks(rules: tuple[QuotaRule, ...], model: str, tokens_in: int, tokens_out: int, cost_micros: int) -> list[Check]:
-    now = time.time()
+# (kind, counter key, limit, window end in epoch seconds or 0, TTL slack in ms or a fixed TTL, rule)
+_Step = tuple[str, str, int, float, int, QuotaRule]
+_plans: dict[tuple[Any, ...], list[_Step]] = {}
+_plans_minute = -1
+
+
+def _plan(rules: tuple[QuotaRule, ...], model: str, now: float) -> list[_Step]:
+    """The counters ``rules`` use for ``model`` in the current windows, built once per minute.
+
+    Every window changes on a minute boundary (UTC days and months too), so a plan built in
+    this minute holds for every request of the same rules and model until the next one."""
+    global _plans_minute
+    minute = int(now // 60)
+    if minute != _plans_minute:
+        _plans.clear()
+        _plans_minute = minute
+    prefix = settings.CACHE_KEY_PREFIX
+    cache_key = (rules, model, prefix)
+    plan = _plans.get(cache_key)
+    if plan is not None:
+        return plan
     windows = _windows(now)
     minute_id, minute_end = windows["minute"]
-    prefix = settings.CACHE_KEY_PREFIX
-    checks: list[Check] = []
+    plan = []
     for rule in rules:
         if not rule.applies_to(model):
             continue
         base = f"{prefix}:q:{rule.scope}:{rule.model or '*'}"
-        minute_ttl = int((minute_end - now) * 1000) + 5000
-        for kind, limit, amount in (
-            ("requests", rule.rpm, 1),
-            ("tokens", rule.tpm, tokens_in + tokens_out),
-            ("input_tokens", rule.input_tpm, tokens_in),
-            ("output_tokens", rule.output_tpm, tokens_out),
+        for kind, limit in (
+            ("requests", rule.rpm),
+            ("tokens", rule.tpm),
+            ("input_tokens", rule.input_tpm),
+            ("output_tokens", rule.output_tpm),
         ):
             if limit is not None:
-                checks.append(Check(kind, f"{base}:{kind}:{minute_id}", limit, amount, minute_ttl, minute_end, rule))
+                plan.append((kind, f"{base}:{kind}:{minute_id}", limit, minute_end, 5000, rule))
         if rule.parallel is not None:
-            checks.append(Check("parallel", f"{base}:parallel", rule.parallel, 1, PARALLEL_TTL_MS, 0.0, rule))
+            plan.append(("parallel", f"{base}:parallel", rule.parallel, 0.0, PARALLEL_TTL_MS, rule))
         if rule.budget_micros is not None:
             window_id, window_end = windows[rule.budget_duration]
-            ttl = int((window_end - now) * 1000) + 3600 * 1000
-            checks.append(
-                Check("budget", f"{base}:budget:{window_id}", rule.budget_micros, cost_micros, ttl, window_end, rule)
-            )
-    return checks
+            plan.append(("budget", f"{base}:budget:{window_id}", rule.budget_micros, window_end, 3600 * 1000, rule))
+    if len(_plans) >= 10_000:  # many distinct keys in one minute: keep memory bounded
+        _plans.clear()
+    _plans[cache_key] = plan
+    return plan
+
+
+def _checks(rules: tuple[QuotaRule, ...], model: str, tokens_in: int, tokens_out: int, cost_micros: int) -> list[Check]:
+    now = time.time()
+    amounts = {
+        "requests": 1,
+        "tokens": tokens_in + tokens_out,
+        "input_tokens": tokens_in,
+        "output_tokens": tokens_out,
+        "parallel": 1,
+        "budget": cost_micros,
+    }
+    return [
+        # A window's counter lives until the window ends plus some slack; the in-flight count
+        # has a fixed TTL that heals what a crashed process held.
+        Check(kind, key, limit, amounts[kind], int((end - now) * 1000) + ttl if end else ttl, end, rule)
+        for kind, key, limit, end, ttl, rule in _plan(rules, model, now)
+    ]
 
 
 class LocalCounters:
@@ -264,6 +312,7 @@ class RedisCounters:
     def __init__(self, url: str) -> None:
         self.url = url
         self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._scripts: dict[asyncio.AbstractEventLoop, ScriptConnection | None] = {}
         self._waiting: list[tuple[list[Check], asyncio.Future[tuple[int, int, list[int]]]]] = []
         self._sending = False
 
@@ -278,6 +327,18 @@ class RedisCounters:
             client.settle_script = client.register_script(SETTLE_LUA)
             self._clients[loop] = client
         return client
+
+    async def _script(self, script: Script, keys: list[str], args: list[int]) -> Any:
+        """Run a quota script on this loop's lean connection (redis-py for URLs it does not take)."""
+        loop = asyncio.get_running_loop()
+        if loop not in self._scripts:
+            self._scripts[loop] = script_connection_for(self.url, timeout=1.0)
+        connection = self._scripts[loop]
+        if connection is not None:
+            return await connection.evalsha(script, keys, args)
+        client = self._client()
+        redis_script = client.reserve_script if script is _RESERVE else client.settle_script
+        return await redis_script(keys=keys, args=args)
 
     async def reserve(self, checks: list[Check]) -> tuple[int, int, list[int]]:
         future: asyncio.Future[tuple[int, int, list[int]]] = asyncio.get_running_loop().create_future()
@@ -306,7 +367,7 @@ class RedisCounters:
                 keys.append(check.key)
                 args += [check.limit, check.amount, check.ttl_ms]
         try:
-            reply = [int(value) for value in await self._client().reserve_script(keys=keys, args=args)]
+            reply = [int(value) for value in await self._script(_RESERVE, keys, args)]
         except Exception as exc:
             for _, future in batch:
                 if not future.done():
@@ -331,7 +392,7 @@ class RedisCounters:
         args: list[int] = []
         for _, delta, ttl_ms in adjustments:
             args += [delta, ttl_ms]
-        await self._client().settle_script(keys=[key for key, _, _ in adjustments], args=args)
+        await self._script(_SETTLE, [key for key, _, _ in adjustments], args)
 
 
 _counters: LocalCounters | RedisCounters | None = None
@@ -414,8 +475,11 @@ async def quota_reserve(
     return Reservation(checks, values)
 
 
-async def quota_settle(reservation: Reservation, *, tokens_in: int, tokens_out: int, cost: Decimal) -> None:
-    """Replace the reservation with what was really used, and release the concurrency slot."""
+def quota_settle(reservation: Reservation, *, tokens_in: int, tokens_out: int, cost: Decimal) -> None:
+    """Replace the reservation with what was really used, and release the concurrency slot.
+
+    Only queues the adjustment (``SettleBatch`` sends it); it never awaits, so it also runs
+    to the end in the cleanup of a cancelled (disconnected) request."""
     if reservation.settled or not reservation.checks:
         return
     reservation.settled = True
@@ -448,15 +512,18 @@ class SettleBatch:
 
     def __init__(self) -> None:
         self._pending: dict[str, list[int]] = {}  # key -> [delta, ttl_ms]
-        self._scheduled = False
+        # The loop a flush is scheduled on; a flush scheduled on a loop that has since closed
+        # (one loop per test, say) must not block every later one.
+        self._scheduled: asyncio.AbstractEventLoop | None = None
 
     def add(self, adjustments: list[tuple[str, int, int]]) -> None:
         for key, delta, ttl_ms in adjustments:
             entry = self._pending.setdefault(key, [0, ttl_ms])
             entry[0] += delta
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_later(SETTLE_INTERVAL, self._flush_soon)
+        loop = asyncio.get_running_loop()
+        if self._scheduled is not loop:
+            self._scheduled = loop
+            loop.call_later(SETTLE_INTERVAL, self._flush_soon)
 
     def _flush_soon(self) -> None:
         task = asyncio.ensure_future(self.flush())
@@ -464,7 +531,7 @@ class SettleBatch:
         task.add_done_callback(_flushing.discard)
 
     async def flush(self) -> None:
-        self._scheduled = False
+        self._scheduled = None
         pending, self._pending = self._pending, {}
         adjustments = [(key, delta, ttl) for key, (delta, ttl) in pending.items() if delta]
         if not adjustments:
