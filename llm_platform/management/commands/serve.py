@@ -25,7 +25,7 @@ class Drain:
     1. turns ``/readyz`` to 503 and stops listening, so no new connection is accepted;
     2. closes idle keep-alive connections, and each connection once its response is done;
     3. waits until no request is in flight, or ``timeout`` seconds have passed;
-    4. stops the reactor (daphne then cancels what is left; cancelled requests still account);
+    4. at the deadline, disconnects what is still running (each request still accounts) and stops;
     5. after the loop ends, flushes the usage and audit batch writers and the span exporter.
 
     A second signal skips the wait.
@@ -88,11 +88,27 @@ class Drain:
                 logger.info("drained in %.2f s", time.monotonic() - self.started_at)
                 break
             if time.monotonic() >= deadline:
-                logger.warning("drain deadline reached; cancelling %d requests", len(busy))
+                logger.warning("drain deadline reached; disconnecting %d requests", len(busy))
+                await self._disconnect(busy)
                 break
             await asyncio.sleep(0.05)
         await self._settle_quotas()
         self._stop()
+
+    async def _disconnect(self, busy: list[Any]) -> None:
+        """Close the connections still busy, as if their clients had left, and let them account.
+
+        Daphne's own shutdown would cancel the application only, not the task a consumer
+        runs the request on; a disconnect goes through the consumer's ``http_disconnect``,
+        which cancels that task so its usage is recorded.
+        """
+        for protocol in busy:
+            transport = getattr(protocol, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+        give_up = time.monotonic() + 5
+        while self._in_flight() and time.monotonic() < give_up:
+            await asyncio.sleep(0.05)
 
     @staticmethod
     async def _settle_quotas() -> None:
