@@ -122,6 +122,28 @@ def _instrument(provider: Any) -> None:
                 logger.exception("could not instrument %s", type(instrumentor).__name__)
 
 
+def teardown() -> None:
+    """Switch tracing off again and remove the instrumentation (for tests)."""
+    global _enabled, _tracer
+    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from opentelemetry.instrumentation.django import DjangoInstrumentor
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    for instrumentor in (
+        DjangoInstrumentor(),
+        RedisInstrumentor(),
+        PsycopgInstrumentor(),
+        CeleryInstrumentor(),
+        AioHttpClientInstrumentor(),
+    ):
+        if instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.uninstrument()
+    _enabled = False
+    _tracer = trace.NoOpTracer()
+
+
 def shutdown() -> None:
     """Flush buffered spans (at drain / exit)."""
     provider = trace.get_tracer_provider()

@@ -20,9 +20,7 @@ def served(tmp: Path, *, port: int | None = None, **env: str) -> Iterator[live.S
     log = tmp / f"serve-{port}.log"
     args = [sys.executable, "manage.py", "serve", "--bind", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            args, cwd=live.ROOT, stdout=out, stderr=subprocess.STDOUT, env=live.child_env(**env)
-        )
+        process = subprocess.Popen(args, cwd=live.ROOT, stdout=out, stderr=subprocess.STDOUT, env=live.child_env(**env))
     server = live.Server(f"http://127.0.0.1:{port}", process, log)
     try:
         http_wait(f"{server.url}/healthz", process)

@@ -13,7 +13,10 @@ from routing.models import RequestLog
 from tests.observability.conftest import served
 from tests.routing.test_chat_sdk import wait_for_log
 
-STREAM = b'{"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "[[fake chunks=30 gap_ms=80]]"}]}'
+STREAM = (
+    b'{"model": "gpt-4o-mini", "stream": true,'
+    b' "messages": [{"role": "user", "content": "[[fake chunks=30 gap_ms=80]]"}]}'
+)
 
 
 def _refused(port: int) -> bool:

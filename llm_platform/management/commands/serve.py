@@ -107,7 +107,7 @@ class Drain:
             if transport is not None:
                 transport.abortConnection()
         give_up = time.monotonic() + 5
-        while self._in_flight() and time.monotonic() < give_up:
+        while self._in_flight() and time.monotonic() < give_up:  # noqa: ASYNC110 - polling daphne's table
             await asyncio.sleep(0.05)
 
     @staticmethod
