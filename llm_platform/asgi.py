@@ -34,7 +34,7 @@ application = ProtocolTypeRouter(
         "http": URLRouter(
             [
                 path("v1/chat/completions", ChatCompletionsConsumer.as_asgi()),
-                re_path(r"", django_asgi_app),
+                re_path(r"", django_asgi_app),  # type: ignore[arg-type]  # URLRouter takes ASGI apps
             ]
         ),
     }

@@ -116,7 +116,7 @@ if DATABASE_URL:
 else:
     _db = {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": VAR_DIR / "db.sqlite3",
+        "NAME": str(VAR_DIR / "db.sqlite3"),
         "OPTIONS": _SQLITE_OPTIONS,
         # A file (not :memory:) so that a live server process in the tests sees the test data.
         "TEST": {"NAME": str(VAR_DIR / "test_db.sqlite3")},

@@ -286,7 +286,7 @@ def exposition() -> bytes:
         multiprocess.MultiProcessCollector(registry)
     else:
         for collector in (REGISTRY,):
-            registry.register(collector)  # type: ignore[arg-type]
+            registry.register(collector)
     registry.register(_callback_collector)
     return generate_latest(registry)
 

@@ -152,11 +152,13 @@ def shutdown() -> None:
         force_flush(5000)
 
 
-def span(name: str, kind: SpanKind = SpanKind.INTERNAL, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
+def span(
+    name: str, attributes: Mapping[str, Any] | None = None, *, kind: SpanKind = SpanKind.INTERNAL
+) -> contextlib.AbstractContextManager[Any]:
     """A child span of the current one, as a context manager; a shared no-op when tracing is off."""
     if not _enabled:
         return _NOOP
-    return _tracer.start_as_current_span(name, kind=kind, attributes=attributes or None)
+    return _tracer.start_as_current_span(name, kind=kind, attributes=attributes)
 
 
 class _HeaderGetter(Getter[Mapping[bytes, bytes]]):

@@ -237,7 +237,7 @@ class ChatCompletion:
             self.key = await key_authenticate_header(authorization, ip=self.client_ip, endpoint="chat.completions")
         self.key.require_scope("chat")
         self.request = request = chat_request_parse(body)
-        with telemetry.span("route.select", **{"llmp.route.requested_model": request.model}):
+        with telemetry.span("route.select", {"llmp.route.requested_model": request.model}):
             self.smart = await smart_route(
                 model=request.model, payload=request.payload, tenant_id=self.key.tenant_id, request_id=self.request_id
             )

@@ -173,7 +173,7 @@ class Command(BaseCommand):
             metrics.serve_port(metrics_port)
         drain: Drain | None = None
 
-        class DrainingServer(Server):  # type: ignore[misc]
+        class DrainingServer(Server):
             def listen_success(self, port: Any) -> None:
                 super().listen_success(port)
                 assert drain is not None
