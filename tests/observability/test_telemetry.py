@@ -12,9 +12,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from audit.services import deferred_audit
 from observability import telemetry
 from routing import upstream
 from routing.chat import ChatCompletion
+from routing.usage import usage_writer
 
 PROMPT = "the launch codes are hunter2"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -55,7 +57,13 @@ async def _complete(secret: str, *, stream: bool) -> tuple[int, bytes, dict[byte
     }
     completion = ChatCompletion(headers=headers, client_ip="127.0.0.1", send_start=start, send_body=body)
     await completion.run(json.dumps(payload).encode())
-    await upstream._session().close()  # this loop ends with the test
+    await upstream._session().close()  # this loop ends with the call
+    for writer in (usage_writer, deferred_audit):
+        # Write now, and forget the flush timer scheduled on this short-lived loop.
+        await writer.flush()
+        if writer._timer is not None:
+            writer._timer.cancel()
+            writer._timer = None
     return sent["status"], sent["body"], sent["headers"]  # type: ignore[return-value]
 
 
