@@ -137,9 +137,9 @@ def main() -> None:
     c1: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     c16: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     try:
-        http_wait(f"http://127.0.0.1:{up_port}/healthz", processes[0])
+        http_wait(f"http://127.0.0.1:{up_port}/healthz", processes[0], timeout=120)
         for process, port in zip(processes[1:], ports.values(), strict=True):
-            http_wait(f"http://127.0.0.1:{port}/healthz", process)
+            http_wait(f"http://127.0.0.1:{port}/healthz", process, timeout=120)
         for url in urls.values():
             wrk(url, 16, 3)  # warm-up
         for _ in range(args.runs):  # alternate, so both variants share the same noise
