@@ -1,6 +1,6 @@
 """Benchmark: the cost of tracing and metrics on the hot path, against the same setup with tracing off.
 
-    .venv/bin/python bench/telemetry.py [--seconds 6] [--runs 5]
+    .venv/bin/python bench/telemetry.py [--seconds 6] [--runs 5] [--ratio 1.0]
 
 One fake upstream, one database, and two gateway processes started alike (``manage.py
 serve``), except that one has tracing on with every request sampled (OTLP/HTTP to a local
@@ -81,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=6)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--ratio", type=float, default=1.0, help="share of requests traced (default 1: all)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is required (Debian: apt-get install wrk)")
@@ -108,7 +109,8 @@ def main() -> None:
         "on": {
             "OTEL_TRACES_EXPORTER": "otlp",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}/v1/traces",
-            "OTEL_TRACES_SAMPLER": "always_on",
+            "OTEL_TRACES_SAMPLER": "always_on" if args.ratio >= 1 else "traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": str(args.ratio),
             "PROMETHEUS_MULTIPROC_DIR": str(var / "metrics"),
         },
     }
@@ -185,7 +187,7 @@ def main() -> None:
             None,
         ),
     ]
-    print("| Metric | Tracing off | Tracing on (100% sampled) + multiprocess metrics | Change | Target | Met |")
+    print(f"| Metric | Tracing off | Tracing on, {args.ratio:.0%} sampled | Change | Target | Met |")
     print("|---|---|---|---|---|---|")
     for name, off, on, change, target, met in rows:
         print(f"| {name} | {off} | {on} | {change} | {target} | {'' if met is None else ('yes' if met else 'no')} |")
