@@ -14,4 +14,5 @@ RUN useradd --system --home /app platform \
 USER platform
 
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "--proxy-headers", "llm_platform.asgi:application"]
+# `serve` is daphne with a graceful drain on SIGTERM (see docs/operations.md).
+CMD ["python", "manage.py", "serve", "--bind", "0.0.0.0", "--port", "8000", "--proxy-headers"]

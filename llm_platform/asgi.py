@@ -10,6 +10,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llm_platform.settings")
 
 from django.core.asgi import get_asgi_application
 
+from observability import telemetry
+
+# Tracing from the OTEL_* variables (off unless an exporter is named), before Django loads
+# its middleware so the Django instrumentation can add its own.
+telemetry.setup(service="llm-platform")
+
 # Django must be set up before anything imports models (the consumers do).
 django_asgi_app = get_asgi_application()
 
@@ -30,7 +36,7 @@ application = ProtocolTypeRouter(
         "http": URLRouter(
             [
                 path("v1/chat/completions", ChatCompletionsConsumer.as_asgi()),
-                re_path(r"", django_asgi_app),
+                re_path(r"", django_asgi_app),  # type: ignore[arg-type]  # URLRouter takes ASGI apps
             ]
         ),
     }

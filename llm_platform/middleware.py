@@ -22,7 +22,8 @@ class RequestIdMiddleware:
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseBase]]) -> None:
         self.get_response = get_response
-        if iscoroutinefunction(get_response):
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
             markcoroutinefunction(self)
 
     @staticmethod
@@ -35,7 +36,7 @@ class RequestIdMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
         started = time.perf_counter()
-        if iscoroutinefunction(self):
+        if self.is_async:
             return self._acall(request, started)
         return self._stamp(request, self.get_response(request), started)  # type: ignore[arg-type]
 

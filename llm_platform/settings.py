@@ -116,7 +116,7 @@ if DATABASE_URL:
 else:
     _db = {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": VAR_DIR / "db.sqlite3",
+        "NAME": str(VAR_DIR / "db.sqlite3"),
         "OPTIONS": _SQLITE_OPTIONS,
         # A file (not :memory:) so that a live server process in the tests sees the test data.
         "TEST": {"NAME": str(VAR_DIR / "test_db.sqlite3")},
@@ -277,3 +277,31 @@ CELERY_BEAT_SCHEDULE.update(
         "secret-rotate": {"task": "tenants.tasks.secret_rotate", "schedule": SECRET_ROTATION_INTERVAL * 60.0},
     }
 )
+
+# --- observability and operations ---
+# Tracing is configured by the standard OTEL_* variables (observability.telemetry); these
+# are the platform's own knobs for logs, metrics, readiness and the drain.
+LOG_FORMAT = env_str("LOG_FORMAT", "text" if EMBEDDED else "json").lower()
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} must be 'text' or 'json'.")
+REQUEST_LOG = env_bool("REQUEST_LOG", True)
+LOGGING = {
+    **LOGGING,
+    "formatters": {
+        "plain": {"()": "observability.logs.TextFormatter"},
+        "json": {"()": "observability.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json" if LOG_FORMAT == "json" else "plain"}
+    },
+    "loggers": {
+        **LOGGING["loggers"],  # type: ignore[dict-item]
+        "llm_platform.requests": {"level": "INFO" if REQUEST_LOG else "WARNING"},
+    },
+}
+METRICS_TOKEN = env_secret("METRICS_TOKEN")
+METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)
+METRICS_PORT = env_int("METRICS_PORT", 0, minimum=0)
+METRICS_TENANT_LABEL = env_bool("METRICS_TENANT_LABEL", True)
+READYZ_CACHE_SECONDS = env_float("READYZ_CACHE_SECONDS", 1.0, minimum=0)
+DRAIN_TIMEOUT = env_float("DRAIN_TIMEOUT", 30.0, minimum=0)

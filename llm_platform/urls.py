@@ -8,6 +8,7 @@ from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 from django.views.generic import RedirectView
 
+from llm_platform import ops
 from llm_platform.api import api
 
 
@@ -27,7 +28,7 @@ def api_not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
-    """Liveness: the process answers. (Readiness checks of the database and Redis are a separate concern.)"""
+    """Liveness: the process answers. Readiness is ``/readyz`` (llm_platform.ops)."""
     return JsonResponse({"status": "ok"})
 
 
@@ -39,6 +40,8 @@ admin.site.site_url = "/v1/docs"
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("healthz", healthz),
+    path("readyz", ops.readyz),
+    path("metrics", ops.metrics_view),
     path("admin/", admin.site.urls),
     path("v1/", api.urls),
     re_path(r"^v1/(?P<rest>.*)$", api_not_found),

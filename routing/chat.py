@@ -16,6 +16,7 @@ from django.conf import settings
 
 from audit.models import AuditEvent
 from audit.services import AuditEntry, audit_record_deferred
+from observability import logs, metrics, telemetry
 from routing import upstream
 from routing.pricing import usage_cost
 from routing.selectors import DeploymentTarget, deployment_cache
@@ -181,6 +182,10 @@ class ChatCompletion:
         self.smart: SmartDecision | None = None
         self.response_started = False
         self.response_complete = False
+        self.active = metrics.Active("chat.completions")
+        self.trace: telemetry.ServerSpan | None = None
+        self.model_call: telemetry.ModelCall | None = None
+        self.upstream_called = False
 
     def _base_headers(self) -> list[tuple[bytes, bytes]]:
         overhead = time.perf_counter() - self.started - self.wait_s
@@ -204,6 +209,8 @@ class ChatCompletion:
         await self._respond(exc.status, exc.body_bytes(), [*JSON_HEADERS, *extra])
 
     async def run(self, body: bytes) -> None:
+        self.trace = telemetry.server_span("/v1/chat/completions", "POST", self.headers)
+        self.active.__enter__()
         try:
             await self._serve(body)
         except PlatformError as exc:
@@ -224,18 +231,32 @@ class ChatCompletion:
             )
         finally:
             self._account()
+            self._observe()
 
     async def _serve(self, body: bytes) -> None:
         authorization = self.headers.get(b"authorization", b"").decode("latin-1") or None
-        self.key = await key_authenticate_header(authorization, ip=self.client_ip, endpoint="chat.completions")
+        with telemetry.span("key.authenticate"):
+            self.key = await key_authenticate_header(authorization, ip=self.client_ip, endpoint="chat.completions")
         self.key.require_scope("chat")
         self.request = request = chat_request_parse(body)
-        self.smart = await smart_route(
-            model=request.model, payload=request.payload, tenant_id=self.key.tenant_id, request_id=self.request_id
-        )
-        self.target = target = await route_select(self.key, self.smart.model if self.smart else request.model)
+        with telemetry.span("route.select", {"llmp.route.requested_model": request.model}):
+            self.smart = await smart_route(
+                model=request.model, payload=request.payload, tenant_id=self.key.tenant_id, request_id=self.request_id
+            )
+            self.target = target = await route_select(self.key, self.smart.model if self.smart else request.model)
         if self.key.quotas:
-            await self._reserve(body, request, target)
+            with telemetry.span("quota.reserve"):
+                await self._reserve(body, request, target)
+        self.upstream_called = True
+        self.model_call = telemetry.model_call_start(
+            operation="chat",
+            system=target.provider,
+            request_model=request.model,
+            upstream_model=target.upstream_model,
+            payload=request.payload,
+            stream=request.stream,
+            routing=self._route_record(),
+        )
         if not request.stream:
             completion = await upstream.complete(target, request.payload)
             self.wait_s += completion.wait_s
@@ -249,11 +270,13 @@ class ChatCompletion:
             relay.wait_s = 0.0
             self.status = 200
             self.response_started = True
+            self.active.stream_started()
             await self._send_start(200, [*SSE_HEADERS, *self._base_headers()])
-            async for event in relay.events():
-                await self._send_body(event, True)
-                if self.ttfb_s is None:
-                    self.ttfb_s = time.perf_counter() - self.started
+            with telemetry.span("stream.relay"):
+                async for event in relay.events():
+                    await self._send_body(event, True)
+                    if self.ttfb_s is None:
+                        self.ttfb_s = time.perf_counter() - self.started
             if relay.error is not None:
                 self.status = relay.error.status
                 self.error_type = relay.error.code or relay.error.type
@@ -279,6 +302,7 @@ class ChatCompletion:
                 self.key.quotas, request.model, tokens_in=tokens_in, tokens_out=tokens_out, cost=cost
             )
         except QuotaExceeded as exc:
+            metrics.quota_refusal_observe(self.key.tenant_slug, exc.code)
             audit_record_deferred(
                 AuditEntry(
                     actor=f"key:{self.key.prefix}",
@@ -331,4 +355,74 @@ class ChatCompletion:
                 client_disconnected=self.disconnected,
                 cost_overrides=target.extra_params if target else None,
             )
+        )
+
+    def _route_record(self) -> dict[str, Any]:
+        """What routing decided, for the trace: requested and chosen model, deployment, smart router."""
+        request, target, smart = self.request, self.target, self.smart
+        record: dict[str, Any] = {
+            "requested_model": request.model if request else "",
+            "chosen_model": target.model_name if target else "",
+            "deployment": target.litellm_model if target else "",
+            "deployment_id": target.id if target else None,
+            "strategy": smart.router if smart else "direct",
+        }
+        return record
+
+    def _observe(self) -> None:
+        """Metrics, the request log line and the end of this request's spans (after accounting)."""
+        self.active.__exit__()
+        key, request, target = self.key, self.request, self.target
+        usage = self.usage or upstream.Usage()
+        status = self.status or 499
+        error = self.error_type or ("client_disconnected" if self.disconnected else "")
+        total = time.perf_counter() - self.started
+        overhead = max(0.0, total - self.wait_s)
+        model = target.model_name if target else None
+        cost = (
+            float(usage_cost(target.litellm_model, usage.prompt_tokens, usage.completion_tokens, target.extra_params))
+            if target is not None and usage.total_tokens
+            else 0.0
+        )
+        metrics.request_observe(
+            endpoint="chat.completions",
+            tenant=key.tenant_slug if key else None,
+            model=model,
+            status=status,
+            stream=bool(request and request.stream),
+            latency_s=total,
+            overhead_s=overhead,
+            ttfb_s=self.ttfb_s,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost_usd=cost,
+        )
+        if self.upstream_called and self.error_type and target is not None:
+            metrics.upstream_error_observe(target.model_name, target.litellm_model, self.error_type)
+        trace_id = telemetry.current_trace_id()
+        if self.model_call is not None:
+            self.model_call.end(
+                status=status,
+                response_model=target.upstream_model if target else "",
+                input_tokens=usage.prompt_tokens,
+                output_tokens=usage.completion_tokens,
+                usage_estimated=usage.estimated,
+                error_type=error,
+                ttfb_s=self.ttfb_s,
+            )
+        if self.trace is not None:
+            self.trace.set(**{"llmp.request_id": self.request_id, "llmp.tenant": key.tenant_slug if key else ""})
+            self.trace.end(status)
+        logs.request_log(
+            request_id=self.request_id,
+            endpoint="chat.completions",
+            tenant=key.tenant_slug if key else None,
+            key_prefix=key.prefix if key else None,
+            model=model or (request.model[:100] if request else None),
+            status=status,
+            overhead_ms=_ms(overhead),
+            latency_ms=_ms(total),
+            stream=bool(request and request.stream),
+            error=error,
+            trace_id=trace_id,
         )

@@ -61,12 +61,13 @@ def usage_series(tenant: Tenant, *, days: int) -> list[Point]:
     )
     start = end - step * (days * 24 - 1 if hourly else days - 1)
     rows = UsageRollup.objects.filter(tenant=tenant, hour__gte=start)
+    grouped: Any  # a values() queryset of dicts, keyed by "hour" or "day"
     if hourly:
         field, grouped = "hour", rows.values("hour")
     else:
         field, grouped = "day", rows.annotate(day=TruncDay("hour", tzinfo=dt.UTC)).values("day")
     sums = {f"s_{name}": Sum(name) for name in TOTALS}
-    by_start = {row[field]: row for row in grouped.annotate(**sums)}
+    by_start: dict[Any, dict[str, Any]] = {row[field]: row for row in grouped.annotate(**sums)}
     points = []
     moment = start
     while moment <= end:

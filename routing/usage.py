@@ -122,8 +122,8 @@ def _rollups_add(logs: list[RequestLog]) -> None:
         totals["completion_tokens"] += log.completion_tokens
         totals["cost_usd"] += log.cost_usd
         totals["latency_ms_sum"] += log.latency_ms
-        bucket = f"latency_h{_latency_bucket(log.latency_ms)}"
-        totals[bucket] = totals.get(bucket, 0) + 1
+        histogram_field = f"latency_h{_latency_bucket(log.latency_ms)}"
+        totals[histogram_field] = totals.get(histogram_field, 0) + 1
     for (hour, tenant_id, key_id, model), totals in groups.items():
         bucket = UsageRollup.objects.filter(hour=hour, tenant_id=tenant_id, api_key_id=key_id, model=model)
         increments = {name: F(name) + value for name, value in totals.items()}

@@ -39,7 +39,7 @@ class ModelNamesField(forms.CharField):
             return ", ".join(value)
         return value
 
-    def to_python(self, value: Any) -> list[str]:
+    def to_python(self, value: Any) -> list[str]:  # type: ignore[override]  # the field holds a list
         text = super().to_python(value) or ""
         names = [name.strip() for name in text.split(",") if name.strip()]
         for name in names:
@@ -76,7 +76,7 @@ class ApiKeyForm(forms.ModelForm):
 class ApiKeyInline(admin.TabularInline):
     model = ApiKey
     fields = ["name", "prefix", "status_badge", "created_at", "expires_at", "last_used_at"]
-    readonly_fields = fields
+    readonly_fields = ["name", "prefix", "status_badge", "created_at", "expires_at", "last_used_at"]
     extra = 0
     max_num = 0
     can_delete = False
@@ -238,7 +238,7 @@ class ApiKeyAdmin(KeyRotationAdminMixin, QuotaFormsetMixin, TenantScopedAdmin):
     inlines = [QuotaInline]
     show_full_result_count = False
 
-    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:  # type: ignore[override]
         if obj is None:
             return ["tenant", "name", "allowed_models", "scopes", "expires_at", "max_age_days"]
         return [

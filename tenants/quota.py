@@ -318,7 +318,7 @@ class RedisCounters:
 
     def _client(self) -> Any:
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
+        client: Any = self._clients.get(loop)
         if client is None:
             import redis.asyncio as redis
 
@@ -376,6 +376,7 @@ class RedisCounters:
         position = 0
         for checks, future in batch:
             failed = reply[position]
+            result: tuple[int, int, list[int]]
             if failed:
                 result = (failed, reply[position + 1], [])
                 position += 2

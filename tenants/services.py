@@ -170,7 +170,7 @@ QUOTA_AUDIT_FIELDS = ("tenant", "api_key", "model", "budget_duration", *Quota.LI
 
 
 def _quota_tenant_id(quota: Quota) -> int | None:
-    return quota.tenant_id or (quota.api_key.tenant_id if quota.api_key_id else None)
+    return quota.tenant_id or (quota.api_key.tenant_id if quota.api_key is not None else None)
 
 
 def _quota_snapshot(quota: Quota) -> dict[str, Any]:

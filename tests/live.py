@@ -150,6 +150,12 @@ class TcpProxy:
 
     def cut(self) -> None:
         """Refuse new connections and break every open one."""
+        try:
+            # Closing alone does not wake the thread blocked in accept(), which would go on
+            # accepting on the still-open socket; shutting it down does.
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
         with self.lock:
             for sock in self.sockets:

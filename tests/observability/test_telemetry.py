@@ -1,0 +1,141 @@
+"""Spans of one chat completion, caught with an in-memory exporter: names, nesting, GenAI attributes, no prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from audit.services import deferred_audit
+from observability import telemetry
+from routing import upstream
+from routing.chat import ChatCompletion
+from routing.usage import usage_writer
+
+PROMPT = "the launch codes are hunter2"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_SPAN_ID = "00f067aa0ba902b7"
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry.setup(provider=provider)
+    try:
+        yield exporter
+    finally:
+        telemetry.teardown()
+
+
+async def _complete(secret: str, *, stream: bool) -> tuple[int, bytes, dict[bytes, bytes]]:
+    sent: dict[str, object] = {"body": b""}
+
+    async def start(status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        sent["status"], sent["headers"] = status, dict(headers)
+
+    async def body(chunk: bytes, more: bool) -> None:
+        sent["body"] = sent["body"] + chunk  # type: ignore[operator]
+
+    headers = {
+        b"authorization": f"Bearer {secret}".encode(),
+        b"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01".encode(),
+    }
+    payload = {
+        "model": "gpt-4o-mini",
+        "stream": stream,
+        "temperature": 0.5,
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": f"{PROMPT} [[fake chunks=4]]"}],
+    }
+    completion = ChatCompletion(headers=headers, client_ip="127.0.0.1", send_start=start, send_body=body)
+    await completion.run(json.dumps(payload).encode())
+    await upstream._session().close()  # this loop ends with the call
+    for writer in (usage_writer, deferred_audit):
+        # Write now, and forget the flush timer scheduled on this short-lived loop.
+        await writer.flush()
+        if writer._timer is not None:
+            writer._timer.cancel()
+            writer._timer = None
+    return sent["status"], sent["body"], sent["headers"]  # type: ignore[return-value]
+
+
+def _by_name(exporter: InMemorySpanExporter) -> dict[str, ReadableSpan]:
+    return {span.name: span for span in exporter.get_finished_spans()}
+
+
+def _no_prompt(exporter: InMemorySpanExporter) -> None:
+    for span in exporter.get_finished_spans():
+        for value in (span.attributes or {}).values():
+            assert PROMPT not in str(value), f"prompt text leaked into span {span.name}"
+        for event in span.events:
+            assert PROMPT not in str(event.attributes), f"prompt text leaked into an event of {span.name}"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_chat_completion_is_one_trace_continuing_the_callers(spans, owner_key, deployment_factory, stream):
+    deployment_factory()
+    status, body, _ = asyncio.run(_complete(owner_key.secret, stream=stream))
+    assert status == 200, body
+    named = _by_name(spans)
+    server = named["POST /v1/chat/completions"]
+    model_call = named["chat gpt-4o-mini"]
+    # The caller's traceparent is honoured: same trace, its span is our parent.
+    assert format(server.context.trace_id, "032x") == TRACE_ID
+    assert server.parent is not None and format(server.parent.span_id, "016x") == PARENT_SPAN_ID
+    assert server.kind is SpanKind.SERVER
+    for name in ("key.authenticate", "route.select", "chat gpt-4o-mini"):
+        assert named[name].parent is not None and named[name].parent.span_id == server.context.span_id, name
+    # The HTTP call to the provider (aiohttp instrumentation) is a child of the model call.
+    http_calls = [
+        s
+        for s in spans.get_finished_spans()
+        if s.kind is SpanKind.CLIENT and {"http.request.method", "http.method"} & set(s.attributes or {})
+    ]
+    assert len(http_calls) == 1
+    assert http_calls[0].parent is not None and http_calls[0].parent.span_id == model_call.context.span_id
+    attributes = model_call.attributes or {}
+    assert model_call.kind is SpanKind.CLIENT
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.system"] == "openai"
+    assert attributes["gen_ai.request.model"] == "gpt-4o-mini"
+    assert attributes["gen_ai.response.model"] == "gpt-4o-mini"
+    assert attributes["gen_ai.request.temperature"] == 0.5
+    assert attributes["gen_ai.request.max_tokens"] == 50
+    assert attributes["gen_ai.usage.input_tokens"] > 0
+    assert attributes["gen_ai.usage.output_tokens"] > 0
+    assert attributes["llmp.route.chosen_model"] == "gpt-4o-mini"
+    assert attributes["llmp.route.deployment"] == "openai/gpt-4o-mini"
+    assert attributes["llmp.route.strategy"] == "direct"
+    if stream:
+        relay = named["stream.relay"]
+        assert relay.parent is not None and relay.parent.span_id == model_call.context.span_id
+    assert (server.attributes or {})["http.response.status_code"] == 200
+    _no_prompt(spans)
+
+
+def test_a_refused_key_ends_its_server_span_with_the_status(spans, transactional_db):
+    status, _, _ = asyncio.run(_complete("sk-not-a-key", stream=False))
+    assert status == 401
+    named = _by_name(spans)
+    assert (named["POST /v1/chat/completions"].attributes or {})["http.response.status_code"] == 401
+    assert "chat gpt-4o-mini" not in named
+
+
+def test_tracing_is_off_without_an_exporter(monkeypatch):
+    for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    assert not telemetry.wanted()
+    assert not telemetry.enabled()
+    assert telemetry.span("x") is telemetry.span("y"), "off, a span is one shared no-op"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    assert telemetry.wanted()
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert not telemetry.wanted()
