@@ -11,6 +11,7 @@ from ninja.security import HttpBearer
 
 from routing.api import router as routing_router
 from routing.chat import request_id_new
+from routing.ml.api import router as routing_ml_router
 from tenants.auth import KeyContext, key_authenticate_header
 from tenants.errors import AuthenticationFailed, InvalidRequest, NotFound, PlatformError
 
@@ -37,6 +38,7 @@ api = NinjaAPI(
     urls_namespace="api",
 )
 api.add_router("/", routing_router)
+api.add_router("/", routing_ml_router)
 
 
 def error_response(request: HttpRequest, exc: PlatformError) -> HttpResponse:

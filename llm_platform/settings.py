@@ -241,3 +241,10 @@ LOGGING = {
 }
 
 NINJA_PAGINATION_PER_PAGE = 100
+
+# --- ML routing ---
+# Seconds a process keeps its smart groups before re-reading them (a promotion or edit
+# reaches every process sooner, through the shared epoch polled every KEY_REVOCATION_POLL).
+ML_ROUTER_CACHE_TTL = env_float("ML_ROUTER_CACHE_TTL", 30.0, minimum=0.0)
+# Worker threads per process for router inference (kept off the event loop).
+ML_ROUTER_THREADS = env_int("ML_ROUTER_THREADS", 2, minimum=1)

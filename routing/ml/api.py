@@ -1,0 +1,51 @@
+"""The ML routing REST endpoints (django-ninja): quality feedback on a request's answer."""
+
+from __future__ import annotations
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest
+from ninja import Field, Router, Schema
+
+from routing.ml.services import FeedbackTargetMissing, feedback_record
+from tenants.auth import KeyContext
+from tenants.errors import NotFound
+
+router = Router(tags=["feedback"])
+
+
+class FeedbackIn(Schema):
+    request_id: str = Field(..., min_length=1, max_length=40, description="The x-request-id of the request.")
+    score: float = Field(..., ge=0.0, le=1.0, description="Quality of the answer, 0 (useless) to 1 (perfect).")
+    comment: str = Field("", max_length=1000)
+
+
+class FeedbackOut(Schema):
+    object: str = "feedback"
+    request_id: str
+    score: float
+    model: str
+
+
+@router.post("/feedback", response=FeedbackOut, summary="Score the answer to one of this key's requests")
+async def feedback_create(request: HttpRequest, body: FeedbackIn) -> FeedbackOut:
+    key: KeyContext = request.auth  # type: ignore[attr-defined]
+    key.require_scope("feedback")
+    try:
+        feedback = await sync_to_async(feedback_record)(
+            request_id=body.request_id,
+            score=body.score,
+            comment=body.comment,
+            actor=f"key:{key.prefix}",
+            source="api",
+            api_key_id=key.key_id,
+            ip=request.META.get("REMOTE_ADDR"),
+        )
+    except FeedbackTargetMissing:
+        # Requests of other keys look exactly like unknown ones.
+        raise NotFound(
+            f"No request '{body.request_id}' made with this API key (records are written a few seconds after "
+            "the response; retry shortly if it just finished).",
+            param="request_id",
+            code="request_not_found",
+        ) from None
+    return FeedbackOut(request_id=feedback.request_id, score=feedback.score, model=feedback.model_requested)
