@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.dateparse import parse_datetime
 
+from routing.ml.config import smart_group_apply
 from routing.models import ModelDeployment
 from routing.services import deployment_save
 from tenants import services as tenant_services
@@ -264,8 +265,6 @@ def _apply_tenant(entry: Any, where: str, actor: str, report: ConfigReport) -> N
 
 
 def _apply_smart_group(entry: Any, where: str, actor: str, report: ConfigReport) -> None:
-    from routing.ml.config import smart_group_apply
-
     try:
         label, outcome = smart_group_apply(_mapping(entry, where), where=where, actor=actor)
     except ValueError as exc:

@@ -22,10 +22,17 @@ from routing.ml.features import Embedder, embedding_backend
 
 LEARNED_KINDS = ("knn", "logistic")
 WIN_MARGIN = 0.05  # the strong model "wins" when its quality is higher by more than this
+WIN_SOFTNESS = 0.05  # width of the soft boundary around the margin
 
 
 def win_labels(quality_strong: np.ndarray, quality_weak: np.ndarray) -> np.ndarray:
-    return (quality_strong - quality_weak > WIN_MARGIN).astype(np.float32)
+    """Soft labels: how clearly the strong model won (0..1), 0.5 exactly at the margin.
+
+    Soft rather than 0/1 so the kNN's win rates spread out instead of piling up at 0 and
+    1, which keeps calibrated shares accurate; the classifier trains on them rounded.
+    """
+    gap = quality_strong - quality_weak - WIN_MARGIN
+    return (1.0 / (1.0 + np.exp(-gap / WIN_SOFTNESS))).astype(np.float32)
 
 
 @dataclass
@@ -107,10 +114,11 @@ def router_fit(
         )
         params["k"] = k
     elif kind == "logistic":
-        if len(set(labels.tolist())) < 2:
+        classes = (labels >= 0.5).astype(int)
+        if len(set(classes.tolist())) < 2:
             raise ValueError("a logistic router needs examples where each model wins")
         model = LogisticRegression(C=4.0, max_iter=1000)
-        model.fit(features, labels.astype(int), sample_weight=weights)
+        model.fit(features, classes, sample_weight=weights)
         arrays.update(lr_coef=model.coef_[0].astype(np.float32), lr_intercept=model.intercept_.astype(np.float64))
     else:
         raise ValueError(f"unknown router kind {kind!r}; expected one of {', '.join(LEARNED_KINDS)}")

@@ -123,6 +123,21 @@ CATEGORIES: dict[str, tuple[list[str], list[str], float, float, int]] = {
         450,
     ),
 }
+CONTEXTS = [
+    "",
+    "",
+    "",
+    "I am preparing for a meeting tomorrow.",
+    "This is for my team at work.",
+    "My friend asked me about this.",
+    "I need it for a school project.",
+    "Context: we are a small company.",
+    "Please answer in English.",
+    "I tried searching but found nothing useful.",
+    "Quick question.",
+    "This came up during lunch.",
+    "Asking for a report due on Friday.",
+]
 HARD_SUFFIXES = ["", "", "", " Be rigorous and consider edge cases.", " Explain each step in detail."]
 EASY_SUFFIXES = ["", "", " Keep it short.", " One line is enough."]
 
@@ -137,7 +152,8 @@ def rows(seed: int = SEED) -> list[dict[str, object]]:
     for category, (templates, fillers, weak, strong, out_tokens) in CATEGORIES.items():
         hard = strong - weak > 0.2
         for _ in range(ROWS_PER_CATEGORY):
-            prompt = rng.choice(templates).format(x=rng.choice(fillers))
+            context = rng.choice(CONTEXTS)
+            prompt = (context + " " if context else "") + rng.choice(templates).format(x=rng.choice(fillers))
             suffix = rng.choice(HARD_SUFFIXES if hard else EASY_SUFFIXES)
             prompt += suffix
             gap_boost = 0.08 if suffix.startswith((" Be rigorous", " Explain")) else 0.0
