@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
+from pydantic import ValidationError
 
 from routing.ml.services import FeedbackTargetMissing, feedback_record
 from tenants.auth import KeyContext
-from tenants.errors import NotFound
+from tenants.errors import InvalidRequest, NotFound
 
 router = Router(tags=["feedback"])
 
@@ -26,10 +29,39 @@ class FeedbackOut(Schema):
     model: str
 
 
-@router.post("/feedback", response=FeedbackOut, summary="Score the answer to one of this key's requests")
-async def feedback_create(request: HttpRequest, body: FeedbackIn) -> FeedbackOut:
+def _feedback_parse(raw: bytes) -> FeedbackIn:
+    """The body as ``FeedbackIn``, or an OpenAI-style 400 that names the offending field."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The body must be valid JSON.", code="invalid_json"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    try:
+        return FeedbackIn.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise InvalidRequest(f"Invalid '{param}': {first['msg']}.", param=param, code="invalid_value") from None
+
+
+@router.post(
+    "/feedback",
+    response=FeedbackOut,
+    summary="Score the answer to one of this key's requests",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": FeedbackIn.model_json_schema()}},
+        }
+    },
+)
+async def feedback_create(request: HttpRequest) -> FeedbackOut:
     key: KeyContext = request.auth  # type: ignore[attr-defined]
     key.require_scope("feedback")
+    body = _feedback_parse(request.body)
     try:
         feedback = await sync_to_async(feedback_record)(
             request_id=body.request_id,

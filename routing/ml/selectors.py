@@ -11,7 +11,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 
 from routing.ml.models import RouterArtifact, SmartGroup, SmartGroupTenantShare, TenantRoutingData
 from routing.ml.routers import LearnedRouter, router_from_bytes
@@ -183,6 +183,10 @@ class SmartCache:
                 # Remembered so a bad artifact costs one load per epoch, not one per request.
                 self._failed[artifact_id] = str(exc)
                 raise ArtifactIntegrityError(str(exc)) from exc
+            finally:
+                # Loads are rare: don't keep a database connection open in an inference thread.
+                if not connection.in_atomic_block:
+                    connection.close()
             self._routers = {**self._routers, artifact_id: router}
         return router
 
