@@ -46,19 +46,19 @@ def evaluation_chart(metrics: dict[str, Any]) -> SafeString:
     baselines = metrics.get("baselines", {})
     rows = format_html_join(
         "",
-        "<tr><td>{}</td><td>{:.3f}</td><td>${:.4f}</td></tr>",
+        "<tr><td>{}</td><td>{}</td><td>${}</td></tr>",
         (
-            (name.replace("_", " "), values["quality"], values["cost"])
+            (name.replace("_", " "), f"{values['quality']:.3f}", f"{values['cost']:.4f}")
             for name, values in baselines.items()
             if isinstance(values, dict)
         ),
     )
     return format_html(
         '<div class="router-eval">{}<p>x: share of calls to the strong model; blue: quality recovered '
-        "(RouteLLM's PGR), green: cost saved vs always-strong, grey: a random router. APGR {:.3f} on {} "
+        "(RouteLLM's PGR), green: cost saved vs always-strong, grey: a random router. APGR {} on {} "
         "held-out prompts{}.</p><table><tr><th>Baseline</th><th>Mean quality</th><th>Cost</th></tr>{}</table></div>",
         svg,
-        metrics.get("apgr", 0.0),
+        f"{metrics.get('apgr', 0.0):.3f}",
         metrics.get("rows", 0),
         " (in-sample: too little data to hold out)" if metrics.get("in_sample") else "",
         rows,
@@ -124,6 +124,7 @@ class SmartGroupAdmin(admin.ModelAdmin):
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
         # Tenant shares go through the service so each change is audited.
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
         for inline_form in formset.forms:
             if not inline_form.has_changed() and not formset._should_delete_form(inline_form):
                 continue
@@ -185,8 +186,7 @@ class RouterArtifactAdmin(admin.ModelAdmin):
     list_display = ["__str__", "status", "backend", "trained_rows", "traffic_rows", "apgr", "created_at", "promoted_at"]
     list_filter = ["status", "kind", "group"]
     list_select_related = ["group"]
-    exclude = ["blob", "calibration"]
-    readonly_fields = [
+    fields = readonly_fields = [
         "group",
         "version",
         "kind",
@@ -243,11 +243,11 @@ class RouterArtifactAdmin(admin.ModelAdmin):
             services.router_ab_set(group=artifact.group, artifact=artifact, percent=percent, actor=actor_of(request))
             self.message_user(request, f"{artifact} now serves {percent}% of requests (arm B).")
 
-    @admin.action(description="A/B: serve 10% of requests with the selected router")
+    @admin.action(description="A/B: serve 10%% of requests with the selected router")
     def ab_10(self, request: HttpRequest, queryset: QuerySet[RouterArtifact]) -> None:
         self._ab(request, queryset, 10)
 
-    @admin.action(description="A/B: serve 50% of requests with the selected router")
+    @admin.action(description="A/B: serve 50%% of requests with the selected router")
     def ab_50(self, request: HttpRequest, queryset: QuerySet[RouterArtifact]) -> None:
         self._ab(request, queryset, 50)
 
