@@ -9,6 +9,7 @@ example a local sentence-embedding model) with ``embedding_backend_register``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,13 +18,18 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.preprocessing import normalize
+from sklearn.utils import murmurhash3_32
 
 HASH_FEATURES = 2**12
 LENGTH_BUCKETS = (16, 64, 256, 1024, 4096)  # characters; one indicator feature per bucket
 
 
 class Embedder(Protocol):
+    width: int
+
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix: ...
+
+    def one(self, text: str) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -59,14 +65,41 @@ def _length_block(texts: Sequence[str]) -> sp.csr_matrix:
     return sp.csr_matrix(rows)
 
 
+TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token pattern
+
+
 class HashingEmbedder:
-    """Word unigrams and bigrams hashed into a fixed space, optionally IDF-weighted; no vocabulary."""
+    """Word unigrams and bigrams hashed into a fixed space, optionally IDF-weighted; no vocabulary.
+
+    ``transform`` (batches: training, evaluation) uses scikit-learn's HashingVectorizer;
+    ``one`` (a single prompt on the request path) computes the same features with the
+    same hash function, without the vectorizer's per-call overhead.
+    """
+
+    width = HASH_FEATURES + len(LENGTH_BUCKETS) + 1
 
     def __init__(self, idf: np.ndarray | None = None) -> None:
         self.vectorizer = HashingVectorizer(
             n_features=HASH_FEATURES, ngram_range=(1, 2), alternate_sign=False, norm=None, dtype=np.float32
         )
-        self.idf = None if idf is None else sp.diags(idf.astype(np.float32))
+        self.idf_vector = None if idf is None else idf.astype(np.float32)
+        self.idf = None if idf is None else sp.diags(self.idf_vector)
+
+    def one(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        tokens = TOKEN.findall(text.lower())
+        counts: dict[int, int] = {}
+        for gram in (*tokens, *(f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False))):
+            index = abs(murmurhash3_32(gram, positive=False)) % HASH_FEATURES
+            counts[index] = counts.get(index, 0) + 1
+        indices = np.fromiter(counts, dtype=np.int32, count=len(counts))
+        values = np.log1p(np.fromiter(counts.values(), dtype=np.float32, count=len(counts)))
+        if self.idf_vector is not None:
+            values *= self.idf_vector[indices]
+        norm = float(np.sqrt(values @ values))
+        if norm:
+            values /= norm
+        bucket = HASH_FEATURES + int(np.searchsorted(LENGTH_BUCKETS, len(text)))
+        return np.append(indices, bucket), np.append(values, np.float32(0.5))
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         counts = self.vectorizer.transform(texts)

@@ -54,6 +54,7 @@ class LearnedRouter:
                 (self.arrays["knn_data"], self.arrays["knn_indices"], self.arrays["knn_indptr"]),
                 shape=tuple(int(n) for n in self.arrays["knn_shape"]),
             )
+            self._neighbours_t = self._neighbours.T.tocsr()
             self._labels = self.arrays["knn_labels"]
             self._weights = self.arrays["knn_weights"]
             self._k = int(self.params.get("k", 25))
@@ -69,17 +70,25 @@ class LearnedRouter:
         if self.kind == "logistic":
             logits = features @ self._coef + self._intercept
             return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
-        similarity = (features @ self._neighbours.T).toarray()
-        k = min(self._k, similarity.shape[1])
-        top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        out = np.empty(len(texts))
-        for row, indices in enumerate(top):
-            weight = np.maximum(similarity[row, indices], 1e-6) * self._weights[indices]
-            out[row] = float(weight @ self._labels[indices] / weight.sum())
-        return out
+        similarity = (features @ self._neighbours_t).toarray()
+        return np.array([self._knn_vote(row) for row in similarity])
+
+    def _knn_vote(self, similarity: np.ndarray) -> float:
+        k = min(self._k, len(similarity))
+        top = np.argpartition(-similarity, k - 1)[:k]
+        weight = np.maximum(similarity[top], 1e-6) * self._weights[top]
+        return float(weight @ self._labels[top] / weight.sum())
 
     def score(self, text: str) -> float:
-        return float(self.scores([text])[0])
+        """One prompt's predicted win rate: the request-path version of ``scores``."""
+        assert self.embedder is not None
+        indices, values = self.embedder.one(text)
+        if self.kind == "logistic":
+            logit = float(values @ self._coef[indices]) + self._intercept
+            return 1.0 / (1.0 + float(np.exp(-logit)))
+        # Similarity to every neighbour = the columns of the transposed matrix at the prompt's features.
+        similarity = values @ self._neighbours_t[indices]
+        return self._knn_vote(np.asarray(similarity).ravel())
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()

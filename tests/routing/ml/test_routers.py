@@ -109,3 +109,13 @@ def test_decision_record_names_candidates_prices_and_latency():
     assert record["router"] == "rules" and record["chosen"] == record["served"] == "strong-model"
     assert record["decision_ms"] >= 0
     assert dict(outcome.headers)[b"x-route-router"] == b"rules"
+
+
+@pytest.mark.parametrize("kind", ["knn", "logistic"])
+@pytest.mark.parametrize("backend", ["hashing", "tfidf"])
+def test_request_path_scoring_matches_the_batch_scoring(kind, backend, table_split):
+    train, held = table_split
+    router = router_fit(kind=kind, texts=train.texts[:800], labels=train.labels[:800], backend=backend)
+    prompts = [*held.texts[:100], "", "ünïcode — naïve café prompts", "x" * 5000]
+    single = np.array([router.score(prompt) for prompt in prompts])
+    np.testing.assert_allclose(single, router.scores(prompts), atol=1e-5)

@@ -72,6 +72,7 @@ def test_feedback_on_opted_in_traffic_becomes_labels(owner, group_factory):
     texts, labels, weights = traffic_rows(group)
     assert len(texts) == 5
     assert sorted(labels.tolist()) == [0.0, 0.0, 1.0, 1.0, 1.0]
+    assert weights.tolist() == [1.0] * 5
 
 
 def test_router_trained_on_traffic_learns_what_the_table_never_saw(owner, group_factory):
