@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, Protocol
 
 import numpy as np
@@ -88,7 +89,7 @@ class HashingEmbedder:
     def one(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         tokens = TOKEN.findall(text.lower())
         counts: dict[int, int] = {}
-        for gram in (*tokens, *(f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False))):
+        for gram in (*tokens, *(f"{a} {b}" for a, b in pairwise(tokens))):
             index = abs(murmurhash3_32(gram, positive=False)) % HASH_FEATURES
             counts[index] = counts.get(index, 0) + 1
         indices = np.fromiter(counts, dtype=np.int32, count=len(counts))
