@@ -13,13 +13,12 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import scipy.sparse as sp
-from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.preprocessing import normalize
-from sklearn.utils import murmurhash3_32
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 HASH_FEATURES = 2**12
 LENGTH_BUCKETS = (16, 64, 256, 1024, 4096)  # characters; one indicator feature per bucket
@@ -59,6 +58,8 @@ def embedding_backend_names() -> list[str]:
 
 
 def _length_block(texts: Sequence[str]) -> sp.csr_matrix:
+    import scipy.sparse as sp
+
     # Length matters to routing (long prompts tend to be harder) and hashing loses it.
     rows = np.zeros((len(texts), len(LENGTH_BUCKETS) + 1), dtype=np.float32)
     for index, text in enumerate(texts):
@@ -80,17 +81,22 @@ class HashingEmbedder:
     width = HASH_FEATURES + len(LENGTH_BUCKETS) + 1
 
     def __init__(self, idf: np.ndarray | None = None) -> None:
+        # scikit-learn is imported here, not at module level: the web process imports this
+        # module at start-up and only needs scikit-learn once a smart group routes.
+        from sklearn.feature_extraction.text import HashingVectorizer
+        from sklearn.utils import murmurhash3_32
+
         self.vectorizer = HashingVectorizer(
             n_features=HASH_FEATURES, ngram_range=(1, 2), alternate_sign=False, norm=None, dtype=np.float32
         )
+        self._hash = murmurhash3_32
         self.idf_vector = None if idf is None else idf.astype(np.float32)
-        self.idf = None if idf is None else sp.diags(self.idf_vector)
 
     def one(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         tokens = TOKEN.findall(text.lower())
         counts: dict[int, int] = {}
         for gram in (*tokens, *(f"{a} {b}" for a, b in pairwise(tokens))):
-            index = abs(murmurhash3_32(gram, positive=False)) % HASH_FEATURES
+            index = abs(self._hash(gram, positive=False)) % HASH_FEATURES
             counts[index] = counts.get(index, 0) + 1
         indices = np.fromiter(counts, dtype=np.int32, count=len(counts))
         values = np.log1p(np.fromiter(counts.values(), dtype=np.float32, count=len(counts)))
@@ -103,10 +109,13 @@ class HashingEmbedder:
         return np.append(indices, bucket), np.append(values, np.float32(0.5))
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
+        import scipy.sparse as sp
+        from sklearn.preprocessing import normalize
+
         counts = self.vectorizer.transform(texts)
         counts.data = np.log1p(counts.data)
-        if self.idf is not None:
-            counts = counts @ self.idf
+        if self.idf_vector is not None:
+            counts = counts @ sp.diags(self.idf_vector)
         words = normalize(counts, copy=False)
         return sp.hstack([words, _length_block(texts)], format="csr", dtype=np.float32)
 

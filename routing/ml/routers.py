@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
-from sklearn.linear_model import LogisticRegression
 
 from routing.ml.features import Embedder, embedding_backend
 
@@ -50,6 +48,8 @@ class LearnedRouter:
         state = {name.removeprefix("emb_"): value for name, value in self.arrays.items() if name.startswith("emb_")}
         self.embedder = backend.build(state)
         if self.kind == "knn":
+            import scipy.sparse as sp  # not at module level: keeps the web process's start-up light
+
             self._neighbours = sp.csr_matrix(
                 (self.arrays["knn_data"], self.arrays["knn_indices"], self.arrays["knn_indptr"]),
                 shape=tuple(int(n) for n in self.arrays["knn_shape"]),
@@ -123,6 +123,8 @@ def router_fit(
         )
         params["k"] = k
     elif kind == "logistic":
+        from sklearn.linear_model import LogisticRegression  # training only: keep it off start-up
+
         classes = (labels >= 0.5).astype(int)
         if len(set(classes.tolist())) < 2:
             raise ValueError("a logistic router needs examples where each model wins")
