@@ -7,20 +7,16 @@ import hashlib
 import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-
-from django.conf import settings
 
 from routing.ml.features import prompt_text
 from routing.ml.routers import threshold_for_share
 from routing.ml.samples import SampleRow, sample_record
-from routing.ml.selectors import ArtifactIntegrityError, ArtifactRef, GroupState, smart_cache
+from routing.ml.selectors import ArtifactIntegrityError, ArtifactRef, GroupState, inference_executor, smart_cache
 from tenants.errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
-_executor = ThreadPoolExecutor(max_workers=settings.ML_ROUTER_THREADS, thread_name_prefix="smart-router")
 DEFAULT_OUTPUT_TOKENS = 256
 CHARS_PER_TOKEN = 4
 
@@ -193,7 +189,7 @@ async def smart_decide(*, model: str, payload: dict[str, Any], tenant_id: int, r
     text = prompt_text(payload)
     max_tokens = payload.get("max_completion_tokens") or payload.get("max_tokens") or DEFAULT_OUTPUT_TOKENS
     outcome = await asyncio.get_running_loop().run_in_executor(
-        _executor,
+        inference_executor,
         lambda: decide_sync(
             group, text, tenant_id=tenant_id, request_id=request_id, max_cost=max_cost, max_tokens=int(max_tokens)
         ),

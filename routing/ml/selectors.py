@@ -6,6 +6,7 @@ import hashlib
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +133,10 @@ def artifact_load_sync(artifact_id: int) -> LearnedRouter:
     return router_from_bytes(blob, kind=artifact.kind, backend=artifact.backend, params=artifact.params)
 
 
+# Router inference (and loading) runs here, never on the event loop.
+inference_executor = ThreadPoolExecutor(max_workers=settings.ML_ROUTER_THREADS, thread_name_prefix="smart-router")
+
+
 class SmartCache:
     """Enabled smart groups by public name and loaded routers by artifact id, for this process.
 
@@ -163,8 +168,23 @@ class SmartCache:
             except DatabaseError:
                 # Keep routing with what we have; the deployment cache reports the outage.
                 logger.warning("smart groups could not be reloaded; keeping the cached ones", exc_info=True)
+            else:
+                self._warm_up()
             self._loaded_at = time.monotonic()
         return self.snapshot
+
+    def _warm_up(self) -> None:
+        """Load the routers the groups use in the background, so no request waits for a first load."""
+        for group in self.snapshot.groups.values():
+            for ref in (group.active, group.shadow, group.ab):
+                if ref is not None and ref.id not in self._routers and ref.id not in self._failed:
+                    inference_executor.submit(self._load_quietly, ref.id)
+
+    def _load_quietly(self, artifact_id: int) -> None:
+        try:
+            self.router(artifact_id)
+        except ArtifactIntegrityError:
+            logger.error("router artifact %s cannot be loaded", artifact_id, exc_info=True)
 
     def router(self, artifact_id: int) -> LearnedRouter:
         """The verified router for an artifact; call from a worker thread (it may hit the database)."""
