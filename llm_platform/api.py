@@ -12,6 +12,7 @@ from ninja.security import HttpBearer
 from audit.api import router as audit_router
 from routing.api import router as routing_router
 from routing.chat import request_id_new
+from routing.ml.api import router as routing_ml_router
 from tenants.auth import KeyContext, key_authenticate_header
 from tenants.errors import AuthenticationFailed, InvalidRequest, NotFound, PlatformError
 
@@ -39,6 +40,8 @@ api = NinjaAPI(
 )
 api.add_router("/", routing_router)
 api.add_router("/audit", audit_router)
+
+api.add_router("/", routing_ml_router)
 
 
 def error_response(request: HttpRequest, exc: PlatformError) -> HttpResponse:

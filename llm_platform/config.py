@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.dateparse import parse_datetime
 
+from routing.ml.config import smart_group_apply
 from routing.models import ModelDeployment
 from routing.services import deployment_save
 from tenants import services as tenant_services
@@ -20,7 +21,7 @@ from tenants.models import ApiKey, Quota, Tenant, key_hash
 # Parts of a LiteLLM proxy config this platform reads elsewhere or not at all; they are
 # accepted so a LiteLLM config loads as is, and reported so nobody assumes they act.
 IGNORED_SECTIONS = ("litellm_settings", "general_settings", "router_settings", "environment_variables")
-TOP_LEVEL = {"model_list", "tenants", *IGNORED_SECTIONS}
+TOP_LEVEL = {"model_list", "tenants", "smart_groups", *IGNORED_SECTIONS}
 DEPLOYMENT_COLUMNS = {"model", "api_base", "api_key"}
 
 
@@ -263,6 +264,16 @@ def _apply_tenant(entry: Any, where: str, actor: str, report: ConfigReport) -> N
         _apply_key(tenant, key_entry, f"{where}.api_keys[{index}]", actor, report)
 
 
+def _apply_smart_group(entry: Any, where: str, actor: str, report: ConfigReport) -> None:
+    try:
+        label, outcome = smart_group_apply(_mapping(entry, where), where=where, actor=actor)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    except ValidationError as exc:
+        raise _validation(where, exc) from exc
+    getattr(report, outcome).append(label)
+
+
 def config_apply(data: Any, *, actor: str) -> ConfigReport:
     """Apply a whole config in one transaction: it loads completely or not at all."""
     data = _mapping(data if data is not None else {}, "the config")
@@ -280,4 +291,6 @@ def config_apply(data: Any, *, actor: str) -> ConfigReport:
             _apply_deployment(entry, f"model_list[{index}]", actor, report)
         for index, entry in enumerate(_sequence(data.get("tenants"), "tenants")):
             _apply_tenant(entry, f"tenants[{index}]", actor, report)
+        for index, entry in enumerate(_sequence(data.get("smart_groups"), "smart_groups")):
+            _apply_smart_group(entry, f"smart_groups[{index}]", actor, report)
     return report

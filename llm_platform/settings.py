@@ -305,3 +305,10 @@ METRICS_PORT = env_int("METRICS_PORT", 0, minimum=0)
 METRICS_TENANT_LABEL = env_bool("METRICS_TENANT_LABEL", True)
 READYZ_CACHE_SECONDS = env_float("READYZ_CACHE_SECONDS", 1.0, minimum=0)
 DRAIN_TIMEOUT = env_float("DRAIN_TIMEOUT", 30.0, minimum=0)
+
+# --- ML routing ---
+# Seconds a process keeps its smart groups before re-reading them (a promotion or edit
+# reaches every process sooner, through the shared epoch polled every KEY_REVOCATION_POLL).
+ML_ROUTER_CACHE_TTL = env_float("ML_ROUTER_CACHE_TTL", 30.0, minimum=0.0)
+# Worker threads per process for router inference (kept off the event loop).
+ML_ROUTER_THREADS = env_int("ML_ROUTER_THREADS", 2, minimum=1)

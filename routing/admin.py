@@ -183,3 +183,6 @@ class RequestLogAdmin(TenantScopedAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+from routing.ml import admin as ml_admin  # noqa: E402,F401  (registers the ML routing admin)

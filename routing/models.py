@@ -134,3 +134,6 @@ class UsageRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H:00} {self.tenant_id} {self.model}"
+
+
+from routing.ml.models import *  # noqa: E402,F403

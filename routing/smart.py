@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from routing.ml.decide import smart_decide
+
 
 @dataclass(frozen=True, slots=True)
 class SmartDecision:
@@ -21,5 +23,14 @@ class SmartDecision:
 
 
 async def smart_route(*, model: str, payload: dict[str, Any], tenant_id: int, request_id: str) -> SmartDecision | None:
-    """The decision for a request to ``model``, or None when ``model`` is not a smart group."""
-    return None
+    """The decision for a request to ``model``, or None when ``model`` is not a smart group.
+
+    Inference runs in a worker thread; a non-smart name costs one dict lookup in a
+    per-process cache. See ``routing.ml`` for the routers and their training.
+    """
+    outcome = await smart_decide(model=model, payload=payload, tenant_id=tenant_id, request_id=request_id)
+    if outcome is None:
+        return None
+    return SmartDecision(
+        model=outcome.served, requested=model, router=outcome.router, record=outcome.record, headers=outcome.headers
+    )

@@ -17,3 +17,6 @@ def usage_prune() -> int:
     if not settings.USAGE_RETENTION_DAYS:
         return 0
     return request_logs_prune(older_than=timezone.now() - dt.timedelta(days=settings.USAGE_RETENTION_DAYS))
+
+
+from routing.ml.tasks import router_train_task  # noqa: E402,F401  (so celery autodiscovery registers it)

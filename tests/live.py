@@ -52,7 +52,7 @@ def child_env(**extra: str) -> dict[str, str]:
     if not settings.REDIS_URL:
         # Without Redis the test process and the server share no cache, so nothing could
         # tell the server that a key or deployment changed: make it read through.
-        env.update(KEY_CACHE_TTL="0", DEPLOYMENT_CACHE_TTL="0")
+        env.update(KEY_CACHE_TTL="0", DEPLOYMENT_CACHE_TTL="0", ML_ROUTER_CACHE_TTL="0")
     env.update(extra)
     return env
 
