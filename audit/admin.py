@@ -9,6 +9,7 @@ from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db.models import Max, QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
@@ -99,7 +100,7 @@ class AuditEventAdmin(admin.ModelAdmin):
         extra = {"has_export_permission": self.has_export_permission(request), **(extra_context or {})}
         return super().changelist_view(request, extra)
 
-    def export_view(self, request: HttpRequest) -> HttpResponse:
+    def export_view(self, request: HttpRequest) -> HttpResponseBase:
         """The export page: filters, then a streamed ZIP of the data file and its manifest."""
         if not self.has_export_permission(request):
             raise PermissionDenied
@@ -124,7 +125,7 @@ class AuditEventAdmin(admin.ModelAdmin):
         file_format: str,
         *,
         selected: int | None = None,
-    ) -> HttpResponse:
+    ) -> HttpResponseBase:
         # Bound the export by the newest id now: the file is then fixed (rows are immutable)
         # and the export's own audit event, written next, is not part of it.
         up_to_id = AuditEvent.objects.aggregate(top=Max("id"))["top"] or 0
@@ -144,15 +145,17 @@ class AuditEventAdmin(admin.ModelAdmin):
         )
         return streaming_download(request, chunks, filename=f"{base_name}.zip", content_type="application/zip")
 
-    def _export_selected(self, request: HttpRequest, queryset: QuerySet[AuditEvent], file_format: str) -> HttpResponse:
+    def _export_selected(
+        self, request: HttpRequest, queryset: QuerySet[AuditEvent], file_format: str
+    ) -> HttpResponseBase:
         ids = list(queryset.values_list("pk", flat=True))
         chosen = self.export_queryset(request).filter(pk__in=ids)
         return self.export_response(request, chosen, EventFilters(), file_format, selected=len(ids))
 
     @admin.action(description="Export selected events as JSON Lines (ZIP with manifest)", permissions=["export"])
-    def export_selected_jsonl(self, request: HttpRequest, queryset: QuerySet[AuditEvent]) -> HttpResponse:
+    def export_selected_jsonl(self, request: HttpRequest, queryset: QuerySet[AuditEvent]) -> HttpResponseBase:
         return self._export_selected(request, queryset, "jsonl")
 
     @admin.action(description="Export selected events as CSV (ZIP with manifest)", permissions=["export"])
-    def export_selected_csv(self, request: HttpRequest, queryset: QuerySet[AuditEvent]) -> HttpResponse:
+    def export_selected_csv(self, request: HttpRequest, queryset: QuerySet[AuditEvent]) -> HttpResponseBase:
         return self._export_selected(request, queryset, "csv")

@@ -362,8 +362,8 @@ class MembershipAdmin(TenantScopedAdmin):
         kwargs["fields"] = ["username", "tenant", "role"]
         return super().get_form(request, obj, change, **kwargs)
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return list(self.fields) if request.user.is_superuser else ["username", "tenant", "role"]
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.fields if request.user.is_superuser else ["username", "tenant", "role"]
 
     def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
         self.check_tenant(request, obj.tenant_id, "change" if change else "add")

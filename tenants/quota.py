@@ -546,3 +546,11 @@ class SettleBatch:
 SETTLE_INTERVAL = 0.02
 _settle_batch = SettleBatch()
 _flushing: set[asyncio.Task[None]] = set()
+
+
+async def quota_settle_flush() -> None:
+    """Send every settlement still waiting (for a draining server, before it exits; bound it
+    with ``asyncio.timeout``)."""
+    if _flushing:
+        await asyncio.wait(list(_flushing))
+    await _settle_batch.flush()

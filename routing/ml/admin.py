@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from django import forms
@@ -153,9 +154,7 @@ class SmartGroupAdmin(admin.ModelAdmin):
 
         for group in queryset:
             kind = group.router_kind if group.router_kind in LEARNED_KINDS else "knn"
-            transaction.on_commit(
-                lambda pk=group.pk, kind=kind: router_train_task.delay(pk, actor=actor_of(request), kind=kind)
-            )
+            transaction.on_commit(partial(router_train_task.delay, group.pk, actor=actor_of(request), kind=kind))
         self.message_user(
             request, f"Training queued for {queryset.count()} group(s); new routers arrive as candidates."
         )
@@ -186,7 +185,7 @@ class RouterArtifactAdmin(admin.ModelAdmin):
     list_display = ["__str__", "status", "backend", "trained_rows", "traffic_rows", "apgr", "created_at", "promoted_at"]
     list_filter = ["status", "kind", "group"]
     list_select_related = ["group"]
-    fields = readonly_fields = [
+    readonly_fields = [
         "group",
         "version",
         "kind",
@@ -201,6 +200,7 @@ class RouterArtifactAdmin(admin.ModelAdmin):
         "promoted_at",
         "evaluation",
     ]
+    fields = readonly_fields  # type: ignore[assignment]  # the stubs widen fields beyond list[str]
     actions = ["promote", "shadow", "ab_10", "ab_50"]
 
     @admin.display(description="APGR")

@@ -92,7 +92,7 @@ class LearnedRouter:
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **self.arrays)
+        np.savez_compressed(buffer, **self.arrays)  # type: ignore[arg-type]  # numpy stubs type **kwds too narrowly
         return buffer.getvalue()
 
 
