@@ -386,7 +386,8 @@ def deployment_choose(
                 entry["score"] = score
                 entry["excluded"] = "weight 0"
                 continue
-        entry["score"] = round(score, 6)
+        # JSON (and so the decision record) has no infinity: an unknown price is recorded as null.
+        entry["score"] = round(score, 6) if math.isfinite(score) else None
         if target.id in tried:
             entry["excluded"] = "failed in this request"
             continue
@@ -394,7 +395,7 @@ def deployment_choose(
     if not usable:
         # Everything left was tried already: retry among those rather than give up.
         usable = [
-            (t, e.get("score", 0.0), e)
+            (t, e["score"] if e.get("score") is not None else float("inf"), e)
             for t, e in zip(targets, candidates, strict=True)
             if e.get("excluded") == "failed in this request"
         ]
