@@ -89,7 +89,7 @@ def test_loadconfig_twice_changes_nothing(db, tmp_path, provider_key):
     load(tmp_path, CONFIG)
     events = AuditEvent.objects.count()
     out, _ = load(tmp_path, CONFIG)
-    assert "0 created, 0 updated, 5 unchanged" in out
+    assert "0 created, 0 updated, 6 unchanged" in out  # 2 deployments, 1 route group, tenant, 2 keys
     assert AuditEvent.objects.count() == events
     assert ApiKey.objects.count() == 2
 

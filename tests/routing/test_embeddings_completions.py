@@ -58,7 +58,9 @@ def test_embeddings_fail_over_like_chat(client, fakes, route_group):
         ({"model": "embed-bad", "input": "x", "dimensions": 0}, "dimensions", "invalid_value"),
     ],
 )
-def test_bad_embedding_requests_are_400_naming_the_param(routing_server, owner_key, fakes, route_group, body, param, code):
+def test_bad_embedding_requests_are_400_naming_the_param(
+    routing_server, owner_key, fakes, route_group, body, param, code
+):
     route_group("embed-bad", [fakes[0]])
     response = httpx.post(
         f"{routing_server.url}/v1/embeddings", json=body, headers={"Authorization": f"Bearer {owner_key.secret}"}

@@ -152,9 +152,7 @@ def test_fallbacks_the_key_may_not_use_are_skipped(routing_server, fakes, route_
     ("error", "setting"),
     [("context_window", "context_window_fallbacks"), ("content_policy", "content_policy_fallbacks")],
 )
-def test_context_window_and_content_policy_refusals_use_their_own_fallbacks(
-    client, fakes, route_group, error, setting
-):
+def test_context_window_and_content_policy_refusals_use_their_own_fallbacks(client, fakes, route_group, error, setting):
     behave(fakes[0], error=error)
     route_group("small", [fakes[0]], **{setting: ["large"], "fallbacks": ["general"]})
     route_group("large", [fakes[1]])
