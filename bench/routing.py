@@ -240,8 +240,8 @@ def main() -> None:
     }
     try:
         for process, port in zip(upstreams, ports, strict=True):
-            http_wait(f"http://127.0.0.1:{port}/healthz", process)
-        http_wait(f"http://127.0.0.1:{gw_port}/healthz", gateway)
+            http_wait(f"http://127.0.0.1:{port}/healthz", process, timeout=120)
+        http_wait(f"http://127.0.0.1:{gw_port}/healthz", gateway, timeout=120)
 
         inproc: dict[str, dict[str, dict[str, float]]] = {}
         for strategy in STRATEGIES:
