@@ -279,7 +279,7 @@ class ChatCompletion:
         """Answer with ``exc`` as an OpenAI-style error, with the usual gateway headers."""
         self.error_type = exc.code or exc.type
         extra = [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
-        await self._respond(exc.status, exc.body_bytes(), [*JSON_HEADERS, *extra])
+        await self._respond(exc.status, exc.body_bytes(), [*JSON_HEADERS, *extra, *self._route_headers(None)])
 
     async def run(self, body: bytes) -> None:
         try:
@@ -320,7 +320,8 @@ class ChatCompletion:
             completion = await route.execute(self._complete)
             self.target = route.served
             self.wait_s += completion.wait_s + route.wait_s
-            self.usage = completion.usage or upstream.usage_estimate(request.payload, len(completion.body) // 4)
+            generated = 0 if endpoint is EMBEDDINGS else len(completion.body) // 4
+            self.usage = completion.usage or upstream.usage_estimate(request.payload, generated)
             cost = self._cost(self.usage)
             await self._respond(200, completion.body, [*JSON_HEADERS, *self._route_headers(cost)])
             return

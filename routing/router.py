@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from django.conf import settings
 
@@ -145,7 +145,7 @@ class RedisRouteState(LocalRouteState):
         if client is None:
             import redis.asyncio as redis
 
-            client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
+            client = cast(Any, redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1))
             client.fail_script = client.register_script(FAIL_LUA)
             self._clients[loop] = client
         return client

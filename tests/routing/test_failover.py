@@ -183,6 +183,7 @@ def test_every_deployment_cooling_without_fallbacks_is_a_503_with_retry_after(cl
     assert refused.value.status_code == 503
     assert refused.value.body["code"] == "no_deployment_available"
     assert 1 <= int(refused.value.response.headers["retry-after"]) <= 30
+    assert refused.value.response.headers["x-route-model"] == "doomed"
 
 
 def test_usage_based_routing_spreads_under_rpm_and_refuses_when_full(client, fakes, route_group):
