@@ -263,7 +263,9 @@ ROUTING_MAX_BACKOFF = env_float("ROUTING_MAX_BACKOFF", 5.0, minimum=0)
 ROUTING_MAX_ATTEMPTS = env_int("ROUTING_MAX_ATTEMPTS", 10, minimum=1)
 ROUTING_ALLOWED_FAILS = env_int("ROUTING_ALLOWED_FAILS", 3, minimum=0)
 ROUTING_COOLDOWN_TIME = env_float("ROUTING_COOLDOWN_TIME", 5.0, minimum=0)
-# How old a process's view of the shared routing state (Redis) may get before a request
-# refreshes it: one round trip per group per interval, not one per request.
+# How old a process's view of the shared routing state (Redis) may get before it is
+# refreshed in the background (one round trip per group per interval, not per request),
+# and how old before a request waits for the refresh.
 ROUTING_STATE_SYNC = env_float("ROUTING_STATE_SYNC", 0.05, minimum=0)
+ROUTING_STATE_MAX_STALE = env_float("ROUTING_STATE_MAX_STALE", 1.0, minimum=0)
 ROUTING_LATENCY_WINDOW = env_int("ROUTING_LATENCY_WINDOW", 20, minimum=1)

@@ -2,11 +2,13 @@
 
 The state (requests in flight, latency windows, rpm/tpm usage, failures and cooldowns)
 lives in Redis when ``REDIS_URL`` is set, so every server process routes as one, and in
-process memory otherwise. On the hot path a process reads a snapshot of a group's state
-that is at most ``ROUTING_STATE_SYNC`` seconds old (one pipelined round trip per group per
-interval, shared by all requests in it) plus its own changes not yet sent; its own
-changes go to Redis in one pipeline every ``FLUSH_INTERVAL``. Only a failure pays a round
-trip of its own: one Lua script counts it and starts the cooldown atomically.
+process memory otherwise. On the hot path a process reads its snapshot of a group's state
+plus its own changes not yet sent. A snapshot older than ``ROUTING_STATE_SYNC`` is
+refreshed in the background (one pipelined round trip per group, shared by every request
+meanwhile); a request waits for the refresh only when the snapshot is older than
+``ROUTING_STATE_MAX_STALE`` (an idle group) or missing. Its own changes go to Redis in one
+pipeline every ``FLUSH_INTERVAL``. Only a failure pays a round trip of its own: one Lua
+script counts it and starts the cooldown atomically.
 """
 
 from __future__ import annotations
@@ -161,21 +163,24 @@ class RedisRouteState(LocalRouteState):
             logger.warning("routing state in Redis unavailable, routing on local state: %s", exc)
 
     async def view(self, targets: list[DeploymentTarget]) -> dict[int, DeploymentState]:
+        """The group's state; refreshed in the background when older than ``ROUTING_STATE_SYNC``,
+        and waited for only when older than ``ROUTING_STATE_MAX_STALE`` (or never read)."""
         now = time.monotonic()
-        stale = frozenset(t.id for t in targets if now - self._fetched.get(t.id, -1e9) >= settings.ROUTING_STATE_SYNC)
-        if stale:
-            pending = self._fetching.get(stale)
+        ages = [now - self._fetched.get(t.id, -1e9) for t in targets]
+        if max(ages) >= settings.ROUTING_STATE_SYNC:
+            ids = frozenset(t.id for t in targets)
+            pending = self._fetching.get(ids)
             if pending is None:
-                pending = asyncio.get_running_loop().create_future()
-                self._fetching[stale] = pending
-                try:
-                    await self._fetch(sorted(stale))
-                finally:
-                    del self._fetching[stale]
-                    pending.set_result(None)
-            else:
+                pending = self._fetching[ids] = asyncio.ensure_future(self._refresh(ids))
+            if max(ages) >= settings.ROUTING_STATE_MAX_STALE:
                 await asyncio.shield(pending)
         return {target.id: self._state(target.id) for target in targets}
+
+    async def _refresh(self, ids: frozenset[int]) -> None:
+        try:
+            await self._fetch(sorted(ids))
+        finally:
+            del self._fetching[ids]
 
     async def _fetch(self, ids: list[int]) -> None:
         minute = _minute(time.time())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llm_platform.processes import http_wait
 from routing.models import ModelDeployment, RequestLog, RouteGroup
 from routing.services import deployment_save, route_group_save
 from tests import live
@@ -16,13 +19,27 @@ from tests import live
 
 @pytest.fixture(scope="session")
 def upstreams(session_tmp: Path) -> Iterator[list[live.Server]]:
-    """Three independent fake providers (A, B, C)."""
-    with (
-        live.fake_upstream(session_tmp) as a,
-        live.fake_upstream(session_tmp) as b,
-        live.fake_upstream(session_tmp) as c,
-    ):
-        yield [a, b, c]
+    """Three independent fake providers (A, B, C), started together."""
+    servers = []
+    try:
+        for _ in range(3):
+            port = live.free_port()
+            log = session_tmp / f"fake-upstream-{port}.log"
+            with log.open("wb") as out:
+                process = subprocess.Popen(
+                    [sys.executable, "manage.py", "fake_upstream", "--port", str(port)],
+                    cwd=live.ROOT,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=live.child_env(),
+                )
+            servers.append(live.Server(f"http://127.0.0.1:{port}/v1", process, log))
+        for server in servers:
+            http_wait(server.url.removesuffix("/v1") + "/healthz", server.process, timeout=120)
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def behave(upstream: live.Server, **behaviour: object) -> None:

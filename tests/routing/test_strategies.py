@@ -169,6 +169,23 @@ def test_a_deployment_that_failed_in_this_request_is_retried_only_when_nothing_e
 
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="shared routing state needs REDIS_URL")
+def test_a_snapshot_too_old_is_waited_for(settings):
+    settings.ROUTING_STATE_MAX_STALE = 0.05
+
+    async def scenario() -> None:
+        first, second = RedisRouteState(settings.REDIS_URL), RedisRouteState(settings.REDIS_URL)
+        base = int(time.time() * 1000) % 10_000_000 * 10 + 5
+        targets = [target(base), target(base + 1)]
+        await second.view(targets)
+        await first.fail(base, policy("least-busy", allowed_fails=0, cooldown_time=30))
+        await asyncio.sleep(0.06)
+        assert (await second.view(targets))[base].cooldown_until > time.time()
+        assert second.round_trips == 2
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="shared routing state needs REDIS_URL")
 def test_two_processes_share_cooldowns_in_flight_counts_and_latency_through_redis():
     """Two RedisRouteState objects stand for two server processes (the live test uses real ones)."""
 
@@ -185,6 +202,10 @@ def test_two_processes_share_cooldowns_in_flight_counts_and_latency_through_redi
         first.begin(base + 2, 0)
         await first.flush()
         await asyncio.sleep(settings.ROUTING_STATE_SYNC + 0.01)
+        # A snapshot younger than ROUTING_STATE_MAX_STALE is served at once and refreshed behind.
+        stale = await second.view(targets)
+        assert stale[base + 1].cooldown_until == 0
+        await asyncio.sleep(0.1)
         states = await second.view(targets)
         assert states[base + 1].cooldown_until > time.time() + 20
         assert states[base + 2].inflight == 1
