@@ -24,7 +24,7 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
-from routing.consumers import ChatCompletionsConsumer  # noqa: E402
+from routing.consumers import ChatCompletionsConsumer, CompletionsConsumer, EmbeddingsConsumer  # noqa: E402
 
 if settings.SERVE_STATIC:
     # The admin's CSS/JS, served by the app itself so one process is the whole web tier;
@@ -36,6 +36,8 @@ application = ProtocolTypeRouter(
         "http": URLRouter(
             [
                 path("v1/chat/completions", ChatCompletionsConsumer.as_asgi()),
+                path("v1/completions", CompletionsConsumer.as_asgi()),
+                path("v1/embeddings", EmbeddingsConsumer.as_asgi()),
                 re_path(r"", django_asgi_app),  # type: ignore[arg-type]  # URLRouter takes ASGI apps
             ]
         ),

@@ -1,4 +1,4 @@
-"""Config as code: apply a LiteLLM-style ``model_list`` plus a ``tenants`` section, idempotently."""
+"""Config as code: apply a LiteLLM-style ``model_list``, ``router_settings`` and a ``tenants`` section, idempotently."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from django.db import transaction
 from django.utils.dateparse import parse_datetime
 
 from routing.ml.config import smart_group_apply
-from routing.models import ModelDeployment
-from routing.services import deployment_save
+from routing.models import ROUTING_STRATEGIES, ModelDeployment, RouteGroup
+from routing.services import deployment_save, route_group_save
 from tenants import services as tenant_services
 from tenants.models import ApiKey, Quota, Tenant, key_hash
 
 # Parts of a LiteLLM proxy config this platform reads elsewhere or not at all; they are
 # accepted so a LiteLLM config loads as is, and reported so nobody assumes they act.
-IGNORED_SECTIONS = ("litellm_settings", "general_settings", "router_settings", "environment_variables")
-TOP_LEVEL = {"model_list", "tenants", "smart_groups", *IGNORED_SECTIONS}
+IGNORED_SECTIONS = ("litellm_settings", "general_settings", "environment_variables")
+TOP_LEVEL = {"model_list", "router_settings", "tenants", "smart_groups", *IGNORED_SECTIONS}
 DEPLOYMENT_COLUMNS = {"model", "api_base", "api_key"}
 
 
@@ -75,7 +75,7 @@ def _validation(where: str, exc: ValidationError) -> ConfigError:
     return ConfigError(f"{where}: {'; '.join(f'{k}: {v}' for k, v in exc.message_dict.items())}")
 
 
-def _apply_deployment(entry: Any, where: str, actor: str, report: ConfigReport) -> None:
+def _apply_deployment(entry: Any, where: str, actor: str, report: ConfigReport) -> str:
     entry = _mapping(entry, where)
     model_name = _string(entry, "model_name", where)
     params = {
@@ -102,7 +102,7 @@ def _apply_deployment(entry: Any, where: str, actor: str, report: ConfigReport) 
     }
     if deployment is not None and all(getattr(deployment, k) == v for k, v in desired.items()):
         report.unchanged.append(label)
-        return
+        return model_name
     is_new = deployment is None
     old_key = deployment.api_key if deployment is not None else ""
     deployment = deployment or ModelDeployment(model_name=model_name, litellm_model=litellm_model, api_base=api_base)
@@ -113,6 +113,104 @@ def _apply_deployment(entry: Any, where: str, actor: str, report: ConfigReport) 
     except ValidationError as exc:
         raise _validation(where, exc) from exc
     (report.created if is_new else report.updated).append(label)
+    return model_name
+
+
+# router_settings (LiteLLM Router's names) that become route group fields.
+ROUTE_NUMBERS = {
+    "num_retries": int,
+    "retry_after": float,
+    "allowed_fails": int,
+    "cooldown_time": float,
+    "fail_window": float,
+}
+ROUTE_FALLBACKS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
+STRATEGY_NAMES = {name for name, _ in ROUTING_STRATEGIES}
+
+
+def _route_fields(settings_: dict[str, Any], where: str) -> dict[str, Any]:
+    """Route group fields from one settings mapping (strategy and numbers; fallbacks apart)."""
+    fields: dict[str, Any] = {}
+    if "routing_strategy" in settings_:
+        strategy = settings_["routing_strategy"]
+        if strategy not in STRATEGY_NAMES:
+            raise ConfigError(
+                f"{where}.routing_strategy must be one of {', '.join(sorted(STRATEGY_NAMES))}, got {strategy!r}"
+            )
+        fields["routing_strategy"] = strategy
+    for name, kind in ROUTE_NUMBERS.items():
+        if name in settings_:
+            value = settings_[name]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"{where}.{name} must be a non-negative number, got {value!r}")
+            if kind is int and value != int(value):
+                raise ConfigError(f"{where}.{name} must be a whole number, got {value!r}")
+            fields[name] = kind(value)
+    return fields
+
+
+def _fallback_map(value: Any, where: str) -> dict[str, list[str]]:
+    """LiteLLM's fallbacks form: a list of one-entry mappings, ``[{"gpt-4o": ["gpt-4o-mini"]}]``."""
+    result: dict[str, list[str]] = {}
+    for index, entry in enumerate(_sequence(value, where)):
+        entry = _mapping(entry, f"{where}[{index}]")
+        for model, targets in entry.items():
+            if isinstance(targets, str):
+                targets = [targets]
+            if not isinstance(targets, list) or not all(isinstance(t, str) and t for t in targets):
+                raise ConfigError(f"{where}[{index}].{model} must be a list of model names")
+            result.setdefault(str(model), []).extend(targets)
+    return result
+
+
+def _apply_router_settings(value: Any, model_names: list[str], actor: str, report: ConfigReport) -> None:
+    """One route group per model name of the model_list: the global settings, its own
+    fallbacks, and its ``model_group_settings`` entry if any (an extension of LiteLLM's format)."""
+    where = "router_settings"
+    data = dict(_mapping(value, where))
+    per_group = _mapping(data.pop("model_group_settings", None) or {}, f"{where}.model_group_settings")
+    common = _route_fields(data, where)
+    fallbacks = {name: _fallback_map(data.get(name), f"{where}.{name}") for name in ROUTE_FALLBACKS}
+    known = {"routing_strategy", *ROUTE_NUMBERS, *ROUTE_FALLBACKS}
+    unused = sorted(set(data) - known)
+    if unused:
+        report.warnings.append(f"router_settings: {', '.join(unused)} not used by this platform; ignored")
+    names = list(dict.fromkeys([*model_names, *per_group]))
+    existing = set(ModelDeployment.objects.values_list("model_name", flat=True).distinct())
+    for kind, mapping in fallbacks.items():
+        for model, targets in mapping.items():
+            for target in [model, *targets]:
+                if target not in names and target not in existing:
+                    raise ConfigError(f"{where}.{kind}: unknown model {target!r} (not in model_list nor deployed)")
+    for name in names:
+        here = f"{where}.model_group_settings.{name}"
+        own = _mapping(per_group.get(name) or {}, here)
+        unknown = sorted(set(own) - known)
+        if unknown:
+            raise ConfigError(f"{here}: unknown setting(s) {', '.join(unknown)}")
+        desired = {**common, **_route_fields(own, here)}
+        for kind in ROUTE_FALLBACKS:
+            own_list = own.get(kind)
+            if own_list is not None:
+                if not isinstance(own_list, list) or not all(isinstance(t, str) for t in own_list):
+                    raise ConfigError(f"{here}.{kind} must be a list of model names")
+                desired[kind] = own_list
+            else:
+                desired[kind] = fallbacks[kind].get(name, [])
+        group = RouteGroup.objects.filter(model_name=name).first()
+        label = f"route group {name}"
+        if group is not None and all(getattr(group, k) == v for k, v in desired.items()):
+            report.unchanged.append(label)
+            continue
+        is_new = group is None
+        group = group or RouteGroup(model_name=name)
+        for field_name, field_value in desired.items():
+            setattr(group, field_name, field_value)
+        try:
+            route_group_save(group=group, actor=actor)
+        except ValidationError as exc:
+            raise _validation(here if name in per_group else where, exc) from exc
+        (report.created if is_new else report.updated).append(label)
 
 
 LIMIT_NAMES = set(Quota.LIMIT_FIELDS)
@@ -287,8 +385,11 @@ def config_apply(data: Any, *, actor: str) -> ConfigReport:
         if data.get(section):
             report.warnings.append(f"{section}: not used by this version of the platform; ignored")
     with transaction.atomic():
+        model_names: list[str] = []
         for index, entry in enumerate(_sequence(data.get("model_list"), "model_list")):
-            _apply_deployment(entry, f"model_list[{index}]", actor, report)
+            model_names.append(_apply_deployment(entry, f"model_list[{index}]", actor, report))
+        if data.get("router_settings") is not None:
+            _apply_router_settings(data["router_settings"], model_names, actor, report)
         for index, entry in enumerate(_sequence(data.get("tenants"), "tenants")):
             _apply_tenant(entry, f"tenants[{index}]", actor, report)
         for index, entry in enumerate(_sequence(data.get("smart_groups"), "smart_groups")):

@@ -8,14 +8,25 @@ script its own behaviour with a directive anywhere in its last message::
 
 ``status`` answers with that HTTP error, ``delay_ms`` waits before answering (or before the
 first chunk), ``drop_after`` closes the connection after that many chunks, ``no_usage``
-omits usage as some providers do.
+omits usage as some providers do, ``abort=1`` closes the connection without any answer,
+``error=context_window`` or ``error=content_policy`` answers 400 the way OpenAI does for
+those refusals, and ``first_byte_ms`` sends a stream's headers at once but waits that long
+before its first event.
+
+A whole upstream can be told to misbehave too, for tests and the failover benchmark:
+``POST /fake/behaviour`` with a JSON object of the same fields changes its defaults
+(``{}`` restores the command-line ones), and the same fields can be given on the command
+line. ``GET /healthz`` reports how many requests it has seen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import re
+import struct
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -34,26 +45,65 @@ class Behaviour:
     delay_ms: float = 0.0
     drop_after: int = -1
     no_usage: bool = False
+    abort: bool = False
+    error: str = ""
+    first_byte_ms: float = 0.0
     reply: str = "Hello from the fake upstream."
 
 
+_INTS = ("chunks", "status", "drop_after")
+_FLOATS = ("gap_ms", "delay_ms", "first_byte_ms")
+_FLAGS = ("no_usage", "abort")
+
+
+def _changes(pairs: dict[str, Any]) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    for name, value in pairs.items():
+        if name in _INTS:
+            changes[name] = int(value)
+        elif name in _FLOATS:
+            changes[name] = float(value)
+        elif name in _FLAGS:
+            changes[name] = str(value).lower() not in ("0", "false", "")
+        elif name == "error":
+            changes[name] = str(value)
+    return changes
+
+
 def _behaviour(base: Behaviour, payload: dict[str, Any]) -> Behaviour:
-    messages = payload.get("messages") or [{"content": payload.get("prompt", "")}]
+    messages = payload.get("messages") or [{"content": payload.get("prompt") or payload.get("input") or ""}]
     last = messages[-1] if isinstance(messages, list) and messages else {}
     content = last.get("content", "") if isinstance(last, dict) else ""
     match = DIRECTIVE.search(content if isinstance(content, str) else json.dumps(content))
     if not match:
         return base
-    changes: dict[str, Any] = {}
-    for pair in match.group(1).split():
-        name, _, value = pair.partition("=")
-        if name in ("chunks", "status", "drop_after"):
-            changes[name] = int(value)
-        elif name in ("gap_ms", "delay_ms"):
-            changes[name] = float(value)
-        elif name == "no_usage":
-            changes[name] = value not in ("0", "false", "")
-    return replace(base, **changes)
+    pairs = dict(pair.partition("=")[::2] for pair in match.group(1).split())
+    return replace(base, **_changes(pairs))
+
+
+async def _misbehave(request: web.Request, behaviour: Behaviour) -> web.StreamResponse | None:
+    """The scripted failure for this request, if any (after the scripted delay)."""
+    if behaviour.delay_ms:
+        await asyncio.sleep(behaviour.delay_ms / 1000)
+    if behaviour.abort:
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=500)  # never sent: the connection is gone
+    if behaviour.error == "context_window":
+        return _error(
+            400,
+            "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
+            "context_length_exceeded",
+        )
+    if behaviour.error == "content_policy":
+        return _error(
+            400,
+            "Your request was rejected as a result of our safety system.",
+            "content_policy_violation",
+        )
+    if behaviour.status != 200:
+        return _error(behaviour.status, f"Scripted failure with status {behaviour.status}.", "scripted")
+    return None
 
 
 def _tokens(payload: dict[str, Any]) -> int:
@@ -67,7 +117,7 @@ def _words(behaviour: Behaviour) -> list[str]:
 
 class FakeUpstream:
     def __init__(self, behaviour: Behaviour, api_key: str = "") -> None:
-        self.behaviour = behaviour
+        self.initial = self.behaviour = behaviour
         self.api_key = api_key
         self.requests = 0
 
@@ -78,10 +128,19 @@ class FakeUpstream:
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/healthz", self.health)
+        app.router.add_post("/fake/behaviour", self.behaviour_set)
         return app
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "requests": self.requests})
+
+    async def behaviour_set(self, request: web.Request) -> web.Response:
+        try:
+            pairs = json.loads(await request.read() or b"{}")
+            self.behaviour = replace(self.initial, **_changes(pairs))
+        except (ValueError, TypeError) as exc:
+            return _error(400, f"Bad behaviour: {exc}", None)
+        return web.json_response({"ok": True})
 
     def _refuse(self, request: web.Request) -> web.Response | None:
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -106,10 +165,9 @@ class FakeUpstream:
         if isinstance(payload, web.Response):
             return payload
         behaviour = _behaviour(self.behaviour, payload)
-        if behaviour.delay_ms:
-            await asyncio.sleep(behaviour.delay_ms / 1000)
-        if behaviour.status != 200:
-            return _error(behaviour.status, f"Scripted failure with status {behaviour.status}.", "scripted")
+        refused = await _misbehave(request, behaviour)
+        if refused is not None:
+            return refused
         model = payload.get("model", "fake-model")
         completion_id = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
@@ -150,6 +208,12 @@ class FakeUpstream:
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
         try:
+            if behaviour.first_byte_ms:
+                await asyncio.sleep(behaviour.first_byte_ms / 1000)
+            if behaviour.drop_after == -2:  # headers sent, then the connection breaks before any event
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
             await response.write(chunk({"role": "assistant", "content": ""}, None))
             for index, word in enumerate(words):
                 if behaviour.gap_ms:
@@ -181,40 +245,77 @@ class FakeUpstream:
         if isinstance(payload, web.Response):
             return payload
         behaviour = _behaviour(self.behaviour, payload)
-        if behaviour.status != 200:
-            return _error(behaviour.status, f"Scripted failure with status {behaviour.status}.", "scripted")
+        refused = await _misbehave(request, behaviour)
+        if refused is not None:
+            return refused
         words = _words(behaviour)
         prompt_tokens = _tokens(payload)
-        return web.json_response(
-            {
-                "id": "cmpl-" + uuid.uuid4().hex[:24],
-                "object": "text_completion",
-                "created": int(time.time()),
-                "model": payload.get("model", "fake-model"),
-                "choices": [{"index": 0, "text": "".join(words), "finish_reason": "stop", "logprobs": None}],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": len(words),
-                    "total_tokens": prompt_tokens + len(words),
-                },
-            }
-        )
+        completion_id = "cmpl-" + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        model = payload.get("model", "fake-model")
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(words),
+            "total_tokens": prompt_tokens + len(words),
+        }
 
-    async def embeddings(self, request: web.Request) -> web.Response:
+        def body(text: str, finish: str | None, with_usage: bool) -> dict[str, Any]:
+            data: dict[str, Any] = {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]
+                if text or finish
+                else [],
+            }
+            if with_usage:
+                data["usage"] = usage
+            return data
+
+        if not payload.get("stream"):
+            return web.json_response(body("".join(words), "stop", not behaviour.no_usage))
+        include_usage = bool((payload.get("stream_options") or {}).get("include_usage")) and not behaviour.no_usage
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        try:
+            if behaviour.first_byte_ms:
+                await asyncio.sleep(behaviour.first_byte_ms / 1000)
+            for index, word in enumerate(words):
+                if behaviour.gap_ms:
+                    await asyncio.sleep(behaviour.gap_ms / 1000)
+                if index == behaviour.drop_after or behaviour.drop_after == -2:
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return response
+                await response.write(b"data: " + json.dumps(body(word, None, False)).encode() + b"\n\n")
+            await response.write(b"data: " + json.dumps(body("", "stop", False)).encode() + b"\n\n")
+            if include_usage:
+                await response.write(b"data: " + json.dumps(body("", None, True)).encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionError:
+            pass
+        return response
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
         payload = await self._payload(request)
         if isinstance(payload, web.Response):
             return payload
+        refused = await _misbehave(request, _behaviour(self.behaviour, payload))
+        if refused is not None:
+            return refused
         inputs = payload.get("input", "")
-        items = inputs if isinstance(inputs, list) else [inputs]
+        items = inputs if isinstance(inputs, list) and not all(isinstance(i, int) for i in inputs) else [inputs]
         dimensions = int(payload.get("dimensions") or 8)
-        data = [
-            {
-                "object": "embedding",
-                "index": i,
-                "embedding": [((hash(str(item)) >> k) % 1000) / 1000 for k in range(dimensions)],
-            }
-            for i, item in enumerate(items)
-        ]
+        data = []
+        for i, item in enumerate(items):
+            digest = hashlib.sha256(json.dumps(item).encode()).digest()
+            vector = [digest[k % len(digest)] / 255 for k in range(dimensions)]
+            encoded: Any = vector
+            if payload.get("encoding_format") == "base64":
+                encoded = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": encoded})
         tokens = max(1, len(json.dumps(items)) // 4)
         return web.json_response(
             {

@@ -312,3 +312,31 @@ DRAIN_TIMEOUT = env_float("DRAIN_TIMEOUT", 30.0, minimum=0)
 ML_ROUTER_CACHE_TTL = env_float("ML_ROUTER_CACHE_TTL", 30.0, minimum=0.0)
 # Worker threads per process for router inference (kept off the event loop).
 ML_ROUTER_THREADS = env_int("ML_ROUTER_THREADS", 2, minimum=1)
+
+# --- routing ---
+# Defaults for model names without a route group (admin "Route groups" or loadconfig's
+# router_settings); names follow LiteLLM Router's.
+ROUTING_STRATEGIES = (
+    "simple-shuffle",
+    "least-busy",
+    "latency-based-routing",
+    "cost-based-routing",
+    "usage-based-routing-v2",
+)
+ROUTING_DEFAULT_STRATEGY = env_str("ROUTING_DEFAULT_STRATEGY", "simple-shuffle")
+if ROUTING_DEFAULT_STRATEGY not in ROUTING_STRATEGIES:
+    raise ImproperlyConfigured(
+        f"ROUTING_DEFAULT_STRATEGY={ROUTING_DEFAULT_STRATEGY!r} must be one of {', '.join(ROUTING_STRATEGIES)}."
+    )
+ROUTING_NUM_RETRIES = env_int("ROUTING_NUM_RETRIES", 2, minimum=0)
+ROUTING_RETRY_AFTER = env_float("ROUTING_RETRY_AFTER", 0.05, minimum=0)
+ROUTING_MAX_BACKOFF = env_float("ROUTING_MAX_BACKOFF", 5.0, minimum=0)
+ROUTING_MAX_ATTEMPTS = env_int("ROUTING_MAX_ATTEMPTS", 10, minimum=1)
+ROUTING_ALLOWED_FAILS = env_int("ROUTING_ALLOWED_FAILS", 3, minimum=0)
+ROUTING_COOLDOWN_TIME = env_float("ROUTING_COOLDOWN_TIME", 5.0, minimum=0)
+# How old a process's view of the shared routing state (Redis) may get before it is
+# refreshed in the background (one round trip per group per interval, not per request),
+# and how old before a request waits for the refresh.
+ROUTING_STATE_SYNC = env_float("ROUTING_STATE_SYNC", 0.05, minimum=0)
+ROUTING_STATE_MAX_STALE = env_float("ROUTING_STATE_MAX_STALE", 1.0, minimum=0)
+ROUTING_LATENCY_WINDOW = env_int("ROUTING_LATENCY_WINDOW", 20, minimum=1)

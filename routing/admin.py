@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -13,10 +14,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils.html import format_html, format_html_join
 
 from routing import charts as charts_svg
 from routing import reports, services
-from routing.models import ModelDeployment, RequestLog
+from routing.models import ModelDeployment, RequestLog, RouteGroup
 from tenants.admin import actor_of, ip_of
 from tenants.models import Tenant
 from tenants.scoping import TenantScopedAdmin
@@ -61,7 +63,17 @@ class ModelDeploymentForm(forms.ModelForm):
 @admin.register(ModelDeployment)
 class ModelDeploymentAdmin(admin.ModelAdmin):
     form = ModelDeploymentForm
-    list_display = ["model_name", "litellm_model", "api_base", "credential", "enabled", "updated_at"]
+    list_display = [
+        "model_name",
+        "litellm_model",
+        "api_base",
+        "weight",
+        "rpm",
+        "tpm",
+        "credential",
+        "enabled",
+        "updated_at",
+    ]
     list_filter = ["enabled"]
     search_fields = ["model_name", "litellm_model", "api_base"]
     readonly_fields = ["created_at", "updated_at"]
@@ -69,6 +81,18 @@ class ModelDeploymentAdmin(admin.ModelAdmin):
     @admin.display(description="Credential", boolean=True)
     def credential(self, obj: ModelDeployment) -> bool:
         return bool(obj.api_key)
+
+    @admin.display(description="Weight")
+    def weight(self, obj: ModelDeployment) -> Any:
+        return obj.extra_params.get("weight", 1)
+
+    @admin.display(description="RPM")
+    def rpm(self, obj: ModelDeployment) -> Any:
+        return obj.extra_params.get("rpm", "—")
+
+    @admin.display(description="TPM")
+    def tpm(self, obj: ModelDeployment) -> Any:
+        return obj.extra_params.get("tpm", "—")
 
     def save_model(self, request: HttpRequest, obj: ModelDeployment, form: Any, change: bool) -> None:
         services.deployment_save(
@@ -81,6 +105,152 @@ class ModelDeploymentAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ModelDeployment]) -> None:
         for deployment in queryset:
             services.deployment_delete(deployment=deployment, actor=actor_of(request), ip=ip_of(request))
+
+
+@admin.register(RouteGroup)
+class RouteGroupAdmin(admin.ModelAdmin):
+    """A public model's routing policy; its deployments are the enabled ones with that model name."""
+
+    list_display = [
+        "model_name",
+        "routing_strategy",
+        "num_retries",
+        "fallback_list",
+        "allowed_fails",
+        "cooldown_time",
+        "version",
+        "updated_at",
+    ]
+    list_filter = ["routing_strategy"]
+    search_fields = ["model_name"]
+    readonly_fields = ["version", "updated_at", "deployments"]
+    fieldsets = [
+        (None, {"fields": ["model_name", "routing_strategy", "deployments"]}),
+        (
+            "Retries and cooldown",
+            {"fields": ["num_retries", "retry_after", "allowed_fails", "fail_window", "cooldown_time"]},
+        ),
+        ("Fallbacks", {"fields": ["fallbacks", "context_window_fallbacks", "content_policy_fallbacks"]}),
+        (None, {"fields": ["version", "updated_at"]}),
+    ]
+
+    @admin.display(description="Fallbacks")
+    def fallback_list(self, obj: RouteGroup) -> str:
+        return ", ".join(obj.fallbacks or ()) or "—"
+
+    @admin.display(description="Deployments")
+    def deployments(self, obj: RouteGroup) -> str:
+        rows = ModelDeployment.objects.filter(model_name=obj.model_name).order_by("id")
+        if not obj.model_name or not rows:
+            return "No deployment serves this model name yet."
+        return format_html(
+            "<table><tr><th>id</th><th>litellm model</th><th>api base</th><th>weight</th><th>rpm</th><th>tpm</th>"
+            "<th>$/1M in</th><th>$/1M out</th><th>enabled</th></tr>{}</table>",
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+                "<td>{}</td></tr>",
+                (
+                    (
+                        d.pk,
+                        d.litellm_model,
+                        d.api_base or "—",
+                        d.extra_params.get("weight", 1),
+                        d.extra_params.get("rpm", "—"),
+                        d.extra_params.get("tpm", "—"),
+                        _per_million(d.extra_params.get("input_cost_per_token")),
+                        _per_million(d.extra_params.get("output_cost_per_token")),
+                        "yes" if d.enabled else "no",
+                    )
+                    for d in rows
+                ),
+            ),
+        )
+
+    def save_model(self, request: HttpRequest, obj: RouteGroup, form: Any, change: bool) -> None:
+        services.route_group_save(group=obj, actor=actor_of(request), ip=ip_of(request))
+
+    def delete_model(self, request: HttpRequest, obj: RouteGroup) -> None:
+        services.route_group_delete(group=obj, actor=actor_of(request), ip=ip_of(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[RouteGroup]) -> None:
+        for group in queryset:
+            services.route_group_delete(group=group, actor=actor_of(request), ip=ip_of(request))
+
+
+def _per_million(value: Any) -> str:
+    return f"{float(value) * 1e6:g}" if isinstance(value, int | float) else "—"
+
+
+def decision_html(decision: dict[str, Any] | None) -> str:
+    """A routing decision record as a readable block: policy, candidates, attempts, fallbacks."""
+    if not decision:
+        return "No routing decision was recorded for this request (it was refused before routing)."
+    summary = format_html(
+        "<p>Group <b>{}</b>, strategy <b>{}</b> (policy version {}; state {}), decided in {} ms. "
+        "Chosen deployment <b>{}</b>; served by <b>{}</b> of <b>{}</b>.{}</p>",
+        decision.get("group"),
+        decision.get("strategy"),
+        decision.get("policy_version"),
+        "shared (Redis)" if decision.get("shared_state") else "in process",
+        decision.get("decision_ms"),
+        decision.get("chosen") if decision.get("chosen") is not None else "none",
+        decision.get("served") if decision.get("served") is not None else "nobody",
+        decision.get("served_model") or "—",
+        format_html(" Prompt SHA-256 <code>{}</code>.", decision["prompt_sha256"])
+        if decision.get("prompt_sha256")
+        else "",
+    )
+    candidates = format_html(
+        "<table><caption>Candidates</caption><tr><th>deployment</th><th>model</th><th>score</th>"
+        "<th>excluded</th></tr>{}</table>",
+        format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (c.get("id"), c.get("model"), c.get("score", "—"), c.get("excluded", ""))
+                for c in decision.get("candidates", ())
+            ),
+        ),
+    )
+    attempts = (
+        format_html(
+            "<table><caption>Failed attempts</caption><tr><th>deployment</th><th>group</th><th>status</th>"
+            "<th>error</th><th>ms</th><th>backoff ms</th><th>cooled down</th></tr>{}</table>",
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                (
+                    (
+                        a.get("deployment"),
+                        a.get("group"),
+                        a.get("status"),
+                        a.get("error"),
+                        a.get("ms"),
+                        a.get("backoff_ms", ""),
+                        f"{a['cooldown']} s" if a.get("cooldown") else "",
+                    )
+                    for a in decision.get("attempts", ())
+                ),
+            ),
+        )
+        if decision.get("attempts")
+        else format_html("<p>{}</p>", "No failed attempts.")
+    )
+    fallbacks = format_html(
+        "<p>Fallbacks: {}</p>",
+        ", ".join(
+            f"{f.get('model')} ({f.get('reason')}{'; skipped: ' + f['skipped'] if f.get('skipped') else ''})"
+            for f in decision.get("fallbacks", ())
+        )
+        or "none",
+    )
+    smart = (
+        format_html("<p>ML routing: <code>{}</code></p>", json.dumps(decision["ml"], sort_keys=True))
+        if decision.get("ml")
+        else ""
+    )
+    return format_html('<div class="route-decision">{}{}{}{}{}</div>', summary, candidates, attempts, fallbacks, smart)
 
 
 @admin.register(RequestLog)
@@ -174,6 +344,12 @@ class RequestLogAdmin(TenantScopedAdmin):
         return queryset.filter(model_requested__istartswith=term) if term else queryset, False
 
     show_full_result_count = False
+    readonly_fields = ["routing_decision"]
+    exclude = ["route_decision"]
+
+    @admin.display(description="Routing decision")
+    def routing_decision(self, obj: RequestLog) -> str:
+        return decision_html(obj.route_decision)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -1,4 +1,4 @@
-"""The chat completions flow: authenticate, validate, pick a deployment, relay, account."""
+"""The model-call flow (chat, completions, embeddings): authenticate, validate, route, relay, account."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -19,11 +20,12 @@ from audit.services import AuditEntry, audit_record_deferred
 from observability import logs, metrics, telemetry
 from routing import upstream
 from routing.pricing import usage_cost
-from routing.selectors import DeploymentTarget, deployment_cache
+from routing.router import RouteRun
+from routing.selectors import DeploymentTarget
 from routing.smart import SmartDecision, smart_route
 from routing.usage import UsageRow, usage_record
 from tenants.auth import KeyContext, key_authenticate_header
-from tenants.errors import InvalidRequest, NotFound, PlatformError
+from tenants.errors import InvalidRequest, PlatformError
 from tenants.quota import QuotaExceeded, Reservation, quota_reserve, quota_settle
 
 logger = logging.getLogger(__name__)
@@ -75,19 +77,7 @@ def _check_number(payload: dict[str, Any], name: str, *, low: float, high: float
 
 def chat_request_parse(body: bytes) -> ChatRequest:
     """Validate a chat completions body the way OpenAI does, with the offending param named."""
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. The body must be valid JSON.", code="invalid_json"
-        ) from None
-    if not isinstance(payload, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    model = payload.get("model")
-    if model is None:
-        raise InvalidRequest("You must provide a model parameter.", param="model", code="missing_required_parameter")
-    if not isinstance(model, str) or not model:
-        raise _type_error("model", "a non-empty string", model)
+    payload, model = _object_with_model(body)
     messages = payload.get("messages")
     if messages is None:
         raise InvalidRequest("'messages' is a required property.", param="messages", code="missing_required_parameter")
@@ -105,6 +95,87 @@ def chat_request_parse(body: bytes) -> ChatRequest:
                 param=f"messages[{index}].role",
                 code="invalid_value",
             )
+    stream, include_usage = _stream_options(payload)
+    _check_number(payload, "temperature", low=0, high=2)
+    _check_number(payload, "top_p", low=0, high=1)
+    _check_number(payload, "n", low=1, high=128, integer=True)
+    _check_number(payload, "max_tokens", low=1, high=10_000_000, integer=True)
+    _check_number(payload, "max_completion_tokens", low=1, high=10_000_000, integer=True)
+    return ChatRequest(payload, model, stream, include_usage)
+
+
+def completion_request_parse(body: bytes) -> ChatRequest:
+    """Validate a legacy ``/v1/completions`` body (a ``prompt`` instead of ``messages``)."""
+    payload, model = _object_with_model(body)
+    prompt = payload.get("prompt")
+    if prompt is None:
+        raise InvalidRequest("'prompt' is a required property.", param="prompt", code="missing_required_parameter")
+    if isinstance(prompt, str) and not prompt:
+        raise InvalidRequest("'prompt' must not be empty.", param="prompt", code="invalid_value")
+    if not isinstance(prompt, str | list) or not (
+        all(isinstance(item, str) for item in prompt) or _token_list(prompt) or all(map(_token_list, prompt))
+    ):
+        raise _type_error("prompt", "a string, an array of strings or an array of token arrays", prompt)
+    stream, include_usage = _stream_options(payload)
+    _check_number(payload, "temperature", low=0, high=2)
+    _check_number(payload, "top_p", low=0, high=1)
+    _check_number(payload, "n", low=1, high=128, integer=True)
+    _check_number(payload, "best_of", low=1, high=20, integer=True)
+    _check_number(payload, "max_tokens", low=0, high=10_000_000, integer=True)
+    return ChatRequest(payload, model, stream, include_usage)
+
+
+def _token_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, int) and not isinstance(item, bool) for item in value)
+
+
+def embedding_request_parse(body: bytes) -> ChatRequest:
+    """Validate an ``/v1/embeddings`` body: ``input`` is text, texts, tokens or token arrays."""
+    payload, model = _object_with_model(body)
+    data = payload.get("input")
+    if data is None:
+        raise InvalidRequest("'input' is a required property.", param="input", code="missing_required_parameter")
+    if isinstance(data, str):
+        if not data:
+            raise InvalidRequest("'input' must not be an empty string.", param="input", code="invalid_value")
+    elif isinstance(data, list):
+        if not data:
+            raise InvalidRequest("'input' must not be an empty array.", param="input", code="invalid_value")
+        if not (all(isinstance(item, str) for item in data) or _token_list(data) or all(map(_token_list, data))):
+            raise _type_error("input", "a string, an array of strings or an array of token arrays", data)
+    else:
+        raise _type_error("input", "a string or an array", data)
+    encoding = payload.get("encoding_format")
+    if encoding is not None and encoding not in ("float", "base64"):
+        raise InvalidRequest(
+            f"Invalid value for 'encoding_format': {encoding!r}; expected 'float' or 'base64'.",
+            param="encoding_format",
+            code="invalid_value",
+        )
+    _check_number(payload, "dimensions", low=1, high=100_000, integer=True)
+    if payload.get("stream"):
+        raise InvalidRequest("Embeddings cannot be streamed.", param="stream", code="invalid_value")
+    return ChatRequest(payload, model, False, False)
+
+
+def _object_with_model(body: bytes) -> tuple[dict[str, Any], str]:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The body must be valid JSON.", code="invalid_json"
+        ) from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    model = payload.get("model")
+    if model is None:
+        raise InvalidRequest("You must provide a model parameter.", param="model", code="missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise _type_error("model", "a non-empty string", model)
+    return payload, model
+
+
+def _stream_options(payload: dict[str, Any]) -> tuple[bool, bool]:
     stream = payload.get("stream", False)
     if stream is None:
         stream = False
@@ -124,26 +195,23 @@ def chat_request_parse(body: bytes) -> ChatRequest:
         include_usage = options.get("include_usage", False)
         if not isinstance(include_usage, bool):
             raise _type_error("stream_options.include_usage", "a boolean", include_usage)
-    _check_number(payload, "temperature", low=0, high=2)
-    _check_number(payload, "top_p", low=0, high=1)
-    _check_number(payload, "n", low=1, high=128, integer=True)
-    _check_number(payload, "max_tokens", low=1, high=10_000_000, integer=True)
-    _check_number(payload, "max_completion_tokens", low=1, high=10_000_000, integer=True)
-    return ChatRequest(payload, model, stream, include_usage)
+    return stream, include_usage
 
 
-async def route_select(key: KeyContext, model: str) -> DeploymentTarget:
-    target = await deployment_cache.pick(model)
-    if target is None:
-        raise NotFound(f"The model '{model}' does not exist.", param="model", code="model_not_found")
-    if not key.allows_model(model):
-        raise key.denied(
-            f"This API key is not allowed to use the model '{model}'.",
-            param="model",
-            code="model_not_allowed",
-            target=f"model:{model}",
-        )
-    return target
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An OpenAI endpoint the gateway serves: its name in usage records, key scope, upstream path."""
+
+    name: str
+    scope: str
+    path: str
+    parse: Callable[[bytes], ChatRequest]
+
+
+CHAT = Endpoint("chat.completions", "chat", upstream.CHAT_PATH, chat_request_parse)
+# Legacy text completions generate text as chat does, so the "chat" scope covers them.
+COMPLETIONS = Endpoint("completions", "chat", upstream.COMPLETIONS_PATH, completion_request_parse)
+EMBEDDINGS = Endpoint("embeddings", "embeddings", upstream.EMBEDDINGS_PATH, embedding_request_parse)
 
 
 def _ms(seconds: float) -> float:
@@ -160,7 +228,13 @@ class ChatCompletion:
     """
 
     def __init__(
-        self, *, headers: dict[bytes, bytes], client_ip: str | None, send_start: SendStart, send_body: SendBody
+        self,
+        *,
+        headers: dict[bytes, bytes],
+        client_ip: str | None,
+        send_start: SendStart,
+        send_body: SendBody,
+        endpoint: Endpoint = CHAT,
     ):
         self.started = time.perf_counter()
         self.created_at = dt.datetime.now(dt.UTC)
@@ -182,7 +256,10 @@ class ChatCompletion:
         self.smart: SmartDecision | None = None
         self.response_started = False
         self.response_complete = False
-        self.active = metrics.Active("chat.completions")
+        self.endpoint = endpoint
+        self.route: RouteRun | None = None
+        self.ttft_s: float | None = None
+        self.active = metrics.Active(endpoint.name)
         self.trace: telemetry.ServerSpan | None = None
         self.model_call: telemetry.ModelCall | None = None
         self.upstream_called = False
@@ -206,10 +283,10 @@ class ChatCompletion:
         """Answer with ``exc`` as an OpenAI-style error, with the usual gateway headers."""
         self.error_type = exc.code or exc.type
         extra = [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
-        await self._respond(exc.status, exc.body_bytes(), [*JSON_HEADERS, *extra])
+        await self._respond(exc.status, exc.body_bytes(), [*JSON_HEADERS, *extra, *self._route_headers(None)])
 
     async def run(self, body: bytes) -> None:
-        self.trace = telemetry.server_span("/v1/chat/completions", "POST", self.headers)
+        self.trace = telemetry.server_span(f"/v1/{self.endpoint.path.lstrip('/')}", "POST", self.headers)
         self.active.__enter__()
         try:
             await self._serve(body)
@@ -234,49 +311,55 @@ class ChatCompletion:
             self._observe()
 
     async def _serve(self, body: bytes) -> None:
+        endpoint = self.endpoint
         authorization = self.headers.get(b"authorization", b"").decode("latin-1") or None
         with telemetry.span("key.authenticate"):
-            self.key = await key_authenticate_header(authorization, ip=self.client_ip, endpoint="chat.completions")
-        self.key.require_scope("chat")
-        self.request = request = chat_request_parse(body)
+            self.key = await key_authenticate_header(authorization, ip=self.client_ip, endpoint=endpoint.name)
+        self.key.require_scope(endpoint.scope)
+        self.request = request = endpoint.parse(body)
         with telemetry.span("route.select", {"llmp.route.requested_model": request.model}):
             self.smart = await smart_route(
                 model=request.model, payload=request.payload, tenant_id=self.key.tenant_id, request_id=self.request_id
             )
-            self.target = target = await route_select(self.key, self.smart.model if self.smart else request.model)
+            self.route = route = RouteRun(key=self.key, stream=request.stream, tokens=max(1, len(body) // 4))
+            self.target = await route.start(self.smart.model if self.smart else request.model)
         if self.key.quotas:
             with telemetry.span("quota.reserve"):
-                await self._reserve(body, request, target)
+                await self._reserve(body, request, self.target)
         self.upstream_called = True
         self.model_call = telemetry.model_call_start(
-            operation="chat",
-            system=target.provider,
+            operation=endpoint.name.split(".")[0],
+            system=self.target.provider,
             request_model=request.model,
-            upstream_model=target.upstream_model,
+            upstream_model=self.target.upstream_model,
             payload=request.payload,
             stream=request.stream,
             routing=self._route_record(),
         )
         if not request.stream:
-            completion = await upstream.complete(target, request.payload)
-            self.wait_s += completion.wait_s
-            self.usage = completion.usage or upstream.usage_estimate(request.payload, len(completion.body) // 4)
-            await self._respond(200, completion.body, JSON_HEADERS)
+            completion = await route.execute(self._complete)
+            self.target = route.served
+            self.wait_s += completion.wait_s + route.wait_s
+            generated = 0 if endpoint is EMBEDDINGS else len(completion.body) // 4
+            self.usage = completion.usage or upstream.usage_estimate(request.payload, generated)
+            cost = self._cost(self.usage)
+            await self._respond(200, completion.body, [*JSON_HEADERS, *self._route_headers(cost)])
             return
-        relay = upstream.StreamRelay(target, request.payload, client_wants_usage=request.include_usage)
+        relay, events, first = await route.execute(self._stream_open)
+        self.target = route.served
         try:
-            await relay.open()
-            self.wait_s += relay.wait_s
+            self.wait_s += relay.wait_s + route.wait_s
             relay.wait_s = 0.0
             self.status = 200
             self.response_started = True
             self.active.stream_started()
-            await self._send_start(200, [*SSE_HEADERS, *self._base_headers()])
-            with telemetry.span("stream.relay"):
-                async for event in relay.events():
-                    await self._send_body(event, True)
-                    if self.ttfb_s is None:
-                        self.ttfb_s = time.perf_counter() - self.started
+            await self._send_start(200, [*SSE_HEADERS, *self._route_headers(None), *self._base_headers()])
+            if first is not None:
+                await self._send_body(first, True)
+                self.ttfb_s = time.perf_counter() - self.started
+                with telemetry.span("stream.relay"):
+                    async for event in events:
+                        await self._send_body(event, True)
             if relay.error is not None:
                 self.status = relay.error.status
                 self.error_type = relay.error.code or relay.error.type
@@ -287,6 +370,50 @@ class ChatCompletion:
             if self.response_started:
                 self.usage = relay.usage or upstream.usage_estimate(request.payload, relay.content_events)
             await relay.close()
+
+    async def _complete(self, target: DeploymentTarget) -> upstream.Completion:
+        assert self.request is not None
+        return await upstream.complete(target, self.request.payload, self.endpoint.path)
+
+    async def _stream_open(
+        self, target: DeploymentTarget
+    ) -> tuple[upstream.StreamRelay, AsyncIterator[bytes], bytes | None]:
+        """Open a stream and read its first event, so a failure before the first byte can fail over."""
+        assert self.request is not None
+        relay = upstream.StreamRelay(
+            target, self.request.payload, client_wants_usage=self.request.include_usage, path=self.endpoint.path
+        )
+        try:
+            await relay.open()
+            events = relay.events().__aiter__()
+            try:
+                first: bytes | None = await events.__anext__()
+            except StopAsyncIteration:
+                first = None
+            if relay.error is not None:
+                raise relay.error
+            self.ttft_s = time.perf_counter() - self.route_attempt_started()
+        except BaseException:
+            await relay.close()
+            raise
+        return relay, events, first
+
+    def route_attempt_started(self) -> float:
+        return self.route._attempt_started if self.route is not None else self.started
+
+    def _cost(self, usage: upstream.Usage) -> Decimal | None:
+        target = self.target
+        if target is None:
+            return None
+        return usage_cost(target.litellm_model, usage.prompt_tokens, usage.completion_tokens, target.extra_params)
+
+    def _route_headers(self, cost: Decimal | None) -> list[tuple[bytes, bytes]]:
+        headers = self.route.headers() if self.route is not None else []
+        if cost is not None:
+            headers.append((b"x-request-cost", f"{cost:f}".encode()))
+        if self.smart is not None:
+            headers.extend(self.smart.headers)
+        return headers
 
     async def _reserve(self, body: bytes, request: ChatRequest, target: DeploymentTarget) -> None:
         """Reserve against the key's and tenant's quotas before the upstream is called."""
@@ -325,12 +452,22 @@ class ChatCompletion:
         quota_settle(reservation, tokens_in=usage.prompt_tokens, tokens_out=usage.completion_tokens, cost=cost)
 
     def _account(self) -> None:
-        key, request, target = self.key, self.request, self.target
+        key, request, target, route = self.key, self.request, self.target, self.route
         if key is None:
             return
         usage = self.usage or upstream.Usage()
         self._settle(usage)
         total = time.perf_counter() - self.started
+        decision = None
+        if route is not None:
+            route.release(
+                latency_ms=None if request is None or request.stream else _ms(total - route.wait_s),
+                ttft_ms=None if self.ttft_s is None else _ms(self.ttft_s),
+                tokens=usage.completion_tokens,
+            )
+            decision = route.decision_record()
+            if self.smart is not None:
+                decision["ml"] = self.smart.record
         usage_record(
             UsageRow(
                 request_id=self.request_id,
@@ -338,7 +475,7 @@ class ChatCompletion:
                 tenant_id=key.tenant_id,
                 api_key_id=key.key_id,
                 key_prefix=key.prefix,
-                endpoint="chat.completions",
+                endpoint=self.endpoint.name,
                 model_requested=request.model if request else "",
                 deployment_id=target.id if target else None,
                 model_served=target.litellm_model if target else "",
@@ -354,19 +491,23 @@ class ChatCompletion:
                 overhead_ms=_ms(max(0.0, total - self.wait_s)),
                 client_disconnected=self.disconnected,
                 cost_overrides=target.extra_params if target else None,
+                route_decision=decision,
+                prompt=upstream.prompt_of(request.payload) if request and decision else None,
             )
         )
 
     def _route_record(self) -> dict[str, Any]:
         """What routing decided, for the trace: requested and chosen model, deployment, smart router."""
-        request, target, smart = self.request, self.target, self.smart
+        request, target, smart, route = self.request, self.target, self.smart, self.route
         record: dict[str, Any] = {
             "requested_model": request.model if request else "",
             "chosen_model": target.model_name if target else "",
             "deployment": target.litellm_model if target else "",
             "deployment_id": target.id if target else None,
-            "strategy": smart.router if smart else "direct",
+            "strategy": route.record.get("strategy", "") if route is not None else "",
         }
+        if smart is not None:
+            record["smart_router"] = smart.router
         return record
 
     def _observe(self) -> None:
@@ -385,7 +526,7 @@ class ChatCompletion:
             else 0.0
         )
         metrics.request_observe(
-            endpoint="chat.completions",
+            endpoint=self.endpoint.name,
             tenant=key.tenant_slug if key else None,
             model=model,
             status=status,
@@ -415,7 +556,7 @@ class ChatCompletion:
             self.trace.end(status)
         logs.request_log(
             request_id=self.request_id,
-            endpoint="chat.completions",
+            endpoint=self.endpoint.name,
             tenant=key.tenant_slug if key else None,
             key_prefix=key.prefix if key else None,
             model=model or (request.model[:100] if request else None),

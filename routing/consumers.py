@@ -1,4 +1,4 @@
-"""The Channels consumer that serves ``/v1/chat/completions``, streamed or not."""
+"""The Channels consumers that serve ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
-from routing.chat import ChatCompletion
+from routing.chat import CHAT, COMPLETIONS, EMBEDDINGS, ChatCompletion, Endpoint
 from tenants.errors import InvalidRequest, PayloadTooLarge
 
 
@@ -28,6 +28,7 @@ class ChatCompletionsConsumer(AsyncHttpConsumer):
     # No channel layer: a plain HTTP request needs no group messaging (and with Redis
     # it would cost a round trip per request).
     channel_layer_alias = None  # type: ignore[assignment]
+    endpoint: Endpoint = CHAT
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -64,10 +65,11 @@ class ChatCompletionsConsumer(AsyncHttpConsumer):
             client_ip=client[0] if client else None,
             send_start=self._start,
             send_body=self._body,
+            endpoint=self.endpoint,
         )
         if self.scope["method"] != "POST":
             await completion.refuse(
-                InvalidRequest("Use POST for /v1/chat/completions.", code="method_not_allowed", status=405)
+                InvalidRequest(f"Use POST for /v1{self.endpoint.path}.", code="method_not_allowed", status=405)
             )
         elif self.too_large:
             await completion.refuse(PayloadTooLarge(f"The request body exceeds {settings.MAX_REQUEST_BYTES} bytes."))
@@ -92,3 +94,15 @@ class ChatCompletionsConsumer(AsyncHttpConsumer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         raise StopConsumer()
+
+
+class CompletionsConsumer(ChatCompletionsConsumer):
+    """``/v1/completions`` (legacy text completions), streamed or not, through the same flow."""
+
+    endpoint = COMPLETIONS
+
+
+class EmbeddingsConsumer(ChatCompletionsConsumer):
+    """``/v1/embeddings`` through the same flow (auth, scope, quotas, routing, usage)."""
+
+    endpoint = EMBEDDINGS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import models
 
@@ -41,6 +42,16 @@ class ModelDeployment(models.Model):
     def __str__(self) -> str:
         return f"{self.model_name} → {self.litellm_model}"
 
+    def clean(self) -> None:
+        params = self.extra_params if isinstance(self.extra_params, dict) else {}
+        problems = []
+        for name in ("weight", "rpm", "tpm", "input_cost_per_token", "output_cost_per_token"):
+            value = params.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+                problems.append(f"{name} must be a non-negative number, got {value!r}")
+        if problems:
+            raise ValidationError({"extra_params": "; ".join(problems)})
+
     @property
     def provider(self) -> str:
         return self.litellm_model.split("/", 1)[0] if "/" in self.litellm_model else "openai"
@@ -52,6 +63,71 @@ class ModelDeployment(models.Model):
     @property
     def is_passthrough(self) -> bool:
         return self.provider in OPENAI_COMPATIBLE_PROVIDERS and self.extra_params.get("passthrough", True) is not False
+
+
+ROUTING_STRATEGIES = (
+    ("simple-shuffle", "Weighted shuffle (litellm_params.weight)"),
+    ("least-busy", "Least busy (fewest requests in flight)"),
+    ("latency-based-routing", "Lowest latency (moving window; time to first token for streams)"),
+    ("cost-based-routing", "Lowest price per token"),
+    ("usage-based-routing-v2", "Usage based (stays under each deployment's rpm/tpm)"),
+)
+
+
+class RouteGroup(models.Model):
+    """How requests to one public model name are spread over its deployments, retried,
+    failed over and cooled down. Names follow LiteLLM Router's ``router_settings``.
+
+    A model name without a route group is routed with the ``ROUTING_*`` defaults.
+    ``version`` moves on every change so a routing decision record names the policy it used.
+    """
+
+    model_name = models.CharField(max_length=200, unique=True, help_text="The public model name of the group.")
+    routing_strategy = models.CharField(max_length=40, choices=ROUTING_STRATEGIES, default="simple-shuffle")
+    num_retries = models.PositiveSmallIntegerField(
+        default=2, help_text="Retries within the group on timeouts, 429, 5xx and connection errors."
+    )
+    retry_after = models.FloatField(
+        default=0.05, help_text="Seconds of backoff before retrying the same deployment; doubles on each retry."
+    )
+    fallbacks = models.JSONField(
+        default=list, blank=True, help_text="Model names to try, in order, when this group fails."
+    )
+    context_window_fallbacks = models.JSONField(
+        default=list, blank=True, help_text="Model names to try when the prompt exceeds the context window."
+    )
+    content_policy_fallbacks = models.JSONField(
+        default=list, blank=True, help_text="Model names to try when the provider refuses on content policy."
+    )
+    allowed_fails = models.PositiveSmallIntegerField(
+        default=3, help_text="Failures a deployment may have within the fail window before it cools down."
+    )
+    fail_window = models.FloatField(default=60.0, help_text="Seconds over which failures are counted.")
+    cooldown_time = models.FloatField(default=5.0, help_text="Seconds a failing deployment is left out of routing.")
+    version = models.PositiveIntegerField(default=1, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model_name"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(retry_after__gte=0), name="routegroup_retry_after_nonneg"),
+            models.CheckConstraint(condition=models.Q(fail_window__gt=0), name="routegroup_fail_window_pos"),
+            models.CheckConstraint(condition=models.Q(cooldown_time__gte=0), name="routegroup_cooldown_nonneg"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} ({self.routing_strategy})"
+
+    def clean(self) -> None:
+        errors = {}
+        for name in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+                errors[name] = "Must be a JSON list of model names."
+            elif self.model_name in value:
+                errors[name] = "A group cannot fall back to itself."
+        if errors:
+            raise ValidationError(errors)
 
 
 class RequestLog(models.Model):
@@ -78,6 +154,9 @@ class RequestLog(models.Model):
     ttfb_ms = models.FloatField(null=True, blank=True, help_text="Time to first byte, for streams.")
     overhead_ms = models.FloatField(default=0, help_text="Time spent in the gateway, not waiting on the upstream.")
     client_disconnected = models.BooleanField(default=False)
+    route_decision = models.JSONField(
+        null=True, blank=True, help_text="How the request was routed: candidates, scores, attempts, fallbacks."
+    )
 
     class Meta:
         ordering = ["-created_at"]

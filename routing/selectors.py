@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +10,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
-from routing.models import OPENAI_DEFAULT_API_BASE, ModelDeployment
+from routing.models import OPENAI_DEFAULT_API_BASE, ModelDeployment, RouteGroup
 from tenants.epoch import SharedEpoch
 from tenants.errors import ServiceUnavailable
 
@@ -48,12 +47,58 @@ class DeploymentTarget:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class GroupPolicy:
+    """A route group's settings as the hot path uses them (defaults from ``ROUTING_*``)."""
+
+    model_name: str
+    routing_strategy: str
+    num_retries: int
+    retry_after: float
+    fallbacks: tuple[str, ...] = ()
+    context_window_fallbacks: tuple[str, ...] = ()
+    content_policy_fallbacks: tuple[str, ...] = ()
+    allowed_fails: int = 3
+    fail_window: float = 60.0
+    cooldown_time: float = 5.0
+    version: int = 0  # 0: no route group, the defaults apply
+
+    @classmethod
+    def default(cls, model_name: str) -> GroupPolicy:
+        return cls(
+            model_name=model_name,
+            routing_strategy=settings.ROUTING_DEFAULT_STRATEGY,
+            num_retries=settings.ROUTING_NUM_RETRIES,
+            retry_after=settings.ROUTING_RETRY_AFTER,
+            allowed_fails=settings.ROUTING_ALLOWED_FAILS,
+            cooldown_time=settings.ROUTING_COOLDOWN_TIME,
+        )
+
+    @classmethod
+    def from_model(cls, group: RouteGroup) -> GroupPolicy:
+        return cls(
+            model_name=group.model_name,
+            routing_strategy=group.routing_strategy,
+            num_retries=group.num_retries,
+            retry_after=group.retry_after,
+            fallbacks=tuple(group.fallbacks or ()),
+            context_window_fallbacks=tuple(group.context_window_fallbacks or ()),
+            content_policy_fallbacks=tuple(group.content_policy_fallbacks or ()),
+            allowed_fails=group.allowed_fails,
+            fail_window=group.fail_window,
+            cooldown_time=group.cooldown_time,
+            version=group.version,
+        )
+
+
 class DeploymentCache:
-    """All enabled deployments, grouped by public model name, refreshed every few seconds
-    or as soon as the shared epoch says an admin changed one."""
+    """All enabled deployments, grouped by public model name, with their route groups'
+    policies; refreshed every few seconds or as soon as the shared epoch says an admin
+    changed one."""
 
     def __init__(self) -> None:
         self._groups: dict[str, list[DeploymentTarget]] = {}
+        self._policies: dict[str, GroupPolicy] = {}
         self._loaded_at = float("-inf")
         self.epoch = SharedEpoch("deployment")
 
@@ -65,7 +110,7 @@ class DeploymentCache:
             self.clear()
         if time.monotonic() - self._loaded_at >= settings.DEPLOYMENT_CACHE_TTL:
             try:
-                self._groups = await _deployments_load()
+                self._groups, self._policies = await _deployments_load()
             except DatabaseError as exc:
                 if not self._groups:
                     raise ServiceUnavailable(
@@ -74,19 +119,22 @@ class DeploymentCache:
             self._loaded_at = time.monotonic()
         return self._groups
 
-    async def pick(self, model_name: str) -> DeploymentTarget | None:
-        group = (await self.groups()).get(model_name)
-        if not group:
-            return None
-        return group[0] if len(group) == 1 else random.choice(group)
+    async def group(self, model_name: str) -> tuple[list[DeploymentTarget], GroupPolicy]:
+        """The enabled deployments of ``model_name`` (empty if none) and its policy."""
+        groups = await self.groups()
+        policy = self._policies.get(model_name)
+        if policy is None:
+            policy = self._policies[model_name] = GroupPolicy.default(model_name)
+        return groups.get(model_name, []), policy
 
 
-def _deployments_load_sync() -> dict[str, list[DeploymentTarget]]:
+def _deployments_load_sync() -> tuple[dict[str, list[DeploymentTarget]], dict[str, GroupPolicy]]:
     close_old_connections()
     groups: dict[str, list[DeploymentTarget]] = {}
     for deployment in ModelDeployment.objects.filter(enabled=True).order_by("model_name", "id"):
         groups.setdefault(deployment.model_name, []).append(DeploymentTarget.from_model(deployment))
-    return groups
+    policies = {group.model_name: GroupPolicy.from_model(group) for group in RouteGroup.objects.all()}
+    return groups, policies
 
 
 _deployments_load = sync_to_async(_deployments_load_sync, thread_sensitive=True)

@@ -8,7 +8,7 @@ from typing import Any
 from django.db import transaction
 
 from audit.services import audit_record, changes_between
-from routing.models import ModelDeployment, RequestLog
+from routing.models import ModelDeployment, RequestLog, RouteGroup
 from routing.selectors import deployment_cache
 from tenants.services import snapshot
 
@@ -56,6 +56,52 @@ def deployment_delete(*, deployment: ModelDeployment, actor: str, ip: str | None
     target = f"deployment:{deployment.pk}:{deployment.model_name}"
     deployment.delete()
     audit_record(actor=actor, action="deployment.delete", target=target, ip=ip, details={"before": before})
+    transaction.on_commit(_deployments_changed)
+
+
+ROUTE_GROUP_AUDIT_FIELDS = (
+    "model_name",
+    "routing_strategy",
+    "num_retries",
+    "retry_after",
+    "fallbacks",
+    "context_window_fallbacks",
+    "content_policy_fallbacks",
+    "allowed_fails",
+    "fail_window",
+    "cooldown_time",
+)
+
+
+@transaction.atomic
+def route_group_save(*, group: RouteGroup, actor: str, ip: str | None = None) -> RouteGroup:
+    """Create or change a route group; its version moves so decisions name the policy they used."""
+    old = RouteGroup.objects.select_for_update().filter(pk=group.pk).first() if group.pk else None
+    before = snapshot(old, ROUTE_GROUP_AUDIT_FIELDS) if old is not None else {}
+    group.full_clean(exclude=["version"])
+    after = snapshot(group, ROUTE_GROUP_AUDIT_FIELDS)
+    changes = changes_between(before, after)
+    if old is not None and not changes:
+        return group
+    group.version = old.version + 1 if old is not None else 1
+    group.save()
+    audit_record(
+        actor=actor,
+        action="route_group.change" if old is not None else "route_group.create",
+        target=f"route_group:{group.pk}:{group.model_name}",
+        ip=ip,
+        details={"changes": changes, "version": group.version},
+    )
+    transaction.on_commit(_deployments_changed)
+    return group
+
+
+@transaction.atomic
+def route_group_delete(*, group: RouteGroup, actor: str, ip: str | None = None) -> None:
+    before = snapshot(group, ROUTE_GROUP_AUDIT_FIELDS)
+    target = f"route_group:{group.pk}:{group.model_name}"
+    group.delete()
+    audit_record(actor=actor, action="route_group.delete", target=target, ip=ip, details={"before": before})
     transaction.on_commit(_deployments_changed)
 
 

@@ -35,6 +35,11 @@ _CONNECTION_PARAMS = frozenset(
 )
 
 
+CHAT_PATH = "/chat/completions"
+COMPLETIONS_PATH = "/completions"
+EMBEDDINGS_PATH = "/embeddings"
+
+
 @dataclass(slots=True)
 class Usage:
     prompt_tokens: int = 0
@@ -51,9 +56,17 @@ class Usage:
         return cls(prompt, completion, int(data.get("total_tokens") or prompt + completion))
 
 
+def prompt_of(payload: dict[str, Any]) -> Any:
+    """The part of a request that is the prompt: chat messages, a completion prompt or embedding input."""
+    for name in ("messages", "prompt", "input"):
+        if name in payload:
+            return payload[name]
+    return ""
+
+
 def usage_estimate(payload: dict[str, Any], completion_events: int) -> Usage:
     """A rough count (4 characters a token; one token per streamed delta) when the upstream sends none."""
-    prompt = max(1, len(json.dumps(payload.get("messages", ""))) // 4)
+    prompt = max(1, len(json.dumps(prompt_of(payload))) // 4)
     return Usage(prompt, completion_events, prompt + completion_events, estimated=True)
 
 
@@ -112,12 +125,32 @@ def _error_message(body: bytes) -> str:
         return body[:300].decode("utf-8", "replace") or "no body"
 
 
+_CONTEXT_WINDOW_HINTS = (
+    "context_length_exceeded",
+    "context length",
+    "context window",
+    "maximum context",
+    "too many tokens",
+)
+_CONTENT_POLICY_HINTS = ("content_policy", "content_filter", "content management policy", "safety system")
+
+
+def _rejection_code(body: bytes, message: str) -> str:
+    """Tell context-window and content-policy refusals (which have fallbacks) from other 400s."""
+    text = (body[:2000].decode("utf-8", "replace") + " " + message).lower()
+    if any(hint in text for hint in _CONTEXT_WINDOW_HINTS):
+        return "context_window_exceeded"
+    if any(hint in text for hint in _CONTENT_POLICY_HINTS):
+        return "content_policy_violation"
+    return "upstream_rejected_request"
+
+
 def upstream_status_error(target: DeploymentTarget, status: int, body: bytes, retry_after: str | None) -> PlatformError:
     """Map a provider's error status to what the client should see."""
     message = _error_message(body)
     where = f"deployment '{target.litellm_model}' of model '{target.model_name}'"
     if status in (400, 413, 422):
-        return InvalidRequest(message, status=status, code="upstream_rejected_request")
+        return InvalidRequest(message, status=status, code=_rejection_code(body, message))
     if status == 429:
         headers = {"Retry-After": retry_after} if retry_after else {}
         return RateLimited(
@@ -154,14 +187,14 @@ class Completion:
     wait_s: float
 
 
-async def complete(target: DeploymentTarget, payload: dict[str, Any]) -> Completion:
+async def complete(target: DeploymentTarget, payload: dict[str, Any], path: str = CHAT_PATH) -> Completion:
     if not target.passthrough:
-        return await _litellm_complete(target, payload)
+        return await _litellm_complete(target, payload, path)
     data = json.dumps(upstream_payload(target, payload, stream=False)).encode()
     started = time.perf_counter()
     try:
         async with _session().post(
-            f"{target.api_base}/chat/completions",
+            f"{target.api_base}{path}",
             data=data,
             headers=_headers(target),
             timeout=_timeout(target, stream=False),
@@ -189,8 +222,11 @@ class StreamRelay:
     failure after the first byte ends the stream with an SSE error event instead.
     """
 
-    def __init__(self, target: DeploymentTarget, payload: dict[str, Any], *, client_wants_usage: bool) -> None:
+    def __init__(
+        self, target: DeploymentTarget, payload: dict[str, Any], *, client_wants_usage: bool, path: str = CHAT_PATH
+    ) -> None:
         self.target = target
+        self.path = path
         self.payload = payload
         self.client_wants_usage = client_wants_usage
         self.usage: Usage | None = None
@@ -204,12 +240,12 @@ class StreamRelay:
         started = time.perf_counter()
         try:
             if not self.target.passthrough:
-                self._litellm_stream = await _litellm_call(self.target, self.payload, stream=True)
+                self._litellm_stream = await _litellm_call(self.target, self.payload, stream=True, path=self.path)
                 return
             data = json.dumps(upstream_payload(self.target, self.payload, stream=True)).encode()
             try:
                 response = await _session().post(
-                    f"{self.target.api_base}/chat/completions",
+                    f"{self.target.api_base}{self.path}",
                     data=data,
                     headers=_headers(self.target),
                     timeout=_timeout(self.target, stream=True),
@@ -243,7 +279,7 @@ class StreamRelay:
                 self.usage = usage
                 if not chunk.get("choices") and not self.client_wants_usage:
                     return False
-        elif b'"content"' in data:
+        elif b'"content"' in data or b'"text"' in data:
             self.content_events += 1
         return True
 
@@ -303,11 +339,13 @@ async def _litellm() -> Any:
     return _litellm_module
 
 
-async def _litellm_call(target: DeploymentTarget, payload: dict[str, Any], *, stream: bool) -> Any:
+async def _litellm_call(target: DeploymentTarget, payload: dict[str, Any], *, stream: bool, path: str) -> Any:
     litellm = await _litellm()
     kwargs = {key: value for key, value in target.extra_params.items() if key not in _CONNECTION_PARAMS}
     kwargs.update({key: value for key, value in payload.items() if key != "model"})
-    kwargs.update(model=target.litellm_model, stream=stream, num_retries=0)
+    kwargs.update(model=target.litellm_model, num_retries=0)
+    if path != EMBEDDINGS_PATH:
+        kwargs["stream"] = stream
     if target.api_base:
         kwargs["api_base"] = target.api_base
     if target.api_key:
@@ -318,8 +356,11 @@ async def _litellm_call(target: DeploymentTarget, payload: dict[str, Any], *, st
     kwargs["timeout"] = float(target.extra_params.get("timeout") or settings.UPSTREAM_TIMEOUT)
     if stream:
         kwargs["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+    call = {EMBEDDINGS_PATH: litellm.aembedding, COMPLETIONS_PATH: litellm.atext_completion}.get(
+        path, litellm.acompletion
+    )
     try:
-        return await litellm.acompletion(**kwargs)
+        return await call(**kwargs)
     except Exception as exc:
         raise _litellm_error(target, exc) from exc
 
@@ -341,9 +382,9 @@ def _litellm_error(target: DeploymentTarget, exc: Exception) -> PlatformError:
     return UpstreamError(f"The provider call failed for model '{target.model_name}': {name}: {message}")
 
 
-async def _litellm_complete(target: DeploymentTarget, payload: dict[str, Any]) -> Completion:
+async def _litellm_complete(target: DeploymentTarget, payload: dict[str, Any], path: str) -> Completion:
     started = time.perf_counter()
-    response = await _litellm_call(target, payload, stream=False)
+    response = await _litellm_call(target, payload, stream=False, path=path)
     wait = time.perf_counter() - started
     data = response.model_dump()
     return Completion(json.dumps(data).encode(), Usage.from_dict(data.get("usage")), wait)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
@@ -44,6 +46,19 @@ class UsageRow:
     overhead_ms: float
     client_disconnected: bool
     cost_overrides: dict[str, Any] | None = None
+    route_decision: dict[str, Any] | None = None
+    prompt: Any = None  # kept only as a hash in the decision record, computed by the writer
+
+
+def _decision(row: UsageRow) -> dict[str, Any] | None:
+    """The routing decision as stored: the prompt is reduced to its SHA-256, never kept."""
+    if row.route_decision is None:
+        return None
+    decision = dict(row.route_decision)
+    if row.prompt is not None:
+        text = json.dumps(row.prompt, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        decision["prompt_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    return decision
 
 
 def _existing(model: type[models.Model], ids: set[int | None]) -> set[int]:
@@ -80,6 +95,7 @@ def _write_usage(rows: list[UsageRow]) -> None:
             ttfb_ms=None if row.ttfb_ms is None else round(row.ttfb_ms, 3),
             overhead_ms=round(row.overhead_ms, 3),
             client_disconnected=row.client_disconnected,
+            route_decision=_decision(row),
         )
         for row in rows
     ]

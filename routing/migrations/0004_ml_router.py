@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('routing', '0002_usage_rollup'),
+        ('routing', '0003_route_groups_and_decisions'),
         ('tenants', '0004_key_scopes'),
     ]
 

@@ -12,7 +12,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from audit.models import AuditEvent
-from routing.models import ModelDeployment
+from routing.models import ModelDeployment, RouteGroup
 from tenants.models import ApiKey, Quota, Tenant, key_hash
 
 CONFIG = """
@@ -72,7 +72,8 @@ def test_loadconfig_creates_deployments_tenants_and_keys(db, tmp_path, provider_
     assert "new API key search/generated: sk-" in out
     secret = out.split("new API key search/generated: ")[1].split()[0]
     assert generated.secret_hash == key_hash(secret)
-    assert "router_settings: not used" in err
+    assert "router_settings: not used" not in err
+    assert RouteGroup.objects.get(model_name="gpt-4o-mini").routing_strategy == "simple-shuffle"
     assert AuditEvent.objects.filter(actor="config:config.yaml", action="api_key.create").count() == 2
 
 
@@ -88,7 +89,7 @@ def test_loadconfig_twice_changes_nothing(db, tmp_path, provider_key):
     load(tmp_path, CONFIG)
     events = AuditEvent.objects.count()
     out, _ = load(tmp_path, CONFIG)
-    assert "0 created, 0 updated, 5 unchanged" in out
+    assert "0 created, 0 updated, 6 unchanged" in out  # 2 deployments, 1 route group, tenant, 2 keys
     assert AuditEvent.objects.count() == events
     assert ApiKey.objects.count() == 2
 
