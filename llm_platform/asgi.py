@@ -16,6 +16,11 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
+from mcp_gateway.consumers import (  # noqa: E402
+    LegacyMessagesConsumer,
+    LegacySseConsumer,
+    StreamableHttpConsumer,
+)
 from routing.consumers import ChatCompletionsConsumer  # noqa: E402
 
 if settings.SERVE_STATIC:
@@ -28,6 +33,11 @@ application = ProtocolTypeRouter(
         "http": URLRouter(
             [
                 path("v1/chat/completions", ChatCompletionsConsumer.as_asgi()),
+                path("mcp", StreamableHttpConsumer.as_asgi()),
+                path("mcp/sse", LegacySseConsumer.as_asgi()),
+                path("mcp/messages", LegacyMessagesConsumer.as_asgi()),
+                re_path(r"^mcp/(?P<bundle>[a-z0-9][a-z0-9_-]{0,62})/sse$", LegacySseConsumer.as_asgi()),
+                re_path(r"^mcp/(?P<bundle>[a-z0-9][a-z0-9_-]{0,62})$", StreamableHttpConsumer.as_asgi()),
                 re_path(r"", django_asgi_app),
             ]
         ),
