@@ -359,7 +359,7 @@ async def _prompt_get(ctx: CallContext, catalog: Catalog, params: dict[str, Any]
     name = params.get("name")
     if not isinstance(name, str) or name not in catalog.prompts or ctx.bundle:
         raise RpcError(INVALID_PARAMS, f"Unknown prompt: '{name}'.")
-    server_id, spec = catalog.prompts[name]
+    server_id, _ = catalog.prompts[name]
     if server_id not in catalog.servers_of(ctx.key):
         raise RpcError(INVALID_PARAMS, f"Unknown prompt: '{name}'.")
     upstream_name = name.split(".", 1)[1]
