@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -32,7 +33,10 @@ def server_save(*, server: UpstreamServer, actor: str, ip: str | None = None) ->
     old = UpstreamServer.objects.filter(pk=server.pk).first() if server.pk else None
     before = _snapshot(old) if old is not None else {}
     server.full_clean()
-    ssrf.url_check(server.url, _allowlist(), ssrf.resolve_sync(server.url))
+    try:
+        ssrf.url_check(server.url, _allowlist(), ssrf.resolve_sync(server.url))
+    except ssrf.SsrfBlocked as exc:
+        raise ValidationError({"url": exc.message}) from exc
     server.save()
     after = _snapshot(server)
     if old is not None and old.credential != server.credential:
