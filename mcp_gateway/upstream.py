@@ -66,14 +66,20 @@ class UpstreamLink:
     def alive(self) -> bool:
         return not self._task.done()
 
-    def _transport(self) -> tuple[Any, str]:
+    def _transport(self) -> Any:
         headers = dict(self.target.headers)
         if self.target.transport == "sse":
-            return sse_client(self.target.url, headers=headers, timeout=self.target.timeout), "legacy"
+            return sse_client(self.target.url, headers=headers, timeout=self.target.timeout)
         http = httpx2.AsyncClient(
             headers=headers, timeout=httpx2.Timeout(self.target.timeout, read=max(self.target.timeout, 300.0))
         )
-        return streamable_http_client(self.target.url, http_client=http), "auto"
+        return streamable_http_client(self.target.url, http_client=http)
+
+    def _modes(self) -> tuple[str, ...]:
+        # A long-lived link is what the handshake's session is for, and the SDK client spends
+        # less per call in it than in per-request 2026 mode; a 2026-only upstream refuses
+        # initialize, and then "auto" finds its version.
+        return ("legacy",) if self.target.transport == "sse" else ("legacy", "auto")
 
     async def _message(self, message: Any) -> None:
         method = getattr(message, "method", None) or getattr(getattr(message, "root", None), "method", None)
@@ -91,17 +97,28 @@ class UpstreamLink:
     async def _hold(self) -> None:
         try:
             ssrf.url_check(self.target.url, list(self.target.allowlist), await ssrf.resolve(self.target.url))
-            transport, mode = self._transport()
-            async with Client(
-                transport,
-                mode=mode,
-                cache=None,
-                message_handler=self._message,
-                read_timeout_seconds=self.target.timeout,
-            ) as client:
-                self.client = client
-                self._ready.set()
-                await self._close.wait()
+            modes = self._modes()
+            for index, mode in enumerate(modes):
+                try:
+                    client = Client(
+                        self._transport(),
+                        mode=mode,
+                        cache=None,
+                        message_handler=self._message,
+                        read_timeout_seconds=self.target.timeout,
+                    )
+                    await client.__aenter__()
+                except MCPError:
+                    if index == len(modes) - 1:
+                        raise
+                    continue
+                try:
+                    self.client = client
+                    self._ready.set()
+                    await self._close.wait()
+                finally:
+                    await client.__aexit__(None, None, None)
+                return
         except BaseException as exc:  # the link reports any failure to its waiters, then dies
             self._error = exc
             if not isinstance(exc, asyncio.CancelledError):
