@@ -81,12 +81,14 @@ assert server.health == "healthy", server.last_error
 mcp.grant_save(grant=ToolGrant(tenant=tenant, server=server), actor="bench")
 """
         subprocess.run([python, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, check=True)
+        log = (var / "gateway.log").open("wb")
+        print(f"gateway log: {var / 'gateway.log'}", file=sys.stderr)
         gateway = subprocess.Popen(
             [python, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(gw_port), "llm_platform.asgi:application"],
             cwd=ROOT,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         processes.append(gateway)
         http_wait(f"http://127.0.0.1:{gw_port}/healthz", gateway)

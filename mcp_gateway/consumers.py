@@ -12,7 +12,6 @@ from urllib.parse import parse_qs, urlsplit
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
-from channels.layers import get_channel_layer
 from django.conf import settings
 
 from mcp_gateway.protocol import (
@@ -35,6 +34,7 @@ from mcp_gateway.protocol import (
     platform_rpc_error,
     request_handle,
 )
+from mcp_gateway.relay import relay, reply_send
 from mcp_gateway.selectors import catalog_cache
 from mcp_gateway.sessions import McpSession, session_id_new, session_store
 from tenants.auth import KeyContext, key_authenticate_header
@@ -52,14 +52,11 @@ SUPPORTED_VERSIONS = (*HANDSHAKE_VERSIONS, *MODERN_VERSIONS)
 NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 
 
-def sse_group(session_id: str) -> str:
-    return f"mcp.sse.{session_id}"
-
-
 class McpConsumer(AsyncHttpConsumer):
     """Shared plumbing: body size limit, Origin check, API-key auth, JSON-RPC error responses."""
 
-    channel_layer_alias = None  # type: ignore[assignment]  # POST handlers reach streams via group_send
+    # No channel layer per consumer: legacy-SSE replies go through one mailbox per process (relay).
+    channel_layer_alias = None  # type: ignore[assignment]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -332,9 +329,10 @@ class SseStream:
         self.task: asyncio.Task[None] | None = None
         self.counted = False
         self.closed = False
+        self.stream_id = session_id_new()
 
     async def open(self) -> None:
-        if not await session_store().stream_open(self.session.tenant_id):
+        if not await session_store().stream_open(self.session.tenant_id, self.stream_id):
             raise RpcError(
                 INVALID_REQUEST,
                 f"Too many open MCP streams for this tenant (limit {settings.MCP_MAX_STREAMS_PER_TENANT}).",
@@ -350,18 +348,18 @@ class SseStream:
         # A comment line keeps proxies from cutting an idle stream; the session lookup both
         # keeps the session alive while its stream is open and ends the stream once the
         # session was deleted (DELETE, expiry) by any process.
-        try:
-            while True:
-                await asyncio.sleep(settings.MCP_SSE_HEARTBEAT)
-                if await session_store().touch(self.session.id) is None:
+        while True:
+            await asyncio.sleep(settings.MCP_SSE_HEARTBEAT)
+            try:
+                store = session_store()
+                if await store.touch(self.session.id) is None:
                     await self.consumer.send_body(b"", more_body=False)
                     await self.close()
                     return
+                await store.stream_touch(self.session.tenant_id, self.stream_id)
                 await self.consumer.send_body(b": ping\n\n", more_body=True)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            logger.warning("MCP stream %s heartbeat failed: %s", self.session.id[:8], exc)
+            except Exception as exc:  # Redis briefly away: keep the stream, try again next beat
+                logger.warning("MCP stream %s heartbeat failed: %s", self.session.id[:8], exc)
 
     async def send_message(self, payload: str) -> None:
         if not self.closed:
@@ -376,13 +374,11 @@ class SseStream:
             self.task.cancel()
         if self.counted:
             with contextlib.suppress(Exception):
-                await session_store().stream_close(self.session.tenant_id)
+                await session_store().stream_close(self.session.tenant_id, self.stream_id)
 
 
 class LegacySseConsumer(McpConsumer):
     """``GET /mcp/sse`` (and ``/mcp/<bundle>/sse``): the 2024-11-05 transport's event stream."""
-
-    channel_layer_alias = "default"  # type: ignore[assignment]  # replies come through the channel layer
 
     async def serve(self, body: bytes) -> bool:
         if self.scope["method"] != "GET":
@@ -391,30 +387,26 @@ class LegacySseConsumer(McpConsumer):
             )
         key = await self.authenticate()
         bundle = await self.bundle_check()
-        session = McpSession(session_id_new(), key.key_id, key.tenant_id, LEGACY_VERSION, "sse", bundle)
+        session_id = session_id_new()
+        self.stream = SseStream(self, McpSession(session_id, key.key_id, key.tenant_id, LEGACY_VERSION, "sse", bundle))
+        channel = await relay.register(session_id, self.stream)
+        session = McpSession(session_id, key.key_id, key.tenant_id, LEGACY_VERSION, "sse", bundle, channel)
+        self.stream.session = session
+        self.stream.endpoint = f"{self.scope.get('root_path', '')}/mcp/messages?session_id={session_id}"
         await session_store().save(session)
-        await self.channel_layer.group_add(sse_group(session.id), self.channel_name)
-        root = self.scope.get("root_path", "")
-        self.stream = SseStream(self, session, endpoint=f"{root}/mcp/messages?session_id={session.id}")
         try:
             await self.stream.open()
         except RpcError:
-            await self.channel_layer.group_discard(sse_group(session.id), self.channel_name)
-            await session_store().delete(session.id)
+            relay.unregister(session_id)
+            await session_store().delete(session_id)
             raise
         return True
-
-    async def mcp_message(self, event: dict[str, Any]) -> None:
-        stream = getattr(self, "stream", None)
-        if stream is not None:
-            await stream.send_message(event["payload"])
 
     async def http_disconnect(self, message: dict[str, Any]) -> None:
         stream = getattr(self, "stream", None)
         if stream is not None:
+            relay.unregister(stream.session.id)
             await stream.close()
-            with contextlib.suppress(Exception):
-                await self.channel_layer.group_discard(sse_group(stream.session.id), self.channel_name)
             with contextlib.suppress(Exception):
                 await session_store().delete(stream.session.id)
         raise StopConsumer()
@@ -450,7 +442,7 @@ class LegacyMessagesConsumer(McpConsumer):
                 response = await request_handle(ctx, message)
             payload = json.dumps(response, separators=(",", ":"))
             try:
-                await get_channel_layer().group_send(sse_group(session.id), {"type": "mcp.message", "payload": payload})
+                await reply_send(session.stream_channel, session.id, payload)
             except Exception:  # the 202 is sent; the client will time out waiting for this reply
                 logger.exception("MCP reply for session %s could not be delivered", session.id[:8])
         return False

@@ -11,7 +11,10 @@ from typing import Any
 
 from django.conf import settings
 
-STREAM_COUNT_TTL = 24 * 3600  # a crashed process's stream count heals after this
+
+def stream_lease() -> float:
+    """How long an open stream counts without a heartbeat: a crashed process's streams stop counting after this."""
+    return 3 * settings.MCP_SSE_HEARTBEAT + 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +25,7 @@ class McpSession:
     version: str
     transport: str  # "streamable_http" or "sse"
     bundle: str = ""
+    stream_channel: str = ""  # legacy SSE: the mailbox of the process holding the stream
 
 
 def session_id_new() -> str:
@@ -33,7 +37,7 @@ class LocalSessionStore:
 
     def __init__(self) -> None:
         self._sessions: dict[str, tuple[McpSession, float]] = {}
-        self._streams: dict[int, int] = {}
+        self._streams: dict[int, set[str]] = {}
 
     async def save(self, session: McpSession) -> None:
         self._sessions[session.id] = (session, time.monotonic() + settings.MCP_SESSION_IDLE_TIMEOUT)
@@ -52,24 +56,29 @@ class LocalSessionStore:
     async def delete(self, session_id: str) -> bool:
         return self._sessions.pop(session_id, None) is not None
 
-    async def stream_open(self, tenant_id: int) -> bool:
-        count = self._streams.get(tenant_id, 0)
-        if count >= settings.MCP_MAX_STREAMS_PER_TENANT:
+    async def stream_open(self, tenant_id: int, stream_id: str) -> bool:
+        streams = self._streams.setdefault(tenant_id, set())
+        if len(streams) >= settings.MCP_MAX_STREAMS_PER_TENANT:
             return False
-        self._streams[tenant_id] = count + 1
+        streams.add(stream_id)
         return True
 
-    async def stream_close(self, tenant_id: int) -> None:
-        self._streams[tenant_id] = max(0, self._streams.get(tenant_id, 0) - 1)
+    async def stream_touch(self, tenant_id: int, stream_id: str) -> None:
+        """In one process a stream cannot outlive its process, so there is no lease to renew."""
+
+    async def stream_close(self, tenant_id: int, stream_id: str) -> None:
+        self._streams.get(tenant_id, set()).discard(stream_id)
 
 
+# KEYS[1]: the tenant's open streams (a sorted set scored by lease expiry). ARGV: now, expiry,
+# limit, stream id. Expired leases (streams of a crashed process) are dropped before counting.
 STREAM_OPEN_LUA = """
-local value = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-if value > tonumber(ARGV[1]) then
-  redis.call('DECR', KEYS[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
   return 0
 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(ARGV[2]) - tonumber(ARGV[1])) * 1000))
 return 1
 """
 
@@ -110,18 +119,27 @@ class RedisSessionStore:
     async def delete(self, session_id: str) -> bool:
         return bool(await self._client().delete(self._key(session_id)))
 
-    async def stream_open(self, tenant_id: int) -> bool:
-        key = f"{settings.CACHE_KEY_PREFIX}:mcp:streams:{tenant_id}"
+    @staticmethod
+    def _streams_key(tenant_id: int) -> str:
+        return f"{settings.CACHE_KEY_PREFIX}:mcp:open-streams:{tenant_id}"
+
+    async def stream_open(self, tenant_id: int, stream_id: str) -> bool:
+        now = time.time()
         allowed = await self._client().stream_open_script(
-            keys=[key], args=[settings.MCP_MAX_STREAMS_PER_TENANT, STREAM_COUNT_TTL]
+            keys=[self._streams_key(tenant_id)],
+            args=[now, now + stream_lease(), settings.MCP_MAX_STREAMS_PER_TENANT, stream_id],
         )
         return bool(int(allowed))
 
-    async def stream_close(self, tenant_id: int) -> None:
-        key = f"{settings.CACHE_KEY_PREFIX}:mcp:streams:{tenant_id}"
+    async def stream_touch(self, tenant_id: int, stream_id: str) -> None:
+        key = self._streams_key(tenant_id)
         client = self._client()
-        if int(await client.decr(key)) < 0:
-            await client.set(key, 0, keepttl=True)
+        await client.zadd(key, {stream_id: time.time() + stream_lease()}, xx=True)
+        # Every lease ends within stream_lease() from now, so this never cuts a live one short.
+        await client.pexpire(key, int(stream_lease() * 1000))
+
+    async def stream_close(self, tenant_id: int, stream_id: str) -> None:
+        await self._client().zrem(self._streams_key(tenant_id), stream_id)
 
 
 _store: LocalSessionStore | RedisSessionStore | None = None
