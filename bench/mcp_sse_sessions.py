@@ -35,7 +35,8 @@ async def hold(base: str, count: int, pid: int) -> dict[str, float]:
         started = time.perf_counter()
         opened: list[tuple[aiohttp.ClientResponse, str]] = []
         for start in range(0, count, 100):  # in waves, so the accept backlog never overflows
-            opened += await asyncio.gather(*(open_session(http, f"{base}/mcp/sse") for _ in range(start, min(count, start + 100))))
+            wave = range(start, min(count, start + 100))
+            opened += await asyncio.gather(*(open_session(http, f"{base}/mcp/sse") for _ in wave))
         open_seconds = time.perf_counter() - started
         await asyncio.sleep(3)  # idle: heartbeats only
         held = rss_mib(pid)
