@@ -76,10 +76,9 @@ class UpstreamLink:
         return streamable_http_client(self.target.url, http_client=http)
 
     def _modes(self) -> tuple[str, ...]:
-        # A long-lived link is what the handshake's session is for, and the SDK client spends
-        # less per call in it than in per-request 2026 mode; a 2026-only upstream refuses
-        # initialize, and then "auto" finds its version.
-        return ("legacy",) if self.target.transport == "sse" else ("legacy", "auto")
+        # "auto" finds 2026-07-28 where the upstream speaks it and falls back to the handshake.
+        # (A handshake-first link measured slower per call inside daphne; see README, benchmarks.)
+        return ("legacy",) if self.target.transport == "sse" else ("auto",)
 
     async def _message(self, message: Any) -> None:
         method = getattr(message, "method", None) or getattr(getattr(message, "root", None), "method", None)
