@@ -439,7 +439,11 @@ class LegacyMessagesConsumer(McpConsumer):
                     response = exc.response(message.id)
             else:
                 ctx = CallContext(key, session.version, session.bundle, self.client_ip, session.id, "sse")
-                response = await request_handle(ctx, message)
+                try:
+                    response = await request_handle(ctx, message)
+                except Exception:  # the 202 is sent: the failure must reach the stream, not a second response
+                    logger.exception("MCP request on session %s failed", session.id[:8])
+                    response = RpcError(-32603, "Internal error.").response(message.id)
             payload = json.dumps(response, separators=(",", ":"))
             try:
                 await reply_send(session.stream_channel, session.id, payload)
