@@ -24,6 +24,11 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
+from mcp_gateway.consumers import (  # noqa: E402
+    LegacyMessagesConsumer,
+    LegacySseConsumer,
+    StreamableHttpConsumer,
+)
 from routing.consumers import ChatCompletionsConsumer, CompletionsConsumer, EmbeddingsConsumer  # noqa: E402
 
 if settings.SERVE_STATIC:
@@ -38,6 +43,11 @@ application = ProtocolTypeRouter(
                 path("v1/chat/completions", ChatCompletionsConsumer.as_asgi()),
                 path("v1/completions", CompletionsConsumer.as_asgi()),
                 path("v1/embeddings", EmbeddingsConsumer.as_asgi()),
+                path("mcp", StreamableHttpConsumer.as_asgi()),
+                path("mcp/sse", LegacySseConsumer.as_asgi()),
+                path("mcp/messages", LegacyMessagesConsumer.as_asgi()),
+                re_path(r"^mcp/(?P<bundle>[a-z0-9][a-z0-9_-]{0,62})/sse$", LegacySseConsumer.as_asgi()),
+                re_path(r"^mcp/(?P<bundle>[a-z0-9][a-z0-9_-]{0,62})$", StreamableHttpConsumer.as_asgi()),
                 re_path(r"", django_asgi_app),  # type: ignore[arg-type]  # URLRouter takes ASGI apps
             ]
         ),

@@ -1,4 +1,5 @@
-"""Config as code: apply a LiteLLM-style ``model_list``, ``router_settings`` and a ``tenants`` section, idempotently."""
+"""Config as code: apply a LiteLLM-style ``model_list`` and ``router_settings``, plus ``tenants``,
+``smart_groups`` and ``mcp_servers`` sections, idempotently."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.dateparse import parse_datetime
 
+from mcp_gateway import services as mcp_services
+from mcp_gateway.models import ToolGrant, UpstreamServer
 from routing.ml.config import smart_group_apply
 from routing.models import ROUTING_STRATEGIES, ModelDeployment, RouteGroup
 from routing.services import deployment_save, route_group_save
@@ -21,7 +24,7 @@ from tenants.models import ApiKey, Quota, Tenant, key_hash
 # Parts of a LiteLLM proxy config this platform reads elsewhere or not at all; they are
 # accepted so a LiteLLM config loads as is, and reported so nobody assumes they act.
 IGNORED_SECTIONS = ("litellm_settings", "general_settings", "environment_variables")
-TOP_LEVEL = {"model_list", "router_settings", "tenants", "smart_groups", *IGNORED_SECTIONS}
+TOP_LEVEL = {"model_list", "router_settings", "tenants", "smart_groups", "mcp_servers", *IGNORED_SECTIONS}
 DEPLOYMENT_COLUMNS = {"model", "api_base", "api_key"}
 
 
@@ -372,6 +375,82 @@ def _apply_smart_group(entry: Any, where: str, actor: str, report: ConfigReport)
     getattr(report, outcome).append(label)
 
 
+MCP_SERVER_KEYS = {"name", "url", "transport", "credential", "credential_header", "enabled", "grants"}
+MCP_TRANSPORTS = {"streamable_http": "streamable_http", "http": "streamable_http", "sse": "sse"}
+
+
+def _apply_mcp_server(entry: Any, where: str, actor: str, report: ConfigReport) -> UpstreamServer | None:
+    """One upstream MCP server and its grants; the grants listed are the server's grants afterwards."""
+    entry = _mapping(entry, where)
+    unknown = sorted(set(entry) - MCP_SERVER_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(MCP_SERVER_KEYS))}"
+        )
+    name = _string(entry, "name", where)
+    transport = MCP_TRANSPORTS.get(str(entry.get("transport", "streamable_http")))
+    if transport is None:
+        raise ConfigError(f"{where}.transport must be streamable_http or sse")
+    enabled = entry.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{where}.enabled must be true or false")
+    credential = _resolve(entry.get("credential"), f"{where}.credential") or ""
+    if not isinstance(credential, str):
+        raise ConfigError(f"{where}.credential must be a string (the header value)")
+    desired = {
+        "url": _string(entry, "url", where),
+        "transport": transport,
+        "credential": credential,
+        "credential_header": str(entry.get("credential_header") or "Authorization"),
+        "enabled": enabled,
+    }
+    server = UpstreamServer.objects.filter(name=name).first()
+    label = f"mcp server {name}"
+    touched: UpstreamServer | None = None
+    if server is None or any(getattr(server, k) != v for k, v in desired.items()):
+        is_new = server is None
+        server = server or UpstreamServer(name=name)
+        for field_name, value in desired.items():
+            setattr(server, field_name, value)
+        try:
+            mcp_services.server_save(server=server, actor=actor)
+        except ValidationError as exc:
+            raise _validation(where, exc) from exc
+        (report.created if is_new else report.updated).append(label)
+        touched = server
+    else:
+        report.unchanged.append(label)
+    wanted: set[tuple[int, int | None, str]] = set()
+    for index, grant in enumerate(_sequence(entry.get("grants"), f"{where}.grants")):
+        here = f"{where}.grants[{index}]"
+        grant = _mapping(grant, here)
+        slug = _string(grant, "tenant", here)
+        tenant = Tenant.objects.filter(slug=slug).first()
+        if tenant is None:
+            raise ConfigError(f"{here}.tenant: no tenant '{slug}' (declare it under tenants)")
+        key_id = None
+        if grant.get("key") is not None:
+            key_name = _string(grant, "key", here)
+            key = ApiKey.objects.filter(tenant=tenant, name=key_name, revoked_at__isnull=True).first()
+            if key is None:
+                raise ConfigError(f"{here}.key: tenant '{slug}' has no active key named '{key_name}'")
+            key_id = key.pk
+        tools = grant.get("tools", [ToolGrant.ALL])
+        if not isinstance(tools, list) or not all(isinstance(t, str) and t for t in tools):
+            raise ConfigError(f"{here}.tools must be a list of tool names (or ['*'])")
+        wanted |= {(tenant.pk, key_id, tool) for tool in tools}
+    existing = {(g.tenant_id, g.api_key_id, g.tool): g for g in ToolGrant.objects.filter(server=server)}
+    for tenant_id, key_id, tool in sorted(wanted - set(existing), key=str):
+        mcp_services.grant_save(
+            grant=ToolGrant(tenant_id=tenant_id, api_key_id=key_id, server=server, tool=tool), actor=actor
+        )
+        report.created.append(f"mcp grant {name}.{tool} → tenant {tenant_id}" + (f" key {key_id}" if key_id else ""))
+    for stale in set(existing) - wanted:
+        mcp_services.grant_delete(grant=existing[stale], actor=actor)
+        report.updated.append(f"mcp grant {name}.{stale[2]} removed from tenant {stale[0]}")
+    return touched
+
+
 def config_apply(data: Any, *, actor: str) -> ConfigReport:
     """Apply a whole config in one transaction: it loads completely or not at all."""
     data = _mapping(data if data is not None else {}, "the config")
@@ -394,4 +473,15 @@ def config_apply(data: Any, *, actor: str) -> ConfigReport:
             _apply_tenant(entry, f"tenants[{index}]", actor, report)
         for index, entry in enumerate(_sequence(data.get("smart_groups"), "smart_groups")):
             _apply_smart_group(entry, f"smart_groups[{index}]", actor, report)
+        touched = [
+            server
+            for index, entry in enumerate(_sequence(data.get("mcp_servers"), "mcp_servers"))
+            if (server := _apply_mcp_server(entry, f"mcp_servers[{index}]", actor, report)) is not None
+        ]
+    # Discovering tools is a network round trip, so it runs after the config committed.
+    for server in touched:
+        if server.enabled:
+            refreshed = mcp_services.server_refresh(server=server, actor=actor)
+            if refreshed.health != UpstreamServer.Health.HEALTHY:
+                report.warnings.append(f"mcp server {server.name}: tools not discovered yet ({refreshed.last_error})")
     return report

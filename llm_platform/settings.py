@@ -340,3 +340,15 @@ ROUTING_COOLDOWN_TIME = env_float("ROUTING_COOLDOWN_TIME", 5.0, minimum=0)
 ROUTING_STATE_SYNC = env_float("ROUTING_STATE_SYNC", 0.05, minimum=0)
 ROUTING_STATE_MAX_STALE = env_float("ROUTING_STATE_MAX_STALE", 1.0, minimum=0)
 ROUTING_LATENCY_WINDOW = env_int("ROUTING_LATENCY_WINDOW", 20, minimum=1)
+
+# --- MCP gateway ---
+# Hosts and CIDRs upstream MCP servers may resolve to although they are loopback, private or
+# link-local (joined with the admin's SSRF allow-list), e.g. "127.0.0.1,10.0.0.0/8".
+SSRF_ALLOWLIST = env_list("SSRF_ALLOWLIST", [])
+# Browsers' Origin values allowed besides the server's own host (DNS-rebinding defence).
+MCP_ALLOWED_ORIGINS = env_list("MCP_ALLOWED_ORIGINS", [])
+MCP_SESSION_IDLE_TIMEOUT = env_float("MCP_SESSION_IDLE_TIMEOUT", 1800.0, minimum=1)
+MCP_SSE_HEARTBEAT = env_float("MCP_SSE_HEARTBEAT", 15.0, minimum=0.1)
+MCP_MAX_STREAMS_PER_TENANT = env_int("MCP_MAX_STREAMS_PER_TENANT", 1000, minimum=1)
+MCP_UPSTREAM_TIMEOUT = env_float("MCP_UPSTREAM_TIMEOUT", 60.0, minimum=0.1)
+MCP_CATALOG_TTL = env_float("MCP_CATALOG_TTL", 30.0, minimum=0)

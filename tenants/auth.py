@@ -146,6 +146,7 @@ def quota_rules(quotas: Iterable[Any], tenant_slug: str) -> tuple[QuotaRule, ...
                 parallel=quota.max_parallel_requests,
                 budget_micros=None if quota.max_budget is None else int(quota.max_budget * MICROS),
                 budget_duration=quota.budget_duration,
+                tool_rpm=quota.tool_rpm_limit,
             )
         )
     return tuple(rules)

@@ -181,6 +181,12 @@ class Quota(models.Model):
         help_text="USD per budget duration.",
     )
     budget_duration = models.CharField(max_length=4, choices=BudgetDuration.choices, default=BudgetDuration.MONTH)
+    tool_rpm_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(MAX_RATE)],
+        help_text="MCP tool calls per minute (only on quotas for all models).",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -207,6 +213,7 @@ class Quota(models.Model):
         "output_tpm_limit",
         "max_parallel_requests",
         "max_budget",
+        "tool_rpm_limit",
     )
 
 

@@ -99,6 +99,7 @@ class QuotaRule:
     parallel: int | None = None
     budget_micros: int | None = None
     budget_duration: str = "30d"
+    tool_rpm: int | None = None  # MCP tool calls per minute
 
     def applies_to(self, model: str) -> bool:
         return not self.model or self.model == model
@@ -179,6 +180,7 @@ REFUSALS = {
     "output_tokens": ("tokens", "output_tpm_limit_exceeded", "output tokens per minute"),
     "parallel": ("requests", "max_parallel_requests_exceeded", "concurrent requests"),
     "budget": ("budget", "budget_exceeded", "USD"),
+    "tool_calls": ("requests", "tool_rpm_limit_exceeded", "tool calls per minute"),
 }
 
 

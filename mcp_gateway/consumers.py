@@ -1,0 +1,452 @@
+"""Channels consumers for the MCP transports: Streamable HTTP (handshake and 2026 stateless) and legacy HTTP+SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
+from channels.generic.http import AsyncHttpConsumer
+from django.conf import settings
+
+from mcp_gateway.protocol import (
+    DEFAULT_HEADER_VERSION,
+    HANDSHAKE_VERSIONS,
+    HEADER_MISMATCH,
+    INVALID_REQUEST,
+    LEGACY_VERSION,
+    MODERN_VERSIONS,
+    STREAMABLE_HANDSHAKE_VERSIONS,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    CallContext,
+    Message,
+    RpcError,
+    body_parse,
+    discover_result,
+    initialize_result,
+    message_parse,
+    modern_meta_check,
+    platform_rpc_error,
+    request_handle,
+)
+from mcp_gateway.relay import relay, reply_send
+from mcp_gateway.selectors import catalog_cache
+from mcp_gateway.sessions import McpSession, session_id_new, session_store
+from tenants.auth import KeyContext, key_authenticate_header
+from tenants.errors import PlatformError
+
+logger = logging.getLogger(__name__)
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+SUPPORTED_VERSIONS = (*HANDSHAKE_VERSIONS, *MODERN_VERSIONS)
+NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+
+class McpConsumer(AsyncHttpConsumer):
+    """Shared plumbing: body size limit, Origin check, API-key auth, JSON-RPC error responses."""
+
+    # No channel layer per consumer: legacy-SSE replies go through one mailbox per process (relay).
+    channel_layer_alias = None  # type: ignore[assignment]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.size = 0
+        self.too_large = False
+        self.headers: dict[bytes, bytes] = {}
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Skip Channels' per-message close_old_connections thread hop: no ORM on the event loop here.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    def header(self, name: bytes) -> str | None:
+        value = self.headers.get(name)
+        return None if value is None else value.decode("latin-1")
+
+    @property
+    def client_ip(self) -> str | None:
+        client = self.scope.get("client")
+        return client[0] if client else None
+
+    async def http_request(self, message: dict[str, Any]) -> None:
+        chunk = message.get("body", b"")
+        self.size += len(chunk)
+        if self.size > settings.MAX_REQUEST_BYTES:
+            self.too_large = True
+        elif chunk:
+            self.body.append(chunk)
+        if message.get("more_body"):
+            return
+        self.headers = dict(self.scope["headers"])
+        keep_open = False
+        try:
+            keep_open = await self.serve(b"".join(self.body))
+        except RpcError as exc:
+            await self.reply_error(exc)
+        except PlatformError as exc:
+            await self.reply_error(platform_rpc_error(exc), extra=self._auth_headers(exc))
+        except Exception:
+            logger.exception("MCP request failed")
+            await self.reply_error(RpcError(-32603, "Internal error.", status=500))
+        if not keep_open:
+            raise StopConsumer()
+
+    @staticmethod
+    def _auth_headers(exc: PlatformError) -> list[tuple[bytes, bytes]]:
+        if exc.status == 401:
+            return [(b"www-authenticate", b'Bearer realm="mcp", error="invalid_token"')]
+        return []
+
+    async def serve(self, body: bytes) -> bool:
+        """Answer the request; return True to keep the connection open (a stream)."""
+        raise NotImplementedError
+
+    async def reply(self, status: int, payload: Any = None, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        response_headers = (JSON_HEADERS if payload is not None else []) + (headers or [])
+        await self.send_response(status, body, headers=response_headers)
+
+    async def reply_error(self, exc: RpcError, *, request_id: Any = None, extra: Any = None) -> None:
+        await self.reply(exc.status if exc.status != 200 else 400, exc.response(request_id), extra)
+
+    def origin_check(self) -> None:
+        """Refuse browsers' cross-origin requests (DNS rebinding): Origin must be this host or allowed."""
+        origin = self.header(b"origin")
+        if not origin:
+            return
+        host = self.header(b"host") or ""
+        if origin in settings.MCP_ALLOWED_ORIGINS or urlsplit(origin).netloc.lower() == host.lower():
+            return
+        raise RpcError(INVALID_REQUEST, f"Origin '{origin}' is not allowed.", status=403)
+
+    async def authenticate(self) -> KeyContext:
+        self.origin_check()
+        key = await key_authenticate_header(self.header(b"authorization"), ip=self.client_ip, endpoint="mcp")
+        key.require_scope("mcp")
+        return key
+
+    async def bundle_check(self) -> str:
+        bundle = str(self.scope.get("url_route", {}).get("kwargs", {}).get("bundle") or "")
+        if bundle and bundle not in (await catalog_cache.get()).bundles:
+            raise RpcError(INVALID_REQUEST, f"No virtual server named '{bundle}'.", status=404)
+        return bundle
+
+    async def session_find(self, session_id: str | None, key: KeyContext) -> McpSession:
+        if not session_id:
+            raise RpcError(INVALID_REQUEST, "Bad Request: Mcp-Session-Id header is required.", status=400)
+        session = await session_store().touch(session_id)
+        # Another key's session is reported as unknown, so ids cannot be probed across tenants.
+        if session is None or session.key_id != key.key_id:
+            raise RpcError(-32001, "Session not found (unknown or expired); initialize a new one.", status=404)
+        return session
+
+
+class StreamableHttpConsumer(McpConsumer):
+    """``/mcp`` and ``/mcp/<bundle>``: Streamable HTTP, with the initialize handshake or stateless (2026-07-28)."""
+
+    async def serve(self, body: bytes) -> bool:
+        method = self.scope["method"]
+        key = await self.authenticate()
+        bundle = await self.bundle_check()
+        if method == "POST":
+            await self.post(body, key, bundle)
+            return False
+        if method == "GET":
+            return await self.open_stream(key)
+        if method == "DELETE":
+            if self.header(b"mcp-protocol-version") in MODERN_VERSIONS:
+                raise RpcError(INVALID_REQUEST, "Stateless MCP has no sessions to end.", status=405)
+            session = await self.session_find(self.header(b"mcp-session-id"), key)
+            await session_store().delete(session.id)
+            await self.reply(200)
+            return False
+        raise RpcError(INVALID_REQUEST, f"Method {method} is not allowed here.", status=405)
+
+    def accept_check(self, *required: str) -> None:
+        accept = (self.header(b"accept") or "").lower()
+        if "*/*" in accept:
+            return
+        missing = [kind for kind in required if kind not in accept]
+        if missing:
+            raise RpcError(
+                INVALID_REQUEST, f"Not Acceptable: the Accept header must list {' and '.join(required)}.", status=406
+            )
+
+    async def post(self, body: bytes, key: KeyContext, bundle: str) -> None:
+        self.accept_check("application/json", "text/event-stream")
+        content_type = (self.header(b"content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise RpcError(INVALID_REQUEST, "Unsupported Media Type: send application/json.", status=415)
+        if self.too_large:
+            raise RpcError(INVALID_REQUEST, f"The body exceeds {settings.MAX_REQUEST_BYTES} bytes.", status=413)
+        payload = body_parse(body)
+        header_version = self.header(b"mcp-protocol-version")
+        if header_version is not None and header_version not in SUPPORTED_VERSIONS:
+            raise RpcError(
+                UNSUPPORTED_PROTOCOL_VERSION,
+                f"Bad Request: unsupported MCP-Protocol-Version '{header_version}'.",
+                data={"supported": list(SUPPORTED_VERSIONS[1:]), "requested": header_version},
+                status=400,
+            )
+        if header_version in MODERN_VERSIONS:
+            await self.post_modern(payload, header_version, key, bundle)
+            return
+        if isinstance(payload, list):
+            await self.post_batch(payload, header_version, key, bundle)
+            return
+        message = message_parse(payload)
+        if message.method == "initialize":
+            await self.initialize(message, key, bundle)
+            return
+        session = await self.session_find(self.header(b"mcp-session-id"), key)
+        version = header_version or DEFAULT_HEADER_VERSION
+        if header_version is not None and header_version != session.version:
+            raise RpcError(
+                INVALID_REQUEST,
+                f"Bad Request: MCP-Protocol-Version '{header_version}' differs from the session's '{session.version}'.",
+                status=400,
+            )
+        if session.bundle != bundle:
+            raise RpcError(-32001, "Session not found on this endpoint.", status=404)
+        ctx = CallContext(key, session.version or version, bundle, self.client_ip, session.id, "streamable_http")
+        if not message.is_request:
+            await self.reply(202)
+            return
+        await self.reply(200, await request_handle(ctx, message))
+
+    async def post_batch(self, payload: list[Any], header_version: str | None, key: KeyContext, bundle: str) -> None:
+        session = await self.session_find(self.header(b"mcp-session-id"), key)
+        if session.version != "2025-03-26" or not payload:
+            raise RpcError(INVALID_REQUEST, "Invalid Request: JSON-RPC batches are only allowed in 2025-03-26.")
+        ctx = CallContext(key, session.version, bundle, self.client_ip, session.id, "streamable_http")
+        responses = []
+        for item in payload:
+            try:
+                message = message_parse(item)
+            except RpcError as exc:
+                responses.append(exc.response(item.get("id") if isinstance(item, dict) else None))
+                continue
+            if message.method == "initialize":
+                responses.append(RpcError(INVALID_REQUEST, "initialize cannot be batched.").response(message.id))
+            elif message.is_request:
+                responses.append(await request_handle(ctx, message))
+        if responses:
+            await self.reply(200, responses)
+        else:
+            await self.reply(202)
+
+    async def initialize(self, message: Message, key: KeyContext, bundle: str) -> None:
+        if not message.is_request:
+            raise RpcError(INVALID_REQUEST, "Invalid Request: initialize must be a request with an id.")
+        result = initialize_result(message.params, STREAMABLE_HANDSHAKE_VERSIONS)
+        session = McpSession(
+            id=session_id_new(),
+            key_id=key.key_id,
+            tenant_id=key.tenant_id,
+            version=result["protocolVersion"],
+            transport="streamable_http",
+            bundle=bundle,
+        )
+        await session_store().save(session)
+        response = {"jsonrpc": "2.0", "id": message.id, "result": result}
+        await self.reply(200, response, [(b"mcp-session-id", session.id.encode())])
+
+    async def post_modern(self, payload: Any, version: str, key: KeyContext, bundle: str) -> None:
+        if isinstance(payload, list):
+            raise RpcError(INVALID_REQUEST, "Invalid Request: batches are not part of 2026-07-28.", status=400)
+        message = message_parse(payload)
+        if message.method is None:
+            await self.reply(202)  # a response to a server request: nothing to answer
+            return
+        header_method = self.header(b"mcp-method")
+        if header_method != message.method:
+            raise RpcError(
+                HEADER_MISMATCH,
+                f"Mcp-Method header '{header_method}' does not match the body's method '{message.method}'.",
+                status=400,
+            )
+        name_param = NAME_PARAM.get(message.method)
+        if name_param is not None:
+            header_name = self.header(b"mcp-name")
+            if header_name != message.params.get(name_param):
+                raise RpcError(
+                    HEADER_MISMATCH,
+                    f"Mcp-Name header '{header_name}' does not match the body's {name_param} "
+                    f"'{message.params.get(name_param)}'.",
+                    status=400,
+                )
+        if message.method == "initialize":
+            raise RpcError(-32601, "initialize is not part of 2026-07-28; use server/discover.", status=400)
+        if not message.is_request:
+            await self.reply(202)
+            return
+        try:
+            modern_meta_check(message, version)
+        except RpcError as exc:
+            await self.reply(exc.status, exc.response(message.id))
+            return
+        if message.method == "server/discover":
+            await self.reply(200, {"jsonrpc": "2.0", "id": message.id, "result": discover_result()})
+            return
+        ctx = CallContext(key, version, bundle, self.client_ip, "", "streamable_http")
+        await self.reply(200, await request_handle(ctx, message))
+
+    async def open_stream(self, key: KeyContext) -> bool:
+        if self.header(b"mcp-protocol-version") in MODERN_VERSIONS:
+            raise RpcError(INVALID_REQUEST, "Stateless MCP has no GET stream; use subscriptions/listen.", status=405)
+        self.accept_check("text/event-stream")
+        session = await self.session_find(self.header(b"mcp-session-id"), key)
+        self.stream = SseStream(self, session)
+        await self.stream.open()
+        return True
+
+    async def http_disconnect(self, message: dict[str, Any]) -> None:
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            await stream.close()
+        raise StopConsumer()
+
+
+class SseStream:
+    """An open server-to-client event stream: heartbeats, idle timeout, per-tenant limit."""
+
+    def __init__(self, consumer: AsyncHttpConsumer, session: McpSession, *, endpoint: str = "") -> None:
+        self.consumer = consumer
+        self.session = session
+        self.endpoint = endpoint
+        self.task: asyncio.Task[None] | None = None
+        self.counted = False
+        self.closed = False
+        self.stream_id = session_id_new()
+
+    async def open(self) -> None:
+        if not await session_store().stream_open(self.session.tenant_id, self.stream_id):
+            raise RpcError(
+                INVALID_REQUEST,
+                f"Too many open MCP streams for this tenant (limit {settings.MCP_MAX_STREAMS_PER_TENANT}).",
+                status=429,
+            )
+        self.counted = True
+        await self.consumer.send_headers(status=200, headers=SSE_HEADERS)
+        first = f"event: endpoint\ndata: {self.endpoint}\n\n".encode() if self.endpoint else b": stream open\n\n"
+        await self.consumer.send_body(first, more_body=True)
+        self.task = asyncio.ensure_future(self._heartbeat())
+
+    async def _heartbeat(self) -> None:
+        # A comment line keeps proxies from cutting an idle stream; the session lookup both
+        # keeps the session alive while its stream is open and ends the stream once the
+        # session was deleted (DELETE, expiry) by any process.
+        while True:
+            await asyncio.sleep(settings.MCP_SSE_HEARTBEAT)
+            try:
+                store = session_store()
+                if await store.touch(self.session.id) is None:
+                    await self.consumer.send_body(b"", more_body=False)
+                    await self.close()
+                    return
+                await store.stream_touch(self.session.tenant_id, self.stream_id)
+                await self.consumer.send_body(b": ping\n\n", more_body=True)
+            except Exception as exc:  # Redis briefly away: keep the stream, try again next beat
+                logger.warning("MCP stream %s heartbeat failed: %s", self.session.id[:8], exc)
+
+    async def send_message(self, payload: str) -> None:
+        if not self.closed:
+            await self.consumer.send_body(f"event: message\ndata: {payload}\n\n".encode(), more_body=True)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        current = asyncio.current_task()
+        if self.task is not None and self.task is not current:
+            self.task.cancel()
+        if self.counted:
+            with contextlib.suppress(Exception):
+                await session_store().stream_close(self.session.tenant_id, self.stream_id)
+
+
+class LegacySseConsumer(McpConsumer):
+    """``GET /mcp/sse`` (and ``/mcp/<bundle>/sse``): the 2024-11-05 transport's event stream."""
+
+    async def serve(self, body: bytes) -> bool:
+        if self.scope["method"] != "GET":
+            raise RpcError(
+                INVALID_REQUEST, "Use GET to open the SSE stream; POST to the endpoint it sends.", status=405
+            )
+        key = await self.authenticate()
+        bundle = await self.bundle_check()
+        session_id = session_id_new()
+        self.stream = SseStream(self, McpSession(session_id, key.key_id, key.tenant_id, LEGACY_VERSION, "sse", bundle))
+        channel = await relay.register(session_id, self.stream)
+        session = McpSession(session_id, key.key_id, key.tenant_id, LEGACY_VERSION, "sse", bundle, channel)
+        self.stream.session = session
+        self.stream.endpoint = f"{self.scope.get('root_path', '')}/mcp/messages?session_id={session_id}"
+        await session_store().save(session)
+        try:
+            await self.stream.open()
+        except RpcError:
+            relay.unregister(session_id)
+            await session_store().delete(session_id)
+            raise
+        return True
+
+    async def http_disconnect(self, message: dict[str, Any]) -> None:
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            relay.unregister(stream.session.id)
+            await stream.close()
+            with contextlib.suppress(Exception):
+                await session_store().delete(stream.session.id)
+        raise StopConsumer()
+
+
+class LegacyMessagesConsumer(McpConsumer):
+    """``POST /mcp/messages?session_id=…``: 202 at once; the reply goes to the session's stream, wherever it is."""
+
+    async def serve(self, body: bytes) -> bool:
+        if self.scope["method"] != "POST":
+            raise RpcError(INVALID_REQUEST, "Use POST for the messages endpoint.", status=405)
+        key = await self.authenticate()
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        session_id = (query.get("session_id") or [""])[0]
+        if not session_id:
+            raise RpcError(INVALID_REQUEST, "Bad Request: session_id is required.", status=400)
+        session = await session_store().touch(session_id)
+        if session is None or session.key_id != key.key_id or session.transport != "sse":
+            raise RpcError(-32001, "Session not found (unknown or expired); open a new SSE stream.", status=404)
+        if self.too_large:
+            raise RpcError(INVALID_REQUEST, f"The body exceeds {settings.MAX_REQUEST_BYTES} bytes.", status=413)
+        message = message_parse(body_parse(body))
+        await self.reply(202, None)
+        if message.is_request:
+            if message.method == "initialize":
+                try:
+                    result = initialize_result(message.params, HANDSHAKE_VERSIONS)
+                    response: dict[str, Any] = {"jsonrpc": "2.0", "id": message.id, "result": result}
+                except RpcError as exc:
+                    response = exc.response(message.id)
+            else:
+                ctx = CallContext(key, session.version, session.bundle, self.client_ip, session.id, "sse")
+                try:
+                    response = await request_handle(ctx, message)
+                except Exception:  # the 202 is sent: the failure must reach the stream, not a second response
+                    logger.exception("MCP request on session %s failed", session.id[:8])
+                    response = RpcError(-32603, "Internal error.").response(message.id)
+            payload = json.dumps(response, separators=(",", ":"))
+            try:
+                await reply_send(session.stream_channel, session.id, payload)
+            except Exception:  # the 202 is sent; the client will time out waiting for this reply
+                logger.exception("MCP reply for session %s could not be delivered", session.id[:8])
+        return False

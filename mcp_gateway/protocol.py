@@ -1,0 +1,381 @@
+"""JSON-RPC handling of MCP requests: validate, check grants and quotas, relay to upstreams, audit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from mcp.shared.exceptions import MCPError
+
+from audit.models import AuditEvent
+from audit.services import AuditEntry, audit_record_deferred
+from mcp_gateway import ssrf
+from mcp_gateway.selectors import Catalog, ToolEntry, catalog_cache
+from mcp_gateway.upstream import UpstreamUnavailable, pool
+from tenants.auth import KeyContext
+from tenants.errors import PlatformError, ServiceUnavailable
+from tenants.quota import Check, QuotaExceeded, counters
+
+logger = logging.getLogger(__name__)
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+RATE_LIMITED = -32029  # implementation-defined server error: a quota refused the call
+UPSTREAM_ERROR = -32002  # implementation-defined server error: the upstream failed
+HEADER_MISMATCH = -32020
+MISSING_CLIENT_CAPABILITY = -32021
+UNSUPPORTED_PROTOCOL_VERSION = -32022
+
+LEGACY_VERSION = "2024-11-05"
+HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+STREAMABLE_HANDSHAKE_VERSIONS = HANDSHAKE_VERSIONS[1:]
+MODERN_VERSIONS = ("2026-07-28",)
+DEFAULT_HEADER_VERSION = "2025-03-26"  # a handshake client that sends no MCP-Protocol-Version
+META_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+MODERN_ONLY_FIELDS = ("resultType", "ttlMs", "cacheScope")
+SERVER_INFO = {"name": "llm-platform-mcp-gateway", "version": "1.0"}
+CAPABILITIES = {"tools": {"listChanged": False}, "prompts": {"listChanged": False}, "resources": {}}
+INSTRUCTIONS = "Tools of the upstream servers your tenant was granted, named '<server>.<tool>'."
+
+
+class RpcError(Exception):
+    """A JSON-RPC error object, with the HTTP status a Streamable HTTP response should carry."""
+
+    def __init__(self, code: int, message: str, *, data: Any = None, status: int = 200) -> None:
+        super().__init__(message)
+        self.code, self.message, self.data, self.status = code, message, data, status
+
+    def response(self, request_id: Any) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def platform_rpc_error(exc: PlatformError) -> RpcError:
+    """The platform's errors (auth, scope, quota) as JSON-RPC errors with their HTTP status."""
+    data = {"type": exc.type, "code": exc.code}
+    return RpcError(INVALID_REQUEST, exc.message, data=data, status=exc.status)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One validated JSON-RPC message from a client."""
+
+    raw: dict[str, Any]
+    method: str | None
+    id: Any
+    params: dict[str, Any]
+
+    @property
+    def is_request(self) -> bool:
+        return self.method is not None and "id" in self.raw
+
+
+def message_parse(item: Any) -> Message:
+    """Check the JSON-RPC 2.0 envelope; raise ``RpcError(-32600)`` when it is not one."""
+    if not isinstance(item, dict) or item.get("jsonrpc") != "2.0":
+        raise RpcError(INVALID_REQUEST, "Invalid Request: expected a JSON-RPC 2.0 object.", status=400)
+    request_id = item.get("id")
+    if "id" in item and (isinstance(request_id, bool) or not isinstance(request_id, (str, int))):
+        raise RpcError(INVALID_REQUEST, "Invalid Request: 'id' must be a string or an integer.", status=400)
+    method = item.get("method")
+    if method is None:
+        if "id" in item and ("result" in item or "error" in item):
+            return Message(item, None, request_id, {})
+        raise RpcError(INVALID_REQUEST, "Invalid Request: no 'method'.", status=400)
+    if not isinstance(method, str) or not method:
+        raise RpcError(INVALID_REQUEST, "Invalid Request: 'method' must be a non-empty string.", status=400)
+    params = item.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise RpcError(INVALID_PARAMS, "Invalid params: 'params' must be an object.", status=400)
+    return Message(item, method, request_id, params)
+
+
+def body_parse(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RpcError(PARSE_ERROR, f"Parse error: the body is not valid JSON ({exc}).", status=400) from None
+
+
+def initialize_result(params: dict[str, Any], versions: tuple[str, ...]) -> dict[str, Any]:
+    requested = params.get("protocolVersion")
+    if not isinstance(requested, str):
+        raise RpcError(INVALID_PARAMS, "Invalid params: initialize needs 'protocolVersion'.")
+    version = requested if requested in versions else versions[-1]
+    return {
+        "protocolVersion": version,
+        "capabilities": CAPABILITIES,
+        "serverInfo": SERVER_INFO,
+        "instructions": INSTRUCTIONS,
+    }
+
+
+def discover_result() -> dict[str, Any]:
+    return {
+        "supportedVersions": list(MODERN_VERSIONS),
+        "capabilities": CAPABILITIES,
+        "instructions": INSTRUCTIONS,
+        "cacheScope": "private",
+        "ttlMs": 0,
+        "resultType": "complete",
+        "_meta": {"io.modelcontextprotocol/serverInfo": SERVER_INFO},
+    }
+
+
+def modern_meta_check(message: Message, header_version: str) -> None:
+    """A 2026-07-28 request carries its version and capabilities in ``params._meta``."""
+    meta = message.params.get("_meta")
+    if not isinstance(meta, dict) or META_VERSION not in meta:
+        raise RpcError(INVALID_PARAMS, f"Invalid params: '_meta' must carry '{META_VERSION}'.", status=400)
+    if meta[META_VERSION] != header_version:
+        raise RpcError(
+            HEADER_MISMATCH,
+            f"MCP-Protocol-Version header '{header_version}' does not match _meta '{meta[META_VERSION]}'.",
+            status=400,
+        )
+    if not isinstance(meta.get(META_CAPABILITIES), dict):
+        raise RpcError(INVALID_PARAMS, f"Invalid params: '_meta' must carry '{META_CAPABILITIES}'.", status=400)
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    key: KeyContext
+    version: str
+    bundle: str
+    ip: str | None
+    session_id: str
+    transport: str
+
+    @property
+    def modern(self) -> bool:
+        return self.version in MODERN_VERSIONS
+
+
+def _shape(ctx: CallContext, result: dict[str, Any], *, listing: bool = False) -> dict[str, Any]:
+    """Fit a result to the client's protocol version (2026 results say ``resultType``)."""
+    if ctx.modern:
+        result = {**result, "resultType": "complete"}
+        if listing:
+            # Grants can change at any time, so clients must not reuse a listing.
+            result["cacheScope"] = "private"
+            result["ttlMs"] = 0
+        return result
+    return {name: value for name, value in result.items() if name not in MODERN_ONLY_FIELDS}
+
+
+def _dump(model: Any) -> dict[str, Any]:
+    return model.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+async def request_handle(ctx: CallContext, message: Message) -> dict[str, Any]:
+    """Answer one request (not ``initialize``); returns the JSON-RPC response object."""
+    try:
+        result = await _answer(ctx, message)
+    except RpcError as exc:
+        return exc.response(message.id)
+    except PlatformError as exc:
+        return platform_rpc_error(exc).response(message.id)
+    return {"jsonrpc": "2.0", "id": message.id, "result": result}
+
+
+async def _answer(ctx: CallContext, message: Message) -> dict[str, Any]:
+    method = message.method
+    if method == "ping" and not ctx.modern:
+        return {}
+    if method == "server/discover" and ctx.modern:
+        return discover_result()
+    if method == "logging/setLevel" and not ctx.modern:
+        return {}
+    catalog = await catalog_cache.get()
+    if ctx.bundle and ctx.bundle not in catalog.bundles:
+        raise RpcError(INVALID_REQUEST, f"Virtual server '{ctx.bundle}' no longer exists.", status=404)
+    if method == "tools/list":
+        tools = [entry.spec for entry in catalog.visible_tools(ctx.key, ctx.bundle)]
+        return _shape(ctx, {"tools": tools}, listing=True)
+    if method == "tools/call":
+        return await tool_call(ctx, catalog, message.params)
+    if method == "prompts/list":
+        servers = catalog.servers_of(ctx.key)
+        prompts = [spec for _, (server_id, spec) in sorted(catalog.prompts.items()) if server_id in servers]
+        return _shape(ctx, {"prompts": [] if ctx.bundle else prompts}, listing=True)
+    if method == "prompts/get":
+        return await _prompt_get(ctx, catalog, message.params)
+    if method == "resources/list":
+        servers = catalog.servers_of(ctx.key)
+        resources = [spec for _, (server_id, spec) in sorted(catalog.resources.items()) if server_id in servers]
+        return _shape(ctx, {"resources": [] if ctx.bundle else resources}, listing=True)
+    if method == "resources/templates/list":
+        return _shape(ctx, {"resourceTemplates": []}, listing=True)
+    if method == "resources/read":
+        return await _resource_read(ctx, catalog, message.params)
+    raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{method}'.")
+
+
+def _quota_checks(key: KeyContext) -> list[Check]:
+    now = time.time()
+    minute = int(now // 60)
+    ttl = int(((minute + 1) * 60 - now) * 1000) + 5000
+    return [
+        Check(
+            "tool_calls",
+            f"{settings.CACHE_KEY_PREFIX}:q:{rule.scope}:*:tool_calls:m{minute}",
+            rule.tool_rpm,
+            1,
+            ttl,
+            (minute + 1) * 60.0,
+            rule,
+        )
+        for rule in key.quotas
+        if rule.tool_rpm is not None and not rule.model
+    ]
+
+
+async def _quota_reserve(key: KeyContext) -> None:
+    checks = _quota_checks(key)
+    if not checks:
+        return
+    try:
+        failed, current, _ = await counters().reserve(checks)
+    except Exception as exc:  # the store is down: QUOTA_FAIL_MODE decides
+        if settings.QUOTA_FAIL_MODE == "closed":
+            raise ServiceUnavailable(
+                "Quotas cannot be checked right now (Redis unavailable); retry shortly.",
+                code="quota_backend_unavailable",
+            ) from exc
+        logger.warning("quota store unavailable, admitting tool call: %s", exc)
+        return
+    if failed:
+        check = checks[failed - 1]
+        raise QuotaExceeded(check, current, {})
+
+
+def _arguments_hash(arguments: dict[str, Any]) -> str:
+    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) -> dict[str, Any]:
+    """Check the grant and the quota, call the upstream tool, and audit the call (whatever its outcome)."""
+    name = params.get("name")
+    if not isinstance(name, str) or not name:
+        raise RpcError(INVALID_PARAMS, "Invalid params: tools/call needs a tool 'name'.")
+    arguments = params.get("arguments") or {}
+    if not isinstance(arguments, dict):
+        raise RpcError(INVALID_PARAMS, "Invalid params: 'arguments' must be an object.")
+    entry = catalog.tools.get(name)
+    chosen = catalog.bundles.get(ctx.bundle) if ctx.bundle else None
+    if entry is None or (chosen is not None and name not in chosen):
+        raise RpcError(INVALID_PARAMS, f"Unknown tool: '{name}'.")
+    started = time.perf_counter()
+    outcome, error = AuditEvent.Outcome.SUCCESS, ""
+    try:
+        if not catalog.allows(ctx.key, entry):
+            outcome = AuditEvent.Outcome.DENIED
+            error = "tool_not_granted"
+            raise RpcError(
+                INVALID_PARAMS,
+                f"Tool '{name}' is not granted to tenant '{ctx.key.tenant_slug}'"
+                + (" for this API key." if ctx.key.key_id in catalog.key_grants else "."),
+                data={"type": "permission_error", "code": "tool_not_granted"},
+            )
+        try:
+            await _quota_reserve(ctx.key)
+        except QuotaExceeded as exc:
+            outcome, error = AuditEvent.Outcome.DENIED, exc.code or "rate_limited"
+            raise RpcError(RATE_LIMITED, exc.message, data={"type": exc.type, "code": exc.code}) from None
+        result = await _upstream(catalog, entry.server_id, lambda client: client.call_tool(entry.name, arguments))
+        shaped = _shape(ctx, _dump(result))
+        if shaped.get("isError"):
+            outcome, error = AuditEvent.Outcome.FAILURE, "tool_error"
+        return shaped
+    except RpcError as exc:
+        if outcome == AuditEvent.Outcome.SUCCESS:
+            outcome, error = AuditEvent.Outcome.FAILURE, f"rpc_error:{exc.code}"
+        raise
+    except BaseException:
+        outcome, error = AuditEvent.Outcome.FAILURE, "cancelled_or_crashed"
+        raise
+    finally:
+        _tool_call_audit(ctx, entry, arguments, outcome, error, time.perf_counter() - started)
+
+
+def _tool_call_audit(
+    ctx: CallContext, entry: ToolEntry, arguments: dict[str, Any], outcome: str, error: str, seconds: float
+) -> None:
+    details: dict[str, Any] = {
+        "key_prefix": ctx.key.prefix,
+        "server": entry.server_name,
+        "tool": entry.name,
+        "duration_ms": round(seconds * 1000, 3),
+        "arguments_sha256": _arguments_hash(arguments),
+        "transport": ctx.transport,
+        "protocol_version": ctx.version,
+    }
+    if ctx.session_id:
+        details["session"] = ctx.session_id[:8]
+    if ctx.bundle:
+        details["virtual_server"] = ctx.bundle
+    if error:
+        details["error"] = error
+    audit_record_deferred(
+        AuditEntry(
+            actor=f"key:{ctx.key.prefix}",
+            action="mcp.tool_call",
+            target=f"mcp_tool:{entry.public_name}",
+            tenant_id=ctx.key.tenant_id,
+            outcome=outcome,
+            ip=ctx.ip,
+            details=details,
+        )
+    )
+
+
+async def _upstream(catalog: Catalog, server_id: int, operation: Any) -> Any:
+    target = catalog.targets[server_id]
+    try:
+        return await pool.run(target, operation)
+    except MCPError as exc:
+        raise RpcError(exc.error.code, exc.error.message, data=exc.error.data) from None
+    except UpstreamUnavailable as exc:
+        raise RpcError(UPSTREAM_ERROR, f"Upstream MCP server unavailable: {exc}") from None
+    except ssrf.SsrfBlocked as exc:
+        raise RpcError(UPSTREAM_ERROR, f"Upstream MCP server refused by the SSRF policy: {exc.message}") from None
+
+
+async def _prompt_get(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) -> dict[str, Any]:
+    name = params.get("name")
+    if not isinstance(name, str) or name not in catalog.prompts or ctx.bundle:
+        raise RpcError(INVALID_PARAMS, f"Unknown prompt: '{name}'.")
+    server_id, _ = catalog.prompts[name]
+    if server_id not in catalog.servers_of(ctx.key):
+        raise RpcError(INVALID_PARAMS, f"Unknown prompt: '{name}'.")
+    upstream_name = name.split(".", 1)[1]
+    arguments = params.get("arguments") or {}
+    if not isinstance(arguments, dict):
+        raise RpcError(INVALID_PARAMS, "Invalid params: 'arguments' must be an object.")
+    result = await _upstream(catalog, server_id, lambda client: client.get_prompt(upstream_name, arguments))
+    return _shape(ctx, _dump(result))
+
+
+async def _resource_read(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) -> dict[str, Any]:
+    uri = params.get("uri")
+    if not isinstance(uri, str) or uri not in catalog.resources or ctx.bundle:
+        raise RpcError(INVALID_PARAMS, f"Unknown resource: '{uri}'.", data={"uri": uri})
+    server_id, _ = catalog.resources[uri]
+    if server_id not in catalog.servers_of(ctx.key):
+        raise RpcError(INVALID_PARAMS, f"Unknown resource: '{uri}'.", data={"uri": uri})
+    result = await _upstream(catalog, server_id, lambda client: client.read_resource(uri))
+    return _shape(ctx, _dump(result))

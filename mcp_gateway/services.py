@@ -1,0 +1,248 @@
+"""State changes to upstream servers, tools, grants and virtual servers; each writes its audit event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from audit.models import AuditEvent
+from audit.services import audit_record, changes_between
+from mcp_gateway import ssrf
+from mcp_gateway.models import SsrfAllowEntry, ToolGrant, UpstreamServer, UpstreamTool, VirtualServer
+from mcp_gateway.selectors import catalog_invalidate, upstream_target
+
+SERVER_AUDIT_FIELDS = ("name", "url", "transport", "credential_header", "enabled")
+
+
+def _snapshot(server: UpstreamServer) -> dict[str, Any]:
+    values = {name: getattr(server, name) for name in SERVER_AUDIT_FIELDS}
+    values["credential"] = "(set)" if server.credential else ""
+    return values
+
+
+def _allowlist() -> list[str]:
+    return list(SsrfAllowEntry.objects.values_list("value", flat=True))
+
+
+@transaction.atomic
+def server_save(*, server: UpstreamServer, actor: str, ip: str | None = None) -> UpstreamServer:
+    """Create or change an upstream server; its URL must pass the SSRF check."""
+    old = UpstreamServer.objects.filter(pk=server.pk).first() if server.pk else None
+    before = _snapshot(old) if old is not None else {}
+    server.full_clean()
+    try:
+        ssrf.url_check(server.url, _allowlist(), ssrf.resolve_sync(server.url))
+    except ssrf.SsrfBlocked as exc:
+        raise ValidationError({"url": exc.message}) from exc
+    server.save()
+    after = _snapshot(server)
+    if old is not None and old.credential != server.credential:
+        after["credential"] = "(changed)"
+    audit_record(
+        actor=actor,
+        action="mcp.server.change" if old is not None else "mcp.server.create",
+        target=f"mcp_server:{server.name}",
+        ip=ip,
+        details={"changes": changes_between(before, after)},
+    )
+    transaction.on_commit(catalog_invalidate)
+    return server
+
+
+@transaction.atomic
+def server_delete(*, server: UpstreamServer, actor: str, ip: str | None = None) -> None:
+    before = _snapshot(server)
+    name = server.name
+    server.delete()
+    audit_record(
+        actor=actor, action="mcp.server.delete", target=f"mcp_server:{name}", ip=ip, details={"before": before}
+    )
+    transaction.on_commit(catalog_invalidate)
+
+
+def server_refresh(*, server: UpstreamServer, actor: str, ip: str | None = None) -> UpstreamServer:
+    """Discover the server's tools, resources and prompts now and replace the cached ones.
+
+    The network round trip happens outside any transaction; the result (or the failure,
+    as the server's health) is then written with its audit event in one transaction.
+    """
+    from mcp_gateway.upstream import catalog_fetch_sync
+
+    target = upstream_target(server, _allowlist())
+    try:
+        catalog = catalog_fetch_sync(target)
+    except Exception as exc:  # any failure is the server's health, reported to the admin
+        error = str(exc) or type(exc).__name__
+        with transaction.atomic():
+            UpstreamServer.objects.filter(pk=server.pk).update(
+                health=UpstreamServer.Health.UNREACHABLE, last_error=error[:2000], last_refresh_at=timezone.now()
+            )
+            audit_record(
+                actor=actor,
+                action="mcp.server.refresh",
+                target=f"mcp_server:{server.name}",
+                outcome=AuditEvent.Outcome.FAILURE,
+                ip=ip,
+                details={"error": error[:500]},
+            )
+        server.refresh_from_db()
+        transaction.on_commit(catalog_invalidate)
+        return server
+    with transaction.atomic():
+        existing = {tool.name: tool for tool in UpstreamTool.objects.filter(server=server)}
+        seen = set()
+        added, changed = [], []
+        for spec in catalog["tools"]:
+            name = spec["name"]
+            seen.add(name)
+            fields = {
+                "title": spec.get("title") or "",
+                "description": spec.get("description") or "",
+                "input_schema": spec.get("inputSchema") or {"type": "object"},
+                "output_schema": spec.get("outputSchema"),
+                "annotations": spec.get("annotations"),
+            }
+            tool = existing.get(name)
+            if tool is None:
+                UpstreamTool.objects.create(server=server, name=name, **fields)
+                added.append(name)
+            elif any(getattr(tool, key) != value for key, value in fields.items()):
+                for key, value in fields.items():
+                    setattr(tool, key, value)
+                tool.save()
+                changed.append(name)
+        removed = sorted(set(existing) - seen)
+        UpstreamTool.objects.filter(server=server, name__in=removed).delete()
+        server.health = UpstreamServer.Health.HEALTHY
+        server.last_error = ""
+        server.last_refresh_at = timezone.now()
+        server.server_info = {"protocol_version": catalog["protocol_version"], **catalog["server_info"]}
+        server.resources = catalog["resources"]
+        server.prompts = catalog["prompts"]
+        UpstreamServer.objects.filter(pk=server.pk).update(
+            health=server.health,
+            last_error="",
+            last_refresh_at=server.last_refresh_at,
+            server_info=server.server_info,
+            resources=server.resources,
+            prompts=server.prompts,
+        )
+        audit_record(
+            actor=actor,
+            action="mcp.server.refresh",
+            target=f"mcp_server:{server.name}",
+            ip=ip,
+            details={"added": added, "changed": changed, "removed": removed, "tools": len(seen)},
+        )
+        transaction.on_commit(catalog_invalidate)
+    return server
+
+
+def _grant_snapshot(grant: ToolGrant) -> dict[str, Any]:
+    return {
+        "tenant": grant.tenant.slug,
+        "api_key": grant.api_key.prefix if grant.api_key is not None else None,
+        "server": grant.server.name,
+        "tool": grant.tool,
+    }
+
+
+@transaction.atomic
+def grant_save(*, grant: ToolGrant, actor: str, ip: str | None = None) -> ToolGrant:
+    old = ToolGrant.objects.filter(pk=grant.pk).select_related("tenant", "api_key", "server").first()
+    before = _grant_snapshot(old) if old is not None else {}
+    grant.full_clean()
+    grant.save()
+    audit_record(
+        actor=actor,
+        action="mcp.grant.change" if old is not None else "mcp.grant.create",
+        target=f"mcp_grant:{grant.pk}",
+        tenant_id=grant.tenant_id,
+        ip=ip,
+        details={"changes": changes_between(before, _grant_snapshot(grant))},
+    )
+    transaction.on_commit(catalog_invalidate)
+    return grant
+
+
+@transaction.atomic
+def grant_delete(*, grant: ToolGrant, actor: str, ip: str | None = None) -> None:
+    before, pk, tenant_id = _grant_snapshot(grant), grant.pk, grant.tenant_id
+    grant.delete()
+    audit_record(
+        actor=actor,
+        action="mcp.grant.delete",
+        target=f"mcp_grant:{pk}",
+        tenant_id=tenant_id,
+        ip=ip,
+        details={"before": before},
+    )
+    transaction.on_commit(catalog_invalidate)
+
+
+@transaction.atomic
+def virtual_server_save(
+    *, bundle: VirtualServer, tools: list[UpstreamTool] | None = None, actor: str, ip: str | None = None
+) -> VirtualServer:
+    old = VirtualServer.objects.filter(pk=bundle.pk).first() if bundle.pk else None
+    before: dict[str, Any] = {}
+    if old is not None:
+        before = {
+            "name": old.name,
+            "enabled": old.enabled,
+            "tools": sorted(str(tool) for tool in old.tools.select_related("server")),
+        }
+    bundle.full_clean()
+    bundle.save()
+    if tools is not None:
+        bundle.tools.set(tools)
+    after = {
+        "name": bundle.name,
+        "enabled": bundle.enabled,
+        "tools": sorted(str(tool) for tool in bundle.tools.select_related("server")),
+    }
+    audit_record(
+        actor=actor,
+        action="mcp.virtual_server.change" if old is not None else "mcp.virtual_server.create",
+        target=f"mcp_virtual_server:{bundle.name}",
+        ip=ip,
+        details={"changes": changes_between(before, after)},
+    )
+    transaction.on_commit(catalog_invalidate)
+    return bundle
+
+
+@transaction.atomic
+def virtual_server_delete(*, bundle: VirtualServer, actor: str, ip: str | None = None) -> None:
+    name = bundle.name
+    bundle.delete()
+    audit_record(actor=actor, action="mcp.virtual_server.delete", target=f"mcp_virtual_server:{name}", ip=ip)
+    transaction.on_commit(catalog_invalidate)
+
+
+@transaction.atomic
+def allow_entry_save(*, entry: SsrfAllowEntry, actor: str, ip: str | None = None) -> SsrfAllowEntry:
+    old = SsrfAllowEntry.objects.filter(pk=entry.pk).first() if entry.pk else None
+    before = {"value": old.value, "note": old.note} if old is not None else {}
+    entry.full_clean()
+    entry.save()
+    audit_record(
+        actor=actor,
+        action="mcp.ssrf_allow.change" if old is not None else "mcp.ssrf_allow.create",
+        target=f"ssrf_allow:{entry.value}",
+        ip=ip,
+        details={"changes": changes_between(before, {"value": entry.value, "note": entry.note})},
+    )
+    transaction.on_commit(catalog_invalidate)
+    return entry
+
+
+@transaction.atomic
+def allow_entry_delete(*, entry: SsrfAllowEntry, actor: str, ip: str | None = None) -> None:
+    value = entry.value
+    entry.delete()
+    audit_record(actor=actor, action="mcp.ssrf_allow.delete", target=f"ssrf_allow:{value}", ip=ip)
+    transaction.on_commit(catalog_invalidate)

@@ -1,0 +1,242 @@
+"""Connections from this process to upstream MCP servers, made with the official ``mcp`` SDK client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+from mcp import Client
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from mcp_gateway import ssrf
+
+logger = logging.getLogger(__name__)
+
+_tasks: set[asyncio.Task[Any]] = set()
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream server cannot be reached or failed at the transport level."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """What is needed to connect to one upstream (plain values, no ORM object)."""
+
+    server_id: int
+    name: str
+    url: str
+    transport: str
+    headers: tuple[tuple[str, str], ...]
+    allowlist: tuple[str, ...]
+    revision: str  # changes whenever the server row changes, so the link is rebuilt
+    timeout: float
+
+
+def _dump(model: Any) -> dict[str, Any]:
+    return model.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+class UpstreamLink:
+    """One long-lived SDK client session to one upstream, shared by every request of this process.
+
+    The SDK's client is an async context manager bound to the task that entered it, so a
+    dedicated task holds it open; requests from any task then go through the session.
+    """
+
+    def __init__(self, target: UpstreamTarget, on_list_changed: Callable[[int], None] | None = None) -> None:
+        self.target = target
+        self.client: Client | None = None
+        self._ready = asyncio.Event()
+        self._close = asyncio.Event()
+        self._error: BaseException | None = None
+        self._on_list_changed = on_list_changed
+        self._task = asyncio.ensure_future(self._hold())
+        _tasks.add(self._task)
+        self._task.add_done_callback(_tasks.discard)
+
+    @property
+    def alive(self) -> bool:
+        return not self._task.done()
+
+    def _transport(self) -> Any:
+        headers = dict(self.target.headers)
+        if self.target.transport == "sse":
+            return sse_client(self.target.url, headers=headers, timeout=self.target.timeout)
+        http = httpx2.AsyncClient(
+            headers=headers, timeout=httpx2.Timeout(self.target.timeout, read=max(self.target.timeout, 300.0))
+        )
+        return streamable_http_client(self.target.url, http_client=http)
+
+    def _modes(self) -> tuple[str, ...]:
+        # "auto" finds 2026-07-28 where the upstream speaks it and falls back to the handshake.
+        # (A handshake-first link measured slower per call inside daphne; see README, benchmarks.)
+        return ("legacy",) if self.target.transport == "sse" else ("auto",)
+
+    async def _message(self, message: Any) -> None:
+        method = getattr(message, "method", None) or getattr(getattr(message, "root", None), "method", None)
+        if (
+            method
+            in (
+                "notifications/tools/list_changed",
+                "notifications/prompts/list_changed",
+                "notifications/resources/list_changed",
+            )
+            and self._on_list_changed
+        ):
+            self._on_list_changed(self.target.server_id)
+
+    async def _hold(self) -> None:
+        try:
+            ssrf.url_check(self.target.url, list(self.target.allowlist), await ssrf.resolve(self.target.url))
+            modes = self._modes()
+            for index, mode in enumerate(modes):
+                try:
+                    client = Client(
+                        self._transport(),
+                        mode=mode,
+                        cache=None,
+                        message_handler=self._message,
+                        read_timeout_seconds=self.target.timeout,
+                    )
+                    await client.__aenter__()
+                except MCPError:
+                    if index == len(modes) - 1:
+                        raise
+                    continue
+                try:
+                    self.client = client
+                    self._ready.set()
+                    await self._close.wait()
+                finally:
+                    await client.__aexit__(None, None, None)
+                return
+        except BaseException as exc:  # the link reports any failure to its waiters, then dies
+            self._error = exc
+            if not isinstance(exc, asyncio.CancelledError):
+                logger.warning("MCP upstream %s: connection failed: %r", self.target.name, exc)
+        finally:
+            self.client = None
+            self._ready.set()
+
+    async def session(self) -> Client:
+        try:
+            await asyncio.wait_for(self._ready.wait(), self.target.timeout)
+        except TimeoutError:
+            self.close()
+            raise UpstreamUnavailable(f"connecting to upstream '{self.target.name}' timed out") from None
+        if self.client is None:
+            error = self._error
+            if isinstance(error, ssrf.SsrfBlocked):
+                raise error
+            raise UpstreamUnavailable(f"upstream '{self.target.name}' is unreachable: {_describe(error)}")
+        return self.client
+
+    def close(self) -> None:
+        self._close.set()
+        if not self._ready.is_set():
+            self._task.cancel()
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "connection closed"
+    if isinstance(error, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in error.exceptions)
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+class UpstreamPool:
+    """This process's links, one per upstream server, rebuilt when the server changes or fails."""
+
+    def __init__(self) -> None:
+        self._links: dict[int, UpstreamLink] = {}
+        self.on_list_changed: Callable[[int], None] | None = None
+
+    def _link(self, target: UpstreamTarget) -> UpstreamLink:
+        link = self._links.get(target.server_id)
+        if link is None or not link.alive or link.target != target:
+            if link is not None:
+                link.close()
+            link = self._links[target.server_id] = UpstreamLink(target, self.on_list_changed)
+        return link
+
+    async def run(self, target: UpstreamTarget, operation: Callable[[Client], Awaitable[Any]]) -> Any:
+        """Run ``operation`` on the upstream's session; one reconnect if the link was broken."""
+        for attempt in (1, 2):
+            link = self._link(target)
+            client = await link.session()
+            try:
+                return await asyncio.wait_for(operation(client), target.timeout)
+            except MCPError:
+                raise
+            except TimeoutError:
+                raise UpstreamUnavailable(
+                    f"upstream '{target.name}' did not answer within {target.timeout:g} s"
+                ) from None
+            except Exception as exc:
+                link.close()
+                self._links.pop(target.server_id, None)
+                if attempt == 2:
+                    raise UpstreamUnavailable(f"upstream '{target.name}' failed: {_describe(exc)}") from exc
+        raise AssertionError("unreachable")
+
+    async def close_all(self) -> None:
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
+        with contextlib.suppress(Exception):
+            await asyncio.sleep(0)
+
+
+pool = UpstreamPool()
+
+
+async def catalog_fetch(target: UpstreamTarget) -> dict[str, Any]:
+    """Discover an upstream's tools, resources and prompts with a fresh, short-lived connection."""
+    link = UpstreamLink(target)
+    try:
+        client = await link.session()
+        info = {
+            "protocol_version": client.protocol_version,
+            "server_info": _dump(client.server_info) if client.server_info is not None else {},
+        }
+        capabilities = client.server_capabilities
+        tools: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = await asyncio.wait_for(client.list_tools(cursor=cursor), target.timeout)
+            tools += [_dump(tool) for tool in page.tools]
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        resources: list[dict[str, Any]] = []
+        prompts: list[dict[str, Any]] = []
+        if capabilities.resources is not None:
+            with contextlib.suppress(MCPError):
+                resources = [_dump(r) for r in (await client.list_resources()).resources]
+        if capabilities.prompts is not None:
+            with contextlib.suppress(MCPError):
+                prompts = [_dump(p) for p in (await client.list_prompts()).prompts]
+        return {**info, "tools": tools, "resources": resources, "prompts": prompts}
+    finally:
+        link.close()
+
+
+def catalog_fetch_sync(target: UpstreamTarget) -> dict[str, Any]:
+    """``catalog_fetch`` for synchronous callers (admin actions, loadconfig, Celery)."""
+    return asyncio.run(_fetch_and_drain(target))
+
+
+async def _fetch_and_drain(target: UpstreamTarget) -> dict[str, Any]:
+    try:
+        return await catalog_fetch(target)
+    finally:
+        await asyncio.gather(*list(_tasks), return_exceptions=True)

@@ -1,0 +1,93 @@
+"""Fixtures for the MCP gateway: SDK upstream servers in real processes, a gateway, grants."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from llm_platform.processes import http_wait
+from mcp_gateway import services
+from mcp_gateway.models import ToolGrant, UpstreamServer
+from tenants.models import Tenant
+from tests import live
+from tests.conftest import Issued
+
+UPSTREAM_TOKEN = "upstream-secret-token-123"
+
+
+@contextmanager
+def mcp_upstream(tmp: Path, transport: str = "streamable-http", token: str = UPSTREAM_TOKEN) -> Iterator[live.Server]:
+    port = live.free_port()
+    log = tmp / f"mcp-upstream-{port}.log"
+    args = [sys.executable, "-m", "tests.mcp_gateway.upstream_server", "--port", str(port), "--transport", transport]
+    if token:
+        args += ["--token", token]
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, cwd=live.ROOT, stdout=out, stderr=subprocess.STDOUT, env=live.child_env())
+    path = "/sse" if transport == "sse" else "/mcp"
+    server = live.Server(f"http://127.0.0.1:{port}{path}", process, log)
+    try:
+        # Any HTTP answer (401 without the token) means it is listening.
+        http_wait(f"http://127.0.0.1:{port}/health-probe", process)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mcp_upstream_http(session_tmp: Path) -> Iterator[live.Server]:
+    with mcp_upstream(session_tmp) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mcp_upstream_sse(session_tmp: Path) -> Iterator[live.Server]:
+    with mcp_upstream(session_tmp, "sse") as server:
+        yield server
+
+
+def gateway_env() -> dict[str, str]:
+    env = {"SSRF_ALLOWLIST": "127.0.0.1", "MCP_SSE_HEARTBEAT": "0.5"}
+    if not settings.REDIS_URL:
+        env["MCP_CATALOG_TTL"] = "0"  # no shared cache to tell the server the catalog changed
+    return env
+
+
+@pytest.fixture(scope="session")
+def gateway(django_db_setup: None, django_db_blocker: object, session_tmp: Path) -> Iterator[live.Server]:
+    """A daphne process serving the gateway on the test database."""
+    with live.daphne_server(session_tmp, **gateway_env()) as process:
+        yield process
+
+
+@pytest.fixture
+def allow_loopback(settings: object) -> None:
+    settings.SSRF_ALLOWLIST = ["127.0.0.1"]  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def upstream_factory(transactional_db: None, allow_loopback: None) -> Callable[..., UpstreamServer]:
+    def make(name: str, url: str, transport: str = "streamable_http", **fields: object) -> UpstreamServer:
+        fields.setdefault("credential", f"Bearer {UPSTREAM_TOKEN}")
+        server = services.server_save(
+            server=UpstreamServer(name=name, url=url, transport=transport, **fields), actor="test"
+        )
+        return services.server_refresh(server=server, actor="test")
+
+    return make
+
+
+@pytest.fixture
+def grant(transactional_db: None) -> Callable[..., ToolGrant]:
+    def make(tenant: Tenant, server: UpstreamServer, tool: str = "*", key: Issued | None = None) -> ToolGrant:
+        return services.grant_save(
+            grant=ToolGrant(tenant=tenant, server=server, tool=tool, api_key=key.key if key else None), actor="test"
+        )
+
+    return make
