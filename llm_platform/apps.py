@@ -30,3 +30,11 @@ class LlmPlatformConfig(AppConfig):
         post_migrate.connect(_roles_sync, dispatch_uid="llm_platform.roles_sync")
         # The periodic jobs appear in the admin (Periodic tasks) as soon as the database exists.
         post_migrate.connect(_periodic_tasks_seed, sender=self, dispatch_uid="llm_platform.periodic_tasks_seed")
+        from audit.selectors import audit_export_lag_seconds
+        from observability import metrics
+
+        metrics.gauge_callback(
+            "llmp_audit_export_lag_seconds",
+            "Seconds since the newest audit event not yet in a durable export segment (0 when caught up).",
+            audit_export_lag_seconds,
+        )

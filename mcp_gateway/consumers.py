@@ -37,6 +37,7 @@ from mcp_gateway.protocol import (
 from mcp_gateway.relay import relay, reply_send
 from mcp_gateway.selectors import catalog_cache
 from mcp_gateway.sessions import McpSession, session_id_new, session_store
+from observability import metrics
 from tenants.auth import KeyContext, key_authenticate_header
 from tenants.errors import PlatformError
 
@@ -339,6 +340,7 @@ class SseStream:
                 status=429,
             )
         self.counted = True
+        metrics.mcp_session_opened()
         await self.consumer.send_headers(status=200, headers=SSE_HEADERS)
         first = f"event: endpoint\ndata: {self.endpoint}\n\n".encode() if self.endpoint else b": stream open\n\n"
         await self.consumer.send_body(first, more_body=True)
@@ -373,6 +375,7 @@ class SseStream:
         if self.task is not None and self.task is not current:
             self.task.cancel()
         if self.counted:
+            metrics.mcp_session_closed()
             with contextlib.suppress(Exception):
                 await session_store().stream_close(self.session.tenant_id, self.stream_id)
 

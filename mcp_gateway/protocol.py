@@ -17,6 +17,7 @@ from audit.services import AuditEntry, audit_record_deferred
 from mcp_gateway import ssrf
 from mcp_gateway.selectors import Catalog, ToolEntry, catalog_cache
 from mcp_gateway.upstream import UpstreamUnavailable, pool
+from observability import metrics, telemetry
 from tenants.auth import KeyContext
 from tenants.errors import PlatformError, ServiceUnavailable
 from tenants.quota import Check, QuotaExceeded, counters
@@ -296,7 +297,8 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
         except QuotaExceeded as exc:
             outcome, error = AuditEvent.Outcome.DENIED, exc.code or "rate_limited"
             raise RpcError(RATE_LIMITED, exc.message, data={"type": exc.type, "code": exc.code}) from None
-        result = await _upstream(catalog, entry.server_id, lambda client: client.call_tool(entry.name, arguments))
+        with telemetry.span("mcp.tool_call", {"llmp.mcp.server": entry.server_name, "llmp.mcp.tool": entry.name}):
+            result = await _upstream(catalog, entry.server_id, lambda client: client.call_tool(entry.name, arguments))
         shaped = _shape(ctx, _dump(result))
         if shaped.get("isError"):
             outcome, error = AuditEvent.Outcome.FAILURE, "tool_error"
@@ -309,7 +311,17 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
         outcome, error = AuditEvent.Outcome.FAILURE, "cancelled_or_crashed"
         raise
     finally:
-        _tool_call_audit(ctx, entry, arguments, outcome, error, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        _tool_call_audit(ctx, entry, arguments, outcome, error, seconds)
+        metrics.tool_call_observe(entry.server_name, TOOL_CALL_OUTCOMES.get(outcome, "error"), seconds)
+
+
+# Audit outcomes as the metric's small fixed label set.
+TOOL_CALL_OUTCOMES = {
+    AuditEvent.Outcome.SUCCESS: "ok",
+    AuditEvent.Outcome.FAILURE: "error",
+    AuditEvent.Outcome.DENIED: "denied",
+}
 
 
 def _tool_call_audit(

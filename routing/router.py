@@ -25,6 +25,7 @@ from typing import Any, TypeVar, cast
 
 from django.conf import settings
 
+from observability import metrics
 from routing.pricing import token_prices
 from routing.selectors import DeploymentTarget, GroupPolicy, deployment_cache
 from tenants.auth import KeyContext
@@ -581,6 +582,7 @@ class RouteRun:
                     "ms": round(elapsed * 1000, 3),
                 }
                 self.attempts.append(note)
+                metrics.upstream_error_observe(model, target.litellm_model, exc.code or exc.type)
                 if kind == "fatal":
                     raise
                 error = exc
@@ -588,6 +590,7 @@ class RouteRun:
                     return _Outcome(kind=kind, error=exc)
                 if len(targets) > 1 and await self.state.fail(target.id, policy):
                     note["cooldown"] = policy.cooldown_time
+                    metrics.cooldown_observe(model, target.litellm_model, exc.code or exc.type)
                 tried.add(target.id)
                 if attempt == policy.num_retries or len(self.attempts) >= settings.ROUTING_MAX_ATTEMPTS:
                     break

@@ -9,7 +9,7 @@ from pathlib import Path
 from observability import metrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "llm-platform.json"
-# Registered at merge by the audit export through metrics.gauge_callback.
+# Registered through metrics.gauge_callback when the project starts (llm_platform.apps).
 FROM_CALLBACKS = {"llmp_audit_export_lag_seconds"}
 
 
@@ -27,3 +27,9 @@ def test_every_metric_in_the_dashboard_is_exported():
     missing = queried - exported - FROM_CALLBACKS
     assert not missing, f"the dashboard queries metrics nobody exports: {sorted(missing)}"
     assert len(queried) >= 14
+
+
+def test_the_scrape_time_gauges_are_registered_and_read(db):
+    scraped = metrics.exposition().decode()
+    for name in FROM_CALLBACKS:
+        assert re.search(rf"^{name} [0-9.e+-]+$", scraped, re.M), f"{name} is not exported"
