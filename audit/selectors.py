@@ -10,24 +10,11 @@ from typing import Any
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from audit.chain import GENESIS_HASH, chain_for, link_error, timestamp
+from audit.chain import GENESIS_HASH, HASHED_FIELDS, chain_for, link_error, timestamp
 from audit.models import AuditChainHead, AuditEvent, AuditExportCheckpoint
 
-ROW_FIELDS = (
-    "id",
-    "chain",
-    "seq",
-    "prev_hash",
-    "created_at",
-    "actor",
-    "tenant_id",
-    "action",
-    "target",
-    "outcome",
-    "ip",
-    "details",
-    "hash",
-)
+# An exported row: the database id, the hashed fields in the chain's order, the hash.
+ROW_FIELDS = ("id", *HASHED_FIELDS, "hash")
 
 
 @dataclass(frozen=True)
