@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
+import datetime as dt
+import json
 import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
-from django.db import close_old_connections
+from django.conf import settings
+from django.db import DataError, IntegrityError, close_old_connections
+
+# Errors that blame the rows, not the database's availability: the batch is split and only
+# the refused rows are set aside. Anything else (connection lost, database down) keeps the
+# whole batch for the next flush.
+REFUSED_ROW_ERRORS: tuple[type[Exception], ...] = (DataError, IntegrityError, ValueError, TypeError)
 
 logger = logging.getLogger(__name__)
 Row = TypeVar("Row")
@@ -71,22 +80,52 @@ class BatchWriter(Generic[Row]):
         if not rows:
             return 0
         close_old_connections()
+        written = 0
+        parts = [rows]
         try:
-            self._write(rows)
+            while parts:
+                part = parts.pop(0)
+                try:
+                    self._write(part)
+                except REFUSED_ROW_ERRORS as exc:
+                    # The database answered and refused something in this batch. Halve it
+                    # until the refused rows stand alone, write the rest, and set those
+                    # aside where an operator can see and replay them: one bad row must not
+                    # stall every record behind it.
+                    if len(part) == 1:
+                        self._dead_letter(part[0], exc)
+                    else:
+                        middle = len(part) // 2
+                        parts[:0] = [part[:middle], part[middle:]]
+                else:
+                    written += len(part)
         except Exception:
             # Keep the rows for the next flush rather than lose accepted records.
-            logger.exception("%s writer failed to write %d rows; will retry", self.name, len(rows))
+            unwritten = [row for chunk in (part, *parts) for row in chunk]
+            logger.exception("%s writer failed to write %d rows; will retry", self.name, len(unwritten))
             with self._lock:
-                self._rows[:0] = rows
+                self._rows[:0] = unwritten
                 overflow = len(self._rows) - self.max_pending
                 if overflow > 0:
                     # Bound memory while the database stays down: drop the oldest, loudly.
                     del self._rows[:overflow]
                     logger.error("%s writer dropped %d rows: database unavailable too long", self.name, overflow)
-            return 0
         finally:
             close_old_connections()
-        return len(rows)
+        return written
+
+    def _dead_letter(self, row: Row, exc: Exception) -> None:
+        path = settings.VAR_DIR / "dead-letter" / f"{self.name}.jsonl"
+        record = {
+            "time": dt.datetime.now(dt.UTC).isoformat(),
+            "writer": self.name,
+            "error": f"{type(exc).__name__}: {exc}",
+            "row": dataclasses.asdict(row) if dataclasses.is_dataclass(row) else row,  # type: ignore[arg-type]
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+        logger.error("%s writer: the database refused a row (%s); kept in %s", self.name, record["error"], path)
 
     async def flush(self) -> int:
         loop = asyncio.get_running_loop()

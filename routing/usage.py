@@ -16,6 +16,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import F
 
 from audit.writer import BatchWriter
+from llm_platform.bulk import bulk_insert
 from routing.models import LATENCY_BUCKETS_MS, ModelDeployment, RequestLog, UsageRollup
 from routing.pricing import usage_cost
 from tenants.models import ApiKey, Tenant
@@ -104,7 +105,7 @@ def _write_usage(rows: list[UsageRow]) -> None:
         if row.api_key_id in keys:
             last_used[row.api_key_id] = max(row.created_at, last_used.get(row.api_key_id, row.created_at))
     with transaction.atomic():
-        RequestLog.objects.bulk_create(logs, ignore_conflicts=True)
+        bulk_insert(RequestLog, logs)
         for key_id, when in last_used.items():
             ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gt=when).update(last_used_at=when)
         _rollups_add(logs)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 
 from audit.writer import BatchWriter
+from llm_platform.bulk import bulk_insert
 from routing.ml.models import RouterSample, SmartGroup
 from tenants.models import Tenant
 
@@ -53,7 +54,7 @@ def _write_samples(rows: list[SampleRow]) -> None:
                 record=record,
             )
         )
-    RouterSample.objects.bulk_create(samples, ignore_conflicts=True)
+    bulk_insert(RouterSample, samples)
 
 
 sample_writer = BatchWriter[SampleRow](
