@@ -19,6 +19,9 @@ from django.db import connection
 from llm_platform.processes import http_wait
 
 ROOT = Path(__file__).resolve().parent.parent
+# A server that answers in ~2 s on a quiet machine took over 30 s on a heavily loaded one;
+# a slow start is not what these tests are about (a server that never starts still fails).
+START_TIMEOUT = 120.0
 
 
 def free_port() -> int:
@@ -84,7 +87,7 @@ def fake_upstream(tmp: Path, **options: str) -> Iterator[Server]:
         process = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=child_env())
     server = Server(f"http://127.0.0.1:{port}/v1", process, log)
     try:
-        http_wait(f"http://127.0.0.1:{port}/healthz", process)
+        http_wait(f"http://127.0.0.1:{port}/healthz", process, timeout=START_TIMEOUT)
         yield server
     finally:
         server.stop()
@@ -99,7 +102,7 @@ def daphne_server(tmp: Path, **env: str) -> Iterator[Server]:
         process = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=child_env(**env))
     server = Server(f"http://127.0.0.1:{port}", process, log)
     try:
-        http_wait(f"{server.url}/admin/login/", process)
+        http_wait(f"{server.url}/admin/login/", process, timeout=START_TIMEOUT)
         yield server
     finally:
         server.stop()
