@@ -293,8 +293,12 @@ LOGGING = {
         "plain": {"()": "observability.logs.TextFormatter"},
         "json": {"()": "observability.logs.JsonFormatter"},
     },
+    # Formatted and written on a thread of its own: a slow stderr never blocks the event loop.
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "json" if LOG_FORMAT == "json" else "plain"}
+        "console": {
+            "()": "observability.logs.BackgroundStreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+        }
     },
     "loggers": {
         **LOGGING["loggers"],  # type: ignore[dict-item]
