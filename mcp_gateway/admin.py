@@ -16,7 +16,15 @@ from tenants.admin import actor_of, ip_of
 
 class UpstreamServerForm(forms.ModelForm):
     url = forms.URLField(
-        max_length=500, assume_scheme="https", help_text="Streamable HTTP endpoint (…/mcp) or legacy SSE URL (…/sse)."
+        max_length=500,
+        required=False,
+        assume_scheme="https",
+        help_text="Streamable HTTP endpoint (…/mcp) or legacy SSE URL (…/sse); empty for stdio.",
+    )
+    command = forms.ChoiceField(
+        required=False,
+        help_text="stdio only: one of the commands the operator allowed in MCP_STDIO_COMMANDS. For stdio, the "
+        "credential is passed in the environment variable named in 'credential header'.",
     )
     credential = forms.CharField(
         required=False,
@@ -27,7 +35,19 @@ class UpstreamServerForm(forms.ModelForm):
 
     class Meta:
         model = UpstreamServer
-        fields = ["name", "url", "transport", "credential_header", "credential", "enabled"]
+        fields = ["name", "url", "transport", "command", "credential_header", "credential", "enabled"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from django.conf import settings
+
+        super().__init__(*args, **kwargs)
+        names = sorted(settings.MCP_STDIO_COMMANDS)
+        current = self.instance.command if self.instance.pk else ""
+        if current and current not in names:  # keep showing a name the operator has since removed
+            names.append(current)
+        choice_field = self.fields["command"]
+        assert isinstance(choice_field, forms.ChoiceField)
+        choice_field.choices = [("", "—"), *((name, name) for name in names)]
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -53,7 +73,7 @@ class UpstreamToolInline(admin.TabularInline):
 @admin.register(UpstreamServer)
 class UpstreamServerAdmin(admin.ModelAdmin):
     form = UpstreamServerForm
-    list_display = ["name", "url", "transport", "enabled", "health", "tool_count", "last_refresh_at"]
+    list_display = ["name", "endpoint", "transport", "enabled", "health", "tool_count", "last_refresh_at"]
     list_filter = ["enabled", "health", "transport"]
     search_fields = ["name", "url"]
     readonly_fields = ["health", "last_refresh_at", "last_error", "server_info", "created_at", "updated_at"]
@@ -64,6 +84,10 @@ class UpstreamServerAdmin(admin.ModelAdmin):
         from django.db.models import Count
 
         return super().get_queryset(request).annotate(tool_total=Count("tools"))
+
+    @admin.display(description="URL or command", ordering="url")
+    def endpoint(self, obj: UpstreamServer) -> str:
+        return f"stdio: {obj.command}" if obj.transport == UpstreamServer.Transport.STDIO else obj.url
 
     @admin.display(description="Tools", ordering="tool_total")
     def tool_count(self, obj: Any) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -19,6 +20,8 @@ from tests import live
 from tests.conftest import Issued
 
 UPSTREAM_TOKEN = "upstream-secret-token-123"
+# The operator's stdio commands for the tests: the SDK server in stdio_server.py.
+STDIO_COMMANDS = {"local": [sys.executable, str(Path(__file__).with_name("stdio_server.py"))]}
 
 
 @contextmanager
@@ -53,7 +56,12 @@ def mcp_upstream_sse(session_tmp: Path) -> Iterator[live.Server]:
 
 
 def gateway_env() -> dict[str, str]:
-    env = {"SSRF_ALLOWLIST": "127.0.0.1", "MCP_SSE_HEARTBEAT": "0.5"}
+    env = {
+        "SSRF_ALLOWLIST": "127.0.0.1",
+        "MCP_SSE_HEARTBEAT": "0.5",
+        "MCP_STDIO_COMMANDS": json.dumps(STDIO_COMMANDS),
+        "MCP_STDIO_MEMORY_MB": "768",
+    }
     if not settings.REDIS_URL:
         env["MCP_CATALOG_TTL"] = "0"  # no shared cache to tell the server the catalog changed
     return env
