@@ -220,7 +220,7 @@ class ApiKeyAdmin(KeyRotationAdminMixin, QuotaFormsetMixin, TenantScopedAdmin):
         "expires_at",
         "last_used_at",
     ]
-    list_filter = [KeyStatusFilter, KeyRotationFilter, "tenant"]
+    list_filter = [KeyStatusFilter, KeyRotationFilter, ("tenant", admin.RelatedOnlyFieldListFilter)]
     list_select_related = ["tenant"]
     search_fields = ["name", "prefix", "tenant__slug"]
     readonly_fields = [
