@@ -144,7 +144,7 @@ class QuotaFormsetMixin:
 class TenantAdmin(QuotaFormsetMixin, TenantScopedAdmin):
     tenant_lookups = ("pk",)
     list_display = ["slug", "name", "is_active", "key_count", "usage_link", "created_at"]
-    list_filter = ["is_active"]
+    list_filter = ["is_active", "trace_content"]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ["created_at", "updated_at"]
