@@ -67,11 +67,27 @@ class UpstreamLink:
         return not self._task.done()
 
     def _transport(self) -> Any:
+        # Every connection goes to an address checked at connect time (see ssrf.PinnedBackend).
         headers = dict(self.target.headers)
+        allowlist = self.target.allowlist
         if self.target.transport == "sse":
-            return sse_client(self.target.url, headers=headers, timeout=self.target.timeout)
-        http = httpx2.AsyncClient(
-            headers=headers, timeout=httpx2.Timeout(self.target.timeout, read=max(self.target.timeout, 300.0))
+
+            def pinned(
+                headers: dict[str, str] | None = None,
+                timeout: httpx2.Timeout | None = None,
+                auth: httpx2.Auth | None = None,
+            ) -> httpx2.AsyncClient:
+                return ssrf.pinned_client(
+                    allowlist, headers=headers, timeout=timeout or httpx2.Timeout(self.target.timeout), auth=auth
+                )
+
+            return sse_client(
+                self.target.url, headers=headers, timeout=self.target.timeout, httpx_client_factory=pinned
+            )
+        http = ssrf.pinned_client(
+            allowlist,
+            headers=headers,
+            timeout=httpx2.Timeout(self.target.timeout, read=max(self.target.timeout, 300.0)),
         )
         return streamable_http_client(self.target.url, http_client=http)
 
@@ -134,8 +150,9 @@ class UpstreamLink:
             raise UpstreamUnavailable(f"connecting to upstream '{self.target.name}' timed out") from None
         if self.client is None:
             error = self._error
-            if isinstance(error, ssrf.SsrfBlocked):
-                raise error
+            blocked = ssrf.blocked_in(error)
+            if blocked is not None:
+                raise blocked
             raise UpstreamUnavailable(f"upstream '{self.target.name}' is unreachable: {_describe(error)}")
         return self.client
 
