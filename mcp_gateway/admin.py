@@ -12,9 +12,10 @@ from django.http import HttpRequest
 from mcp_gateway import services
 from mcp_gateway.models import SsrfAllowEntry, ToolCallEvent, ToolGrant, UpstreamServer, UpstreamTool, VirtualServer
 from tenants.admin import actor_of, ip_of
+from tenants.admin_forms import ClearSecretField, WriteOnlySecretField, WriteOnlySecretForm
 
 
-class UpstreamServerForm(forms.ModelForm):
+class UpstreamServerForm(WriteOnlySecretForm):
     url = forms.URLField(
         max_length=500,
         required=False,
@@ -26,12 +27,8 @@ class UpstreamServerForm(forms.ModelForm):
         help_text="stdio only: one of the commands the operator allowed in MCP_STDIO_COMMANDS. For stdio, the "
         "credential is passed in the environment variable named in 'credential header'.",
     )
-    credential = forms.CharField(
-        required=False,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password", "size": 60}),
-        help_text="Sent in the credential header, e.g. 'Bearer …'; encrypted at rest. Leave blank to keep it.",
-    )
-    clear_credential = forms.BooleanField(required=False, help_text="Remove the stored credential.")
+    credential = WriteOnlySecretField(help_text="Sent in the credential header, e.g. 'Bearer …'; encrypted at rest.")
+    clear_credential = ClearSecretField()
 
     class Meta:
         model = UpstreamServer
@@ -48,14 +45,6 @@ class UpstreamServerForm(forms.ModelForm):
         choice_field = self.fields["command"]
         assert isinstance(choice_field, forms.ChoiceField)
         choice_field.choices = [("", "—"), *((name, name) for name in names)]
-
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean() or {}
-        if not cleaned.get("credential") and not cleaned.get("clear_credential") and self.instance.pk:
-            cleaned["credential"] = UpstreamServer.objects.get(pk=self.instance.pk).credential
-        if cleaned.get("clear_credential"):
-            cleaned["credential"] = ""
-        return cleaned
 
 
 class UpstreamToolInline(admin.TabularInline):

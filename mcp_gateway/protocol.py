@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from mcp.shared.exceptions import MCPError
 
 from audit.models import AuditEvent
@@ -19,8 +18,8 @@ from mcp_gateway.selectors import Catalog, ToolEntry, catalog_cache
 from mcp_gateway.upstream import UpstreamUnavailable, pool
 from observability import metrics, telemetry
 from tenants.auth import KeyContext
-from tenants.errors import PlatformError, ServiceUnavailable
-from tenants.quota import Check, QuotaExceeded, counters
+from tenants.errors import PlatformError
+from tenants.quota import QuotaExceeded, tool_call_quota_reserve
 
 logger = logging.getLogger(__name__)
 
@@ -225,44 +224,6 @@ async def _answer(ctx: CallContext, message: Message) -> dict[str, Any]:
     raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{method}'.")
 
 
-def _quota_checks(key: KeyContext) -> list[Check]:
-    now = time.time()
-    minute = int(now // 60)
-    ttl = int(((minute + 1) * 60 - now) * 1000) + 5000
-    return [
-        Check(
-            "tool_calls",
-            f"{settings.CACHE_KEY_PREFIX}:q:{rule.scope}:*:tool_calls:m{minute}",
-            rule.tool_rpm,
-            1,
-            ttl,
-            (minute + 1) * 60.0,
-            rule,
-        )
-        for rule in key.quotas
-        if rule.tool_rpm is not None and not rule.model
-    ]
-
-
-async def _quota_reserve(key: KeyContext) -> None:
-    checks = _quota_checks(key)
-    if not checks:
-        return
-    try:
-        failed, current, _ = await counters().reserve(checks)
-    except Exception as exc:  # the store is down: QUOTA_FAIL_MODE decides
-        if settings.QUOTA_FAIL_MODE == "closed":
-            raise ServiceUnavailable(
-                "Quotas cannot be checked right now (Redis unavailable); retry shortly.",
-                code="quota_backend_unavailable",
-            ) from exc
-        logger.warning("quota store unavailable, admitting tool call: %s", exc)
-        return
-    if failed:
-        check = checks[failed - 1]
-        raise QuotaExceeded(check, current, {})
-
-
 def _arguments_hash(arguments: dict[str, Any]) -> str:
     canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -293,7 +254,7 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
                 data={"type": "permission_error", "code": "tool_not_granted"},
             )
         try:
-            await _quota_reserve(ctx.key)
+            await tool_call_quota_reserve(ctx.key.quotas)
         except QuotaExceeded as exc:
             outcome, error = AuditEvent.Outcome.DENIED, exc.code or "rate_limited"
             raise RpcError(RATE_LIMITED, exc.message, data={"type": exc.type, "code": exc.code}) from None

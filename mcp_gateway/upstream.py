@@ -103,16 +103,32 @@ class UpstreamLink:
         return not self._task.done()
 
     def _transport(self) -> Any:
+        # Every connection goes to an address checked at connect time (see ssrf.PinnedBackend).
         headers = dict(self.target.headers)
         if self.target.transport == "stdio":
             if self._errlog is None:  # the child's stderr, kept beside its home for the operator
                 log = stdio_home(self.target.name).parent / f"{self.target.name}.stderr.log"
                 self._errlog = log.open("a", encoding="utf-8")
             return stdio_client(stdio_parameters(self.target), errlog=self._errlog)
+        allowlist = self.target.allowlist
         if self.target.transport == "sse":
-            return sse_client(self.target.url, headers=headers, timeout=self.target.timeout)
-        http = httpx2.AsyncClient(
-            headers=headers, timeout=httpx2.Timeout(self.target.timeout, read=max(self.target.timeout, 300.0))
+
+            def pinned(
+                headers: dict[str, str] | None = None,
+                timeout: httpx2.Timeout | None = None,
+                auth: httpx2.Auth | None = None,
+            ) -> httpx2.AsyncClient:
+                return ssrf.pinned_client(
+                    allowlist, headers=headers, timeout=timeout or httpx2.Timeout(self.target.timeout), auth=auth
+                )
+
+            return sse_client(
+                self.target.url, headers=headers, timeout=self.target.timeout, httpx_client_factory=pinned
+            )
+        http = ssrf.pinned_client(
+            allowlist,
+            headers=headers,
+            timeout=httpx2.Timeout(self.target.timeout, read=max(self.target.timeout, 300.0)),
         )
         return streamable_http_client(self.target.url, http_client=http)
 
@@ -182,8 +198,9 @@ class UpstreamLink:
             raise UpstreamUnavailable(f"connecting to upstream '{self.target.name}' timed out") from None
         if self.client is None:
             error = self._error
-            if isinstance(error, ssrf.SsrfBlocked):
-                raise error
+            blocked = ssrf.blocked_in(error)
+            if blocked is not None:
+                raise blocked
             raise UpstreamUnavailable(f"upstream '{self.target.name}' is unreachable: {_describe(error)}")
         return self.client
 

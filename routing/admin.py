@@ -20,17 +20,14 @@ from routing import charts as charts_svg
 from routing import reports, services
 from routing.models import ModelDeployment, RequestLog, RouteGroup
 from tenants.admin import actor_of, ip_of
+from tenants.admin_forms import ClearSecretField, WriteOnlySecretField, WriteOnlySecretForm
 from tenants.models import Tenant
 from tenants.scoping import TenantScopedAdmin
 
 
-class ModelDeploymentForm(forms.ModelForm):
-    api_key = forms.CharField(
-        required=False,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password", "size": 60}),
-        help_text="Provider credential, encrypted at rest. Leave blank to keep the current one.",
-    )
-    clear_api_key = forms.BooleanField(required=False, help_text="Remove the stored credential.")
+class ModelDeploymentForm(WriteOnlySecretForm):
+    api_key = WriteOnlySecretField(help_text="Provider credential, encrypted at rest.")
+    clear_api_key = ClearSecretField()
 
     class Meta:
         model = ModelDeployment
@@ -49,15 +46,6 @@ class ModelDeploymentForm(forms.ModelForm):
         if not isinstance(value, dict):
             raise forms.ValidationError("Extra params must be a JSON object.")
         return value
-
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean() or {}
-        self.api_key_changed = bool(cleaned.get("api_key")) or bool(cleaned.get("clear_api_key"))
-        if not cleaned.get("api_key") and not cleaned.get("clear_api_key") and self.instance.pk:
-            cleaned["api_key"] = ModelDeployment.objects.get(pk=self.instance.pk).api_key
-        if cleaned.get("clear_api_key"):
-            cleaned["api_key"] = ""
-        return cleaned
 
 
 @admin.register(ModelDeployment)
@@ -96,7 +84,10 @@ class ModelDeploymentAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: ModelDeployment, form: Any, change: bool) -> None:
         services.deployment_save(
-            deployment=obj, actor=actor_of(request), ip=ip_of(request), api_key_changed=form.api_key_changed
+            deployment=obj,
+            actor=actor_of(request),
+            ip=ip_of(request),
+            api_key_changed="api_key" in form.changed_secrets,
         )
 
     def delete_model(self, request: HttpRequest, obj: ModelDeployment) -> None:

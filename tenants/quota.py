@@ -478,6 +478,44 @@ async def quota_reserve(
     return Reservation(checks, values)
 
 
+def _tool_call_checks(rules: tuple[QuotaRule, ...]) -> list[Check]:
+    now = time.time()
+    minute = int(now // 60)
+    ttl = int(((minute + 1) * 60 - now) * 1000) + 5000
+    return [
+        Check(
+            "tool_calls",
+            f"{settings.CACHE_KEY_PREFIX}:q:{rule.scope}:*:tool_calls:m{minute}",
+            rule.tool_rpm,
+            1,
+            ttl,
+            (minute + 1) * 60.0,
+            rule,
+        )
+        for rule in rules
+        if rule.tool_rpm is not None and not rule.model
+    ]
+
+
+async def tool_call_quota_reserve(rules: tuple[QuotaRule, ...]) -> None:
+    """Count one MCP tool call against every tool-call limit of ``rules`` (those for all
+    models), or raise ``QuotaExceeded`` and count nothing. A tool call holds no concurrency
+    slot and has no cost, so there is nothing to settle afterwards."""
+    checks = _tool_call_checks(rules)
+    if not checks:
+        return
+    try:
+        failed, current, _ = await counters().reserve(checks)
+    except Exception as exc:  # redis.RedisError, OSError: the store is unreachable
+        if isinstance(exc, PlatformError):
+            raise
+        _store_failed(exc)
+        return
+    if failed:
+        check = checks[failed - 1]
+        raise QuotaExceeded(check, current, {"Retry-After": str(max(1, math.ceil(check.reset_at - time.time())))})
+
+
 def quota_settle(reservation: Reservation, *, tokens_in: int, tokens_out: int, cost: Decimal) -> None:
     """Replace the reservation with what was really used, and release the concurrency slot.
 

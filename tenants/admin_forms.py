@@ -1,0 +1,55 @@
+"""Admin form pieces shared by the apps: a write-only secret field that keeps its stored value when left blank."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+
+class WriteOnlySecretField(forms.CharField):
+    """A secret the admin accepts but never shows back (the page source holds no trace of it).
+
+    Used with ``WriteOnlySecretForm``: left blank, the stored value is kept; the form's
+    ``clear_<name>`` checkbox (a ``ClearSecretField``) removes it.
+    """
+
+    def __init__(self, *, help_text: str, **kwargs: Any) -> None:
+        kwargs.setdefault(
+            "widget", forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password", "size": 60})
+        )
+        super().__init__(required=False, help_text=f"{help_text} Leave blank to keep the current one.", **kwargs)
+
+
+class ClearSecretField(forms.BooleanField):
+    """The checkbox that removes a stored secret (named ``clear_<secret field>``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("help_text", "Remove the stored credential.")
+        super().__init__(required=False, **kwargs)
+
+
+class WriteOnlySecretForm(forms.ModelForm):
+    """A model form whose ``WriteOnlySecretField`` fields keep, replace or clear the stored secret.
+
+    After ``clean``, ``changed_secrets`` names the secrets that were replaced or cleared,
+    so the service can audit "(changed)" without ever seeing the old value in the form.
+    """
+
+    changed_secrets: set[str]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        self.changed_secrets = set()
+        for name, field in self.fields.items():
+            if not isinstance(field, WriteOnlySecretField):
+                continue
+            if cleaned.get(f"clear_{name}"):
+                cleaned[name] = ""
+                self.changed_secrets.add(name)
+            elif cleaned.get(name):
+                self.changed_secrets.add(name)
+            elif self.instance.pk:
+                stored = type(self.instance)._default_manager.get(pk=self.instance.pk)
+                cleaned[name] = getattr(stored, name)
+        return cleaned
