@@ -13,6 +13,7 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 
 from mcp_gateway.protocol import (
     DEFAULT_HEADER_VERSION,
@@ -132,7 +133,22 @@ class McpConsumer(AsyncHttpConsumer):
             return
         raise RpcError(INVALID_REQUEST, f"Origin '{origin}' is not allowed.", status=403)
 
+    def host_check(self) -> None:
+        """The Host header must name this gateway (ALLOWED_HOSTS), as Django checks it for its own views.
+
+        Channels consumers never reach Django's ``request.get_host()``, so without this a
+        rebound DNS name pointing at a local gateway would be served.
+        """
+        host = self.header(b"host") or ""
+        domain, _ = split_domain_port(host)
+        allowed = list(settings.ALLOWED_HOSTS)
+        if settings.DEBUG and not allowed:
+            allowed = [".localhost", "127.0.0.1", "[::1]"]  # what Django allows in DEBUG with none set
+        if not domain or not validate_host(domain, allowed):
+            raise RpcError(INVALID_REQUEST, f"Host '{host}' is not allowed here; add it to ALLOWED_HOSTS.", status=403)
+
     async def authenticate(self) -> KeyContext:
+        self.host_check()
         self.origin_check()
         key = await key_authenticate_header(self.header(b"authorization"), ip=self.client_ip, endpoint="mcp")
         key.require_scope("mcp")
