@@ -358,3 +358,11 @@ MCP_SSE_HEARTBEAT = env_float("MCP_SSE_HEARTBEAT", 15.0, minimum=0.1)
 MCP_MAX_STREAMS_PER_TENANT = env_int("MCP_MAX_STREAMS_PER_TENANT", 1000, minimum=1)
 MCP_UPSTREAM_TIMEOUT = env_float("MCP_UPSTREAM_TIMEOUT", 60.0, minimum=0.1)
 MCP_CATALOG_TTL = env_float("MCP_CATALOG_TTL", 30.0, minimum=0)
+# How a POST's answer is sent: "auto" streams it as SSE when there is something to relay
+# before the response (progress of a tools/call that asked for it), else one JSON body.
+MCP_POST_RESPONSE = env_str("MCP_POST_RESPONSE", "auto").lower()
+if MCP_POST_RESPONSE not in ("auto", "json", "sse"):
+    raise ImproperlyConfigured("MCP_POST_RESPONSE must be auto, json or sse.")
+# Events kept per SSE stream for Last-Event-ID resumption, and for how long after the last one.
+MCP_EVENT_HISTORY = env_int("MCP_EVENT_HISTORY", 256, minimum=1)
+MCP_EVENT_TTL = env_float("MCP_EVENT_TTL", 600.0, minimum=1)
