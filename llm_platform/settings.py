@@ -364,3 +364,11 @@ MCP_STDIO_COMMANDS = env_commands("MCP_STDIO_COMMANDS")
 # Address-space limit of each stdio upstream process (MiB; 0 = no limit) and its open files.
 MCP_STDIO_MEMORY_MB = env_int("MCP_STDIO_MEMORY_MB", 1024, minimum=0)
 MCP_STDIO_MAX_FILES = env_int("MCP_STDIO_MAX_FILES", 256, minimum=16)
+# How a POST's answer is sent: "auto" streams it as SSE when there is something to relay
+# before the response (progress of a tools/call that asked for it), else one JSON body.
+MCP_POST_RESPONSE = env_str("MCP_POST_RESPONSE", "auto").lower()
+if MCP_POST_RESPONSE not in ("auto", "json", "sse"):
+    raise ImproperlyConfigured("MCP_POST_RESPONSE must be auto, json or sse.")
+# Events kept per SSE stream for Last-Event-ID resumption, and for how long after the last one.
+MCP_EVENT_HISTORY = env_int("MCP_EVENT_HISTORY", 256, minimum=1)
+MCP_EVENT_TTL = env_float("MCP_EVENT_TTL", 600.0, minimum=1)

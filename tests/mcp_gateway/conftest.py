@@ -25,12 +25,16 @@ STDIO_COMMANDS = {"local": [sys.executable, str(Path(__file__).with_name("stdio_
 
 
 @contextmanager
-def mcp_upstream(tmp: Path, transport: str = "streamable-http", token: str = UPSTREAM_TOKEN) -> Iterator[live.Server]:
+def mcp_upstream(
+    tmp: Path, transport: str = "streamable-http", token: str = UPSTREAM_TOKEN, *, sse_responses: bool = False
+) -> Iterator[live.Server]:
     port = live.free_port()
     log = tmp / f"mcp-upstream-{port}.log"
     args = [sys.executable, "-m", "tests.mcp_gateway.upstream_server", "--port", str(port), "--transport", transport]
     if token:
         args += ["--token", token]
+    if sse_responses:
+        args.append("--sse-responses")
     with log.open("wb") as out:
         process = subprocess.Popen(args, cwd=live.ROOT, stdout=out, stderr=subprocess.STDOUT, env=live.child_env())
     path = "/sse" if transport == "sse" else "/mcp"
@@ -46,6 +50,13 @@ def mcp_upstream(tmp: Path, transport: str = "streamable-http", token: str = UPS
 @pytest.fixture(scope="session")
 def mcp_upstream_http(session_tmp: Path) -> Iterator[live.Server]:
     with mcp_upstream(session_tmp) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mcp_upstream_streaming(session_tmp: Path) -> Iterator[live.Server]:
+    """An upstream that answers with SSE, so its tools can report progress."""
+    with mcp_upstream(session_tmp, sse_responses=True) as server:
         yield server
 
 
