@@ -9,6 +9,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
+from django.db.models import Q, QuerySet
 
 from mcp_gateway.models import TOOL_SEPARATOR, SsrfAllowEntry, ToolGrant, UpstreamServer, UpstreamTool, VirtualServer
 from tenants.auth import KeyContext
@@ -31,6 +32,13 @@ def upstream_target(server: UpstreamServer, allowlist: list[str]) -> Any:
         revision=server.updated_at.isoformat() if server.updated_at else "",
         timeout=settings.MCP_UPSTREAM_TIMEOUT,
     )
+
+
+def servers_grantable_by(tenant_ids: set[int]) -> QuerySet[UpstreamServer]:
+    """Servers a tenant admin of ``tenant_ids`` works with: open for self-service, or already granted to them."""
+    return UpstreamServer.objects.filter(
+        Q(tenant_self_service=True) | Q(grants__tenant_id__in=tenant_ids, grants__api_key__isnull=True)
+    ).distinct()
 
 
 @dataclass(frozen=True, slots=True)
