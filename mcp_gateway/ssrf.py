@@ -105,6 +105,7 @@ async def resolve(url: str) -> list[str]:
 
 
 async def resolve_host(host: str) -> list[str]:
+    """The host's addresses in the resolver's order of preference (RFC 6724), each once."""
     literal = _literal_or_none(host)
     if literal is not None:
         return literal
@@ -112,7 +113,7 @@ async def resolve_host(host: str) -> list[str]:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except OSError:
         return []
-    return sorted({str(info[4][0]) for info in infos})
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 class PinnedBackend(httpcore2.AsyncNetworkBackend):
