@@ -379,13 +379,14 @@ MCP_SERVER_KEYS = {
     "name",
     "url",
     "transport",
+    "command",
     "credential",
     "credential_header",
     "enabled",
     "tenant_self_service",
     "grants",
 }
-MCP_TRANSPORTS = {"streamable_http": "streamable_http", "http": "streamable_http", "sse": "sse"}
+MCP_TRANSPORTS = {"streamable_http": "streamable_http", "http": "streamable_http", "sse": "sse", "stdio": "stdio"}
 
 
 def _apply_mcp_server(entry: Any, where: str, actor: str, report: ConfigReport) -> UpstreamServer | None:
@@ -399,7 +400,7 @@ def _apply_mcp_server(entry: Any, where: str, actor: str, report: ConfigReport) 
     name = _string(entry, "name", where)
     transport = MCP_TRANSPORTS.get(str(entry.get("transport", "streamable_http")))
     if transport is None:
-        raise ConfigError(f"{where}.transport must be streamable_http or sse")
+        raise ConfigError(f"{where}.transport must be streamable_http, sse or stdio")
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"{where}.enabled must be true or false")
@@ -409,8 +410,10 @@ def _apply_mcp_server(entry: Any, where: str, actor: str, report: ConfigReport) 
     credential = _resolve(entry.get("credential"), f"{where}.credential") or ""
     if not isinstance(credential, str):
         raise ConfigError(f"{where}.credential must be a string (the header value)")
+    stdio = transport == "stdio"
     desired = {
-        "url": _string(entry, "url", where),
+        "url": _string(entry, "url", where, required=not stdio),
+        "command": _string(entry, "command", where, required=stdio),
         "transport": transport,
         "credential": credential,
         "credential_header": str(entry.get("credential_header") or "Authorization"),

@@ -69,3 +69,30 @@ def env_list(name: str, default: list[str] | None = None) -> list[str]:
     if raw is None:
         return list(default or [])
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_commands(name: str) -> dict[str, tuple[str, ...]]:
+    """A JSON object of command names to argv lists (or shell-style strings), e.g.
+    ``{"files": ["npx", "-y", "@modelcontextprotocol/server-filesystem", "/srv/shared"]}``."""
+    import json
+    import re
+    import shlex
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ImproperlyConfigured(f"{name} must be a JSON object of name -> command.")
+    commands: dict[str, tuple[str, ...]] = {}
+    for key, value in data.items():
+        if not re.match(r"^[a-z0-9][a-z0-9_-]{0,62}$", key):
+            raise ImproperlyConfigured(f"{name}: '{key}' is not a valid name (lower-case letters, digits, '-', '_').")
+        argv = shlex.split(value) if isinstance(value, str) else value
+        if not isinstance(argv, list) or not argv or not all(isinstance(part, str) and part for part in argv):
+            raise ImproperlyConfigured(f"{name}: '{key}' must be a non-empty list of strings (the argv) or a string.")
+        commands[key] = tuple(argv)
+    return commands

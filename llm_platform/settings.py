@@ -11,7 +11,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from llm_platform.env import env_bool, env_float, env_int, env_list, env_secret, env_str
+from llm_platform.env import env_bool, env_commands, env_float, env_int, env_list, env_secret, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
@@ -358,3 +358,17 @@ MCP_SSE_HEARTBEAT = env_float("MCP_SSE_HEARTBEAT", 15.0, minimum=0.1)
 MCP_MAX_STREAMS_PER_TENANT = env_int("MCP_MAX_STREAMS_PER_TENANT", 1000, minimum=1)
 MCP_UPSTREAM_TIMEOUT = env_float("MCP_UPSTREAM_TIMEOUT", 60.0, minimum=0.1)
 MCP_CATALOG_TTL = env_float("MCP_CATALOG_TTL", 30.0, minimum=0)
+# Local (stdio) upstreams: only the commands the operator names here can be started, by name;
+# admins pick one of these names, never a command line. JSON: {"name": ["argv0", "arg", ...]}.
+MCP_STDIO_COMMANDS = env_commands("MCP_STDIO_COMMANDS")
+# Address-space limit of each stdio upstream process (MiB; 0 = no limit) and its open files.
+MCP_STDIO_MEMORY_MB = env_int("MCP_STDIO_MEMORY_MB", 1024, minimum=0)
+MCP_STDIO_MAX_FILES = env_int("MCP_STDIO_MAX_FILES", 256, minimum=16)
+# How a POST's answer is sent: "auto" streams it as SSE when there is something to relay
+# before the response (progress of a tools/call that asked for it), else one JSON body.
+MCP_POST_RESPONSE = env_str("MCP_POST_RESPONSE", "auto").lower()
+if MCP_POST_RESPONSE not in ("auto", "json", "sse"):
+    raise ImproperlyConfigured("MCP_POST_RESPONSE must be auto, json or sse.")
+# Events kept per SSE stream for Last-Event-ID resumption, and for how long after the last one.
+MCP_EVENT_HISTORY = env_int("MCP_EVENT_HISTORY", 256, minimum=1)
+MCP_EVENT_TTL = env_float("MCP_EVENT_TTL", 600.0, minimum=1)

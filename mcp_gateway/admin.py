@@ -21,14 +21,43 @@ from tenants.scoping import TenantScopedAdmin
 
 class UpstreamServerForm(WriteOnlySecretForm):
     url = forms.URLField(
-        max_length=500, assume_scheme="https", help_text="Streamable HTTP endpoint (…/mcp) or legacy SSE URL (…/sse)."
+        max_length=500,
+        required=False,
+        assume_scheme="https",
+        help_text="Streamable HTTP endpoint (…/mcp) or legacy SSE URL (…/sse); empty for stdio.",
+    )
+    command = forms.ChoiceField(
+        required=False,
+        help_text="stdio only: one of the commands the operator allowed in MCP_STDIO_COMMANDS. For stdio, the "
+        "credential is passed in the environment variable named in 'credential header'.",
     )
     credential = WriteOnlySecretField(help_text="Sent in the credential header, e.g. 'Bearer …'; encrypted at rest.")
     clear_credential = ClearSecretField()
 
     class Meta:
         model = UpstreamServer
-        fields = ["name", "url", "transport", "credential_header", "credential", "enabled", "tenant_self_service"]
+        fields = [
+            "name",
+            "url",
+            "transport",
+            "command",
+            "credential_header",
+            "credential",
+            "enabled",
+            "tenant_self_service",
+        ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from django.conf import settings
+
+        super().__init__(*args, **kwargs)
+        names = sorted(settings.MCP_STDIO_COMMANDS)
+        current = self.instance.command if self.instance.pk else ""
+        if current and current not in names:  # keep showing a name the operator has since removed
+            names.append(current)
+        choice_field = self.fields["command"]
+        assert isinstance(choice_field, forms.ChoiceField)
+        choice_field.choices = [("", "—"), *((name, name) for name in names)]
 
 
 class UpstreamToolInline(admin.TabularInline):
@@ -48,7 +77,7 @@ class UpstreamServerAdmin(admin.ModelAdmin):
     form = UpstreamServerForm
     list_display = [
         "name",
-        "url",
+        "endpoint",
         "transport",
         "enabled",
         "tenant_self_service",
@@ -66,6 +95,10 @@ class UpstreamServerAdmin(admin.ModelAdmin):
         from django.db.models import Count
 
         return super().get_queryset(request).annotate(tool_total=Count("tools"))
+
+    @admin.display(description="URL or command", ordering="url")
+    def endpoint(self, obj: UpstreamServer) -> str:
+        return f"stdio: {obj.command}" if obj.transport == UpstreamServer.Transport.STDIO else obj.url
 
     @admin.display(description="Tools", ordering="tool_total")
     def tool_count(self, obj: Any) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -13,7 +14,9 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 
+from mcp_gateway.events import LocalEventLog, RedisEventLog, StreamInfo, event_id, event_id_parse, event_log
 from mcp_gateway.protocol import (
     DEFAULT_HEADER_VERSION,
     HANDSHAKE_VERSIONS,
@@ -37,6 +40,17 @@ from mcp_gateway.protocol import (
 from mcp_gateway.relay import relay, reply_send
 from mcp_gateway.selectors import catalog_cache
 from mcp_gateway.sessions import McpSession, session_id_new, session_store
+from mcp_gateway.streams import (
+    SSE_HEADERS,
+    ResponseStream,
+    Watcher,
+    catalog_watch,
+    list_changed,
+    message_dump,
+    progress_token,
+    sse_accepted,
+    sse_frame,
+)
 from observability import metrics
 from tenants.auth import KeyContext, key_authenticate_header
 from tenants.errors import PlatformError
@@ -44,12 +58,9 @@ from tenants.errors import PlatformError
 logger = logging.getLogger(__name__)
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 SUPPORTED_VERSIONS = (*HANDSHAKE_VERSIONS, *MODERN_VERSIONS)
+SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
+LISTEN_FILTER = {"toolsListChanged": "tools", "promptsListChanged": "prompts", "resourcesListChanged": "resources"}
 NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 
 
@@ -132,7 +143,22 @@ class McpConsumer(AsyncHttpConsumer):
             return
         raise RpcError(INVALID_REQUEST, f"Origin '{origin}' is not allowed.", status=403)
 
+    def host_check(self) -> None:
+        """The Host header must name this gateway (ALLOWED_HOSTS), as Django checks it for its own views.
+
+        Channels consumers never reach Django's ``request.get_host()``, so without this a
+        rebound DNS name pointing at a local gateway would be served.
+        """
+        host = self.header(b"host") or ""
+        domain, _ = split_domain_port(host)
+        allowed = list(settings.ALLOWED_HOSTS)
+        if settings.DEBUG and not allowed:
+            allowed = [".localhost", "127.0.0.1", "[::1]"]  # what Django allows in DEBUG with none set
+        if not domain or not validate_host(domain, allowed):
+            raise RpcError(INVALID_REQUEST, f"Host '{host}' is not allowed here; add it to ALLOWED_HOSTS.", status=403)
+
     async def authenticate(self) -> KeyContext:
+        self.host_check()
         self.origin_check()
         key = await key_authenticate_header(self.header(b"authorization"), ip=self.client_ip, endpoint="mcp")
         key.require_scope("mcp")
@@ -162,8 +188,7 @@ class StreamableHttpConsumer(McpConsumer):
         key = await self.authenticate()
         bundle = await self.bundle_check()
         if method == "POST":
-            await self.post(body, key, bundle)
-            return False
+            return await self.post(body, key, bundle)
         if method == "GET":
             return await self.open_stream(key)
         if method == "DELETE":
@@ -185,7 +210,7 @@ class StreamableHttpConsumer(McpConsumer):
                 INVALID_REQUEST, f"Not Acceptable: the Accept header must list {' and '.join(required)}.", status=406
             )
 
-    async def post(self, body: bytes, key: KeyContext, bundle: str) -> None:
+    async def post(self, body: bytes, key: KeyContext, bundle: str) -> bool:
         self.accept_check("application/json", "text/event-stream")
         content_type = (self.header(b"content-type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
@@ -202,15 +227,14 @@ class StreamableHttpConsumer(McpConsumer):
                 status=400,
             )
         if header_version in MODERN_VERSIONS:
-            await self.post_modern(payload, header_version, key, bundle)
-            return
+            return await self.post_modern(payload, header_version, key, bundle)
         if isinstance(payload, list):
             await self.post_batch(payload, header_version, key, bundle)
-            return
+            return False
         message = message_parse(payload)
         if message.method == "initialize":
             await self.initialize(message, key, bundle)
-            return
+            return False
         session = await self.session_find(self.header(b"mcp-session-id"), key)
         version = header_version or DEFAULT_HEADER_VERSION
         if header_version is not None and header_version != session.version:
@@ -224,8 +248,44 @@ class StreamableHttpConsumer(McpConsumer):
         ctx = CallContext(key, session.version or version, bundle, self.client_ip, session.id, "streamable_http")
         if not message.is_request:
             await self.reply(202)
+            return False
+        # Resumable (ids, history) in every handshake version; the id-only priming event is 2025-11-25's.
+        await self.answer(ctx, message, resumable=True, prime=session.version >= "2025-11-25")
+        return False
+
+    def wants_stream(self, message: Message) -> bool:
+        """Answer as SSE? ``MCP_POST_RESPONSE``: json, sse, or auto (when progress is to be relayed)."""
+        mode = settings.MCP_POST_RESPONSE
+        if mode == "json" or not sse_accepted(self.header(b"accept")):
+            return False
+        return mode == "sse" or (message.method == "tools/call" and progress_token(message.params) is not None)
+
+    async def answer(self, ctx: CallContext, message: Message, *, resumable: bool, prime: bool) -> None:
+        """Send a request's response: one JSON body, or an SSE stream carrying the call's progress first."""
+        if not self.wants_stream(message):
+            await self.reply(200, await request_handle(ctx, message))
             return
-        await self.reply(200, await request_handle(ctx, message))
+        log = event_log() if resumable else None
+        stream = ResponseStream(self, session_id=ctx.session_id, log=log, prime=prime)
+        await stream.open()
+        token = progress_token(message.params)
+        if token is not None and message.method == "tools/call":
+
+            async def progress(value: float, total: float | None, text: str | None) -> None:
+                params: dict[str, Any] = {"progressToken": token, "progress": value}
+                if total is not None:
+                    params["total"] = total
+                if text is not None:
+                    params["message"] = text
+                await stream.send({"jsonrpc": "2.0", "method": "notifications/progress", "params": params})
+
+            ctx = dataclasses.replace(ctx, progress=progress)
+        try:
+            response = await request_handle(ctx, message)
+        except Exception:  # the headers are sent: the failure must be the stream's last event
+            logger.exception("MCP request failed")
+            response = RpcError(-32603, "Internal error.").response(message.id)
+        await stream.send(response, final=True)
 
     async def post_batch(self, payload: list[Any], header_version: str | None, key: KeyContext, bundle: str) -> None:
         session = await self.session_find(self.header(b"mcp-session-id"), key)
@@ -264,13 +324,13 @@ class StreamableHttpConsumer(McpConsumer):
         response = {"jsonrpc": "2.0", "id": message.id, "result": result}
         await self.reply(200, response, [(b"mcp-session-id", session.id.encode())])
 
-    async def post_modern(self, payload: Any, version: str, key: KeyContext, bundle: str) -> None:
+    async def post_modern(self, payload: Any, version: str, key: KeyContext, bundle: str) -> bool:
         if isinstance(payload, list):
             raise RpcError(INVALID_REQUEST, "Invalid Request: batches are not part of 2026-07-28.", status=400)
         message = message_parse(payload)
         if message.method is None:
             await self.reply(202)  # a response to a server request: nothing to answer
-            return
+            return False
         header_method = self.header(b"mcp-method")
         if header_method != message.method:
             raise RpcError(
@@ -292,25 +352,72 @@ class StreamableHttpConsumer(McpConsumer):
             raise RpcError(-32601, "initialize is not part of 2026-07-28; use server/discover.", status=400)
         if not message.is_request:
             await self.reply(202)
-            return
+            return False
         try:
             modern_meta_check(message, version)
         except RpcError as exc:
             await self.reply(exc.status, exc.response(message.id))
-            return
+            return False
         if message.method == "server/discover":
             await self.reply(200, {"jsonrpc": "2.0", "id": message.id, "result": discover_result()})
-            return
+            return False
+        if message.method == "subscriptions/listen":
+            await self.listen(message, version, key, bundle)
+            return True
         ctx = CallContext(key, version, bundle, self.client_ip, "", "streamable_http")
-        await self.reply(200, await request_handle(ctx, message))
+        # 2026-07-28 has no Last-Event-ID resumption: its streams carry no ids.
+        await self.answer(ctx, message, resumable=False, prime=False)
+        return False
+
+    async def listen(self, message: Message, version: str, key: KeyContext, bundle: str) -> None:
+        """``subscriptions/listen``: acknowledge the honoured filter, then send list_changed on catalogue changes."""
+        if not sse_accepted(self.header(b"accept")):
+            raise RpcError(
+                INVALID_REQUEST, "Not Acceptable: subscriptions/listen answers with text/event-stream.", status=406
+            )
+        requested = message.params.get("notifications")
+        if requested is not None and not isinstance(requested, dict):
+            raise RpcError(-32602, "Invalid params: 'notifications' must be an object.", status=400)
+        honoured = {name: True for name in LISTEN_FILTER if (requested or {}).get(name) is True}
+        meta = {SUBSCRIPTION_ID: message.id}
+        session = McpSession("", key.key_id, key.tenant_id, version, "streamable_http", bundle)
+        self.stream = SseStream(self, session)
+        await self.stream.open()
+        ack = {
+            "jsonrpc": "2.0",
+            "method": "notifications/subscriptions/acknowledged",
+            "params": {"_meta": meta, "notifications": honoured},
+        }
+        await self.stream.send_message(message_dump(ack))
+        kinds = frozenset(LISTEN_FILTER[name] for name in honoured)
+        if kinds:
+            await self.stream.watch(key, bundle, kinds, meta)
 
     async def open_stream(self, key: KeyContext) -> bool:
         if self.header(b"mcp-protocol-version") in MODERN_VERSIONS:
             raise RpcError(INVALID_REQUEST, "Stateless MCP has no GET stream; use subscriptions/listen.", status=405)
         self.accept_check("text/event-stream")
         session = await self.session_find(self.header(b"mcp-session-id"), key)
-        self.stream = SseStream(self, session)
-        await self.stream.open()
+        log = event_log()
+        resumed = event_id_parse(self.header(b"last-event-id"))
+        info = None
+        if resumed is not None:
+            with contextlib.suppress(Exception):
+                info = await log.info(resumed[0])
+        if resumed is None or info is None or info.session_id != session.id:
+            # Unknown, expired or another session's stream: nothing to replay, a fresh stream.
+            self.stream = SseStream(self, session, log=log, prime=session.version >= "2025-11-25")
+            await self.stream.open()
+            await self.stream.watch(key, session.bundle)
+            return True
+        stream_id, after = resumed
+        self.stream = SseStream(self, session, log=log, stream_id=stream_id)
+        if info.kind == "post":
+            await self.stream.open(resume_after=after, follow=True)
+        else:
+            await self.stream.open(resume_after=after)
+            if not self.stream.closed:
+                await self.stream.watch(key, session.bundle)
         return True
 
     async def http_disconnect(self, message: dict[str, Any]) -> None:
@@ -321,19 +428,41 @@ class StreamableHttpConsumer(McpConsumer):
 
 
 class SseStream:
-    """An open server-to-client event stream: heartbeats, idle timeout, per-tenant limit."""
+    """An open server-to-client event stream: heartbeats, idle timeout, per-tenant limit.
 
-    def __init__(self, consumer: AsyncHttpConsumer, session: McpSession, *, endpoint: str = "") -> None:
+    With an event log (Streamable HTTP's GET stream) every message gets an id and is kept,
+    so the client can resume after a lost connection with ``Last-Event-ID``, on any process.
+    """
+
+    def __init__(
+        self,
+        consumer: AsyncHttpConsumer,
+        session: McpSession,
+        *,
+        endpoint: str = "",
+        log: LocalEventLog | RedisEventLog | None = None,
+        stream_id: str = "",
+        prime: bool = False,
+    ) -> None:
         self.consumer = consumer
         self.session = session
         self.endpoint = endpoint
         self.task: asyncio.Task[None] | None = None
         self.counted = False
         self.closed = False
-        self.stream_id = session_id_new()
+        self.lease_id = session_id_new()  # this connection's place in the tenant's open-stream count
+        self.log = log
+        self.stream_id = stream_id or session_id_new()
+        self.prime = prime
+        self.watcher: Watcher | None = None
 
-    async def open(self) -> None:
-        if not await session_store().stream_open(self.session.tenant_id, self.stream_id):
+    async def open(self, *, resume_after: str | None = None, follow: bool = False) -> None:
+        """Start the response; with ``resume_after``, first replay the stream's events after that entry.
+
+        ``follow`` (a request's stream resumed elsewhere) goes on reading the log until the
+        request's response arrives, instead of waiting for messages of this process.
+        """
+        if not await session_store().stream_open(self.session.tenant_id, self.lease_id):
             raise RpcError(
                 INVALID_REQUEST,
                 f"Too many open MCP streams for this tenant (limit {settings.MCP_MAX_STREAMS_PER_TENANT}).",
@@ -344,7 +473,64 @@ class SseStream:
         await self.consumer.send_headers(status=200, headers=SSE_HEADERS)
         first = f"event: endpoint\ndata: {self.endpoint}\n\n".encode() if self.endpoint else b": stream open\n\n"
         await self.consumer.send_body(first, more_body=True)
+        if resume_after is not None and self.log is not None:
+            after = await self._replay(resume_after)
+            if self.closed:
+                return
+            if follow:
+                self.task = asyncio.ensure_future(self._follow(after))
+                return
+        elif self.log is not None:
+            try:
+                entry = await self.log.open(self.stream_id, StreamInfo(self.session.id, "get"))
+                if self.prime:
+                    await self.consumer.send_body(sse_frame("", event_id(self.stream_id, entry)), more_body=True)
+            except Exception as exc:  # Redis briefly away: a stream all the same, just not resumable
+                logger.warning("MCP event log unavailable, stream not resumable: %s", exc)
+                self.log = None
         self.task = asyncio.ensure_future(self._heartbeat())
+
+    async def _replay(self, after: str, *, wait: float = 0) -> str:
+        """Send the logged events after ``after``; end the response at a request's final one."""
+        assert self.log is not None
+        for event in await self.log.read(self.stream_id, after, wait=wait):
+            after = event.entry
+            if event.data:
+                await self.consumer.send_body(
+                    sse_frame(event.data, event_id(self.stream_id, event.entry)), more_body=not event.final
+                )
+            if event.final:
+                await self.close()
+                break
+        return after
+
+    async def _follow(self, after: str) -> None:
+        # The request runs on whichever process received it; its events reach the log, read here.
+        while not self.closed:
+            try:
+                position = await self._replay(after, wait=settings.MCP_SSE_HEARTBEAT)
+                if self.closed:
+                    return
+                if position == after and not await self._beat():
+                    return
+                after = position
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("MCP resumed stream %s failed: %s", self.stream_id[:8], exc)
+                await asyncio.sleep(settings.MCP_SSE_HEARTBEAT)
+
+    async def _beat(self) -> bool:
+        """One heartbeat; False once the session is gone (and the stream ended)."""
+        store = session_store()
+        # A stateless stream (subscriptions/listen) has no session to keep alive.
+        if self.session.id and await store.touch(self.session.id) is None:
+            await self.consumer.send_body(b"", more_body=False)
+            await self.close()
+            return False
+        await store.stream_touch(self.session.tenant_id, self.lease_id)
+        await self.consumer.send_body(b": ping\n\n", more_body=True)
+        return True
 
     async def _heartbeat(self) -> None:
         # A comment line keeps proxies from cutting an idle stream; the session lookup both
@@ -353,31 +539,49 @@ class SseStream:
         while True:
             await asyncio.sleep(settings.MCP_SSE_HEARTBEAT)
             try:
-                store = session_store()
-                if await store.touch(self.session.id) is None:
-                    await self.consumer.send_body(b"", more_body=False)
-                    await self.close()
+                if not await self._beat():
                     return
-                await store.stream_touch(self.session.tenant_id, self.stream_id)
-                await self.consumer.send_body(b": ping\n\n", more_body=True)
             except Exception as exc:  # Redis briefly away: keep the stream, try again next beat
                 logger.warning("MCP stream %s heartbeat failed: %s", self.session.id[:8], exc)
 
     async def send_message(self, payload: str) -> None:
-        if not self.closed:
-            await self.consumer.send_body(f"event: message\ndata: {payload}\n\n".encode(), more_body=True)
+        if self.closed:
+            return
+        ident = None
+        if self.log is not None:
+            try:
+                ident = event_id(self.stream_id, await self.log.append(self.stream_id, payload))
+            except Exception as exc:
+                logger.warning("MCP event log append failed: %s", exc)
+        await self.consumer.send_body(sse_frame(payload, ident), more_body=True)
+
+    async def watch(
+        self, key: KeyContext, bundle: str, kinds: frozenset[str] | None = None, meta: dict[str, Any] | None = None
+    ) -> None:
+        """Send ``notifications/<kind>/list_changed`` whenever a list this key sees changes."""
+
+        async def deliver(changed: list[str]) -> None:
+            for kind in changed:
+                await self.send_message(message_dump(list_changed(kind, meta)))
+
+        self.watcher = Watcher(key, bundle, deliver)
+        if kinds is not None:
+            self.watcher.kinds = kinds
+        await catalog_watch.add(self.watcher)
 
     async def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        if self.watcher is not None:
+            catalog_watch.remove(self.watcher)
         current = asyncio.current_task()
         if self.task is not None and self.task is not current:
             self.task.cancel()
         if self.counted:
             metrics.mcp_session_closed()
             with contextlib.suppress(Exception):
-                await session_store().stream_close(self.session.tenant_id, self.stream_id)
+                await session_store().stream_close(self.session.tenant_id, self.lease_id)
 
 
 class LegacySseConsumer(McpConsumer):
@@ -403,6 +607,7 @@ class LegacySseConsumer(McpConsumer):
             relay.unregister(session_id)
             await session_store().delete(session_id)
             raise
+        await self.stream.watch(key, bundle)
         return True
 
     async def http_disconnect(self, message: dict[str, Any]) -> None:
@@ -442,6 +647,9 @@ class LegacyMessagesConsumer(McpConsumer):
                     response = exc.response(message.id)
             else:
                 ctx = CallContext(key, session.version, session.bundle, self.client_ip, session.id, "sse")
+                token = progress_token(message.params)
+                if token is not None and message.method == "tools/call":
+                    ctx = dataclasses.replace(ctx, progress=self._progress_relay(session, token))
                 try:
                     response = await request_handle(ctx, message)
                 except Exception:  # the 202 is sent: the failure must reach the stream, not a second response
@@ -453,3 +661,18 @@ class LegacyMessagesConsumer(McpConsumer):
             except Exception:  # the 202 is sent; the client will time out waiting for this reply
                 logger.exception("MCP reply for session %s could not be delivered", session.id[:8])
         return False
+
+    @staticmethod
+    def _progress_relay(session: McpSession, token: str | int) -> Any:
+        """A tools/call's upstream progress, sent ahead of its reply on the session's stream."""
+
+        async def progress(value: float, total: float | None, text: str | None) -> None:
+            params: dict[str, Any] = {"progressToken": token, "progress": value}
+            if total is not None:
+                params["total"] = total
+            if text is not None:
+                params["message"] = text
+            note = {"jsonrpc": "2.0", "method": "notifications/progress", "params": params}
+            await reply_send(session.stream_channel, session.id, message_dump(note))
+
+        return progress

@@ -18,6 +18,7 @@ TOOL_SEPARATOR = "."
 
 
 RESERVED_NAMES = frozenset({"sse", "messages"})  # paths of the legacy transport under /mcp/
+ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,99}$")
 
 
 def validate_name(value: str) -> None:
@@ -31,12 +32,15 @@ class UpstreamServer(models.Model):
     """An MCP server the gateway federates; its tools are exposed as ``<name>.<tool>``.
 
     ``credential`` is sent to the upstream in ``credential_header`` on every request and
-    is encrypted at rest; the clients' own API keys are never forwarded.
+    is encrypted at rest; the clients' own API keys are never forwarded. A stdio server is
+    a local process started from one of the operator's ``MCP_STDIO_COMMANDS`` (by name);
+    its credential, if any, is passed in the environment variable ``credential_header``.
     """
 
     class Transport(models.TextChoices):
         STREAMABLE_HTTP = "streamable_http", "Streamable HTTP"
         SSE = "sse", "Legacy HTTP+SSE"
+        STDIO = "stdio", "Local process (stdio)"
 
     class Health(models.TextChoices):
         UNKNOWN = "unknown", "Not checked yet"
@@ -44,8 +48,17 @@ class UpstreamServer(models.Model):
         UNREACHABLE = "unreachable", "Unreachable"
 
     name = models.CharField(max_length=63, unique=True, validators=[validate_name], help_text=NAME_HELP)
-    url = models.URLField(max_length=500, help_text="Streamable HTTP endpoint (…/mcp) or legacy SSE URL (…/sse).")
+    url = models.URLField(
+        max_length=500,
+        blank=True,
+        help_text="Streamable HTTP endpoint (…/mcp) or legacy SSE URL (…/sse); empty for stdio.",
+    )
     transport = models.CharField(max_length=20, choices=Transport.choices, default=Transport.STREAMABLE_HTTP)
+    command = models.CharField(
+        max_length=63,
+        blank=True,
+        help_text="stdio only: the name of a command the operator allowed (MCP_STDIO_COMMANDS).",
+    )
     credential_header = models.CharField(max_length=100, default="Authorization", blank=True)
     credential = EncryptedTextField(blank=True, help_text="Header value, e.g. 'Bearer …'. Encrypted at rest.")
     enabled = models.BooleanField(default=True)
@@ -69,6 +82,30 @@ class UpstreamServer(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        from django.conf import settings
+
+        if self.transport == self.Transport.STDIO:
+            if self.command not in settings.MCP_STDIO_COMMANDS:
+                allowed = ", ".join(sorted(settings.MCP_STDIO_COMMANDS)) or "none are configured"
+                raise ValidationError(
+                    {"command": f"Choose one of the operator's stdio commands (MCP_STDIO_COMMANDS: {allowed})."}
+                )
+            if self.url:
+                raise ValidationError({"url": "A stdio server has no URL; leave it empty."})
+            if self.credential and not ENV_NAME_RE.match(self.credential_header or ""):
+                raise ValidationError(
+                    {
+                        "credential_header": "For stdio, the credential is passed in this environment variable: "
+                        "use upper-case letters, digits and '_' (e.g. API_TOKEN)."
+                    }
+                )
+        else:
+            if not self.url:
+                raise ValidationError({"url": "Enter the server's URL."})
+            if self.command:
+                raise ValidationError({"command": "Only stdio servers run a command; leave it empty."})
 
 
 class UpstreamTool(models.Model):

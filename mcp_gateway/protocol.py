@@ -43,7 +43,7 @@ META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 MODERN_ONLY_FIELDS = ("resultType", "ttlMs", "cacheScope")
 SERVER_INFO = {"name": "llm-platform-mcp-gateway", "version": "1.0"}
-CAPABILITIES = {"tools": {"listChanged": False}, "prompts": {"listChanged": False}, "resources": {}}
+CAPABILITIES = {"tools": {"listChanged": True}, "prompts": {"listChanged": True}, "resources": {"listChanged": True}}
 INSTRUCTIONS = "Tools of the upstream servers your tenant was granted, named '<server>.<tool>'."
 
 
@@ -158,6 +158,8 @@ class CallContext:
     ip: str | None
     session_id: str
     transport: str
+    # Where a tools/call relays its upstream's progress (set when the client asked for it and can hear it).
+    progress: Any = None
 
     @property
     def modern(self) -> bool:
@@ -259,7 +261,11 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
             outcome, error = AuditEvent.Outcome.DENIED, exc.code or "rate_limited"
             raise RpcError(RATE_LIMITED, exc.message, data={"type": exc.type, "code": exc.code}) from None
         with telemetry.span("mcp.tool_call", {"llmp.mcp.server": entry.server_name, "llmp.mcp.tool": entry.name}):
-            result = await _upstream(catalog, entry.server_id, lambda client: client.call_tool(entry.name, arguments))
+            result = await _upstream(
+                catalog,
+                entry.server_id,
+                lambda client: client.call_tool(entry.name, arguments, progress_callback=ctx.progress),
+            )
         shaped = _shape(ctx, _dump(result))
         if shaped.get("isError"):
             outcome, error = AuditEvent.Outcome.FAILURE, "tool_error"

@@ -31,6 +31,7 @@ def upstream_target(server: UpstreamServer, allowlist: list[str]) -> Any:
         allowlist=tuple(allowlist),
         revision=server.updated_at.isoformat() if server.updated_at else "",
         timeout=settings.MCP_UPSTREAM_TIMEOUT,
+        command=tuple(settings.MCP_STDIO_COMMANDS.get(server.command, ())) if server.transport == "stdio" else (),
     )
 
 

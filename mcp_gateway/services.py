@@ -14,7 +14,7 @@ from mcp_gateway import ssrf
 from mcp_gateway.models import SsrfAllowEntry, ToolGrant, UpstreamServer, UpstreamTool, VirtualServer
 from mcp_gateway.selectors import catalog_invalidate, upstream_target
 
-SERVER_AUDIT_FIELDS = ("name", "url", "transport", "credential_header", "enabled", "tenant_self_service")
+SERVER_AUDIT_FIELDS = ("name", "url", "transport", "command", "credential_header", "enabled", "tenant_self_service")
 
 
 def _snapshot(server: UpstreamServer) -> dict[str, Any]:
@@ -33,10 +33,11 @@ def server_save(*, server: UpstreamServer, actor: str, ip: str | None = None) ->
     old = UpstreamServer.objects.filter(pk=server.pk).first() if server.pk else None
     before = _snapshot(old) if old is not None else {}
     server.full_clean()
-    try:
-        ssrf.url_check(server.url, _allowlist(), ssrf.resolve_sync(server.url))
-    except ssrf.SsrfBlocked as exc:
-        raise ValidationError({"url": exc.message}) from exc
+    if server.transport != UpstreamServer.Transport.STDIO:
+        try:
+            ssrf.url_check(server.url, _allowlist(), ssrf.resolve_sync(server.url))
+        except ssrf.SsrfBlocked as exc:
+            raise ValidationError({"url": exc.message}) from exc
     server.save()
     after = _snapshot(server)
     if old is not None and old.credential != server.credential:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 import httpx2
+from django.conf import settings
 from mcp import Client
 from mcp.client.sse import sse_client
+from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
@@ -38,6 +42,37 @@ class UpstreamTarget:
     allowlist: tuple[str, ...]
     revision: str  # changes whenever the server row changes, so the link is rebuilt
     timeout: float
+    command: tuple[str, ...] = ()  # stdio: the operator's argv; ``headers`` then become environment variables
+
+
+LAUNCHER = Path(__file__).with_name("stdio_launch.py")
+
+
+def stdio_home(name: str) -> Path:
+    """The private working and home directory of a stdio upstream (mode 0700)."""
+    home = Path(settings.VAR_DIR) / "mcp-stdio" / name
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (home / "tmp").mkdir(mode=0o700, exist_ok=True)
+    return home
+
+
+def stdio_parameters(target: UpstreamTarget) -> StdioServerParameters:
+    """How to start a stdio upstream: through the launcher (limits), in its own directory,
+    with a minimal environment — the gateway's own variables (database URL, secret key,
+    provider keys) are not passed on; only PATH, locale basics and the stored credential."""
+    home = stdio_home(target.name)
+    env = {"HOME": str(home), "TMPDIR": str(home / "tmp"), "LANG": "C.UTF-8", **dict(target.headers)}
+    args = [
+        "-I",
+        str(LAUNCHER),
+        "--memory-mb",
+        str(settings.MCP_STDIO_MEMORY_MB),
+        "--max-files",
+        str(settings.MCP_STDIO_MAX_FILES),
+        "--",
+        *target.command,
+    ]
+    return StdioServerParameters(command=sys.executable, args=args, env=env, cwd=str(home))
 
 
 def _dump(model: Any) -> dict[str, Any]:
@@ -58,6 +93,7 @@ class UpstreamLink:
         self._close = asyncio.Event()
         self._error: BaseException | None = None
         self._on_list_changed = on_list_changed
+        self._errlog: TextIO | None = None
         self._task = asyncio.ensure_future(self._hold())
         _tasks.add(self._task)
         self._task.add_done_callback(_tasks.discard)
@@ -69,6 +105,11 @@ class UpstreamLink:
     def _transport(self) -> Any:
         # Every connection goes to an address checked at connect time (see ssrf.PinnedBackend).
         headers = dict(self.target.headers)
+        if self.target.transport == "stdio":
+            if self._errlog is None:  # the child's stderr, kept beside its home for the operator
+                log = stdio_home(self.target.name).parent / f"{self.target.name}.stderr.log"
+                self._errlog = log.open("a", encoding="utf-8")
+            return stdio_client(stdio_parameters(self.target), errlog=self._errlog)
         allowlist = self.target.allowlist
         if self.target.transport == "sse":
 
@@ -111,7 +152,11 @@ class UpstreamLink:
 
     async def _hold(self) -> None:
         try:
-            ssrf.url_check(self.target.url, list(self.target.allowlist), await ssrf.resolve(self.target.url))
+            if self.target.transport == "stdio":
+                if not self.target.command:
+                    raise UpstreamUnavailable(f"stdio command for '{self.target.name}' is not configured")
+            else:
+                ssrf.url_check(self.target.url, list(self.target.allowlist), await ssrf.resolve(self.target.url))
             modes = self._modes()
             for index, mode in enumerate(modes):
                 try:
@@ -141,6 +186,9 @@ class UpstreamLink:
         finally:
             self.client = None
             self._ready.set()
+            if self._errlog is not None:
+                self._errlog.close()
+                self._errlog = None
 
     async def session(self) -> Client:
         try:

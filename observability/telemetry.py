@@ -12,6 +12,7 @@ helpers return ``None``: a dictionary lookup and a call, no allocation of spans.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -29,6 +30,7 @@ _tracer: trace.Tracer = trace.NoOpTracer()
 _NOOP = contextlib.nullcontext(None)
 
 TRACER_NAME = "llm_platform"
+CONTENT_LIMIT = 16_384  # characters of prompt or completion kept on a span
 
 
 def enabled() -> bool:
@@ -232,8 +234,12 @@ class ModelCall:
         usage_estimated: bool,
         error_type: str = "",
         ttfb_s: float | None = None,
+        output: Any = None,
     ) -> None:
+        """End the span; ``output`` (the completion, for tenants who opted in) is recorded as JSON text."""
         span_ = self.span
+        if output is not None:
+            span_.set_attribute("gen_ai.output.messages", _content_json(output))
         span_.set_attributes(
             {
                 "gen_ai.response.model": response_model,
@@ -276,10 +282,12 @@ def model_call_start(
     stream: bool,
     server_address: str = "",
     routing: Mapping[str, Any] | None = None,
+    content: Any = None,
 ) -> ModelCall | None:
     """Start the GenAI span (``{operation} {model}``) and make it current; ``None`` when tracing is off.
 
-    Only parameters go on the span, never message text.
+    Parameters go on the span, message text only as ``content`` (the prompt), which the caller
+    passes only for tenants who opted in (``Tenant.trace_content``).
     """
     if not _enabled:
         return None
@@ -304,9 +312,17 @@ def model_call_start(
         attributes["gen_ai.request.stop_sequences"] = stop
     if routing:
         attributes.update(routing_attributes(routing))
+    if content is not None:
+        attributes["gen_ai.input.messages"] = _content_json(content)
     span_ = _tracer.start_span(f"{operation} {request_model}", kind=SpanKind.CLIENT, attributes=attributes)
     token = otel_context.attach(trace.set_span_in_context(span_))
     return ModelCall(span_, token)
+
+
+def _content_json(value: Any) -> str:
+    """Message text as one JSON string attribute, cut at a size collectors accept."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= CONTENT_LIMIT else text[:CONTENT_LIMIT] + "…"
 
 
 def routing_attributes(decision: Mapping[str, Any]) -> dict[str, Any]:

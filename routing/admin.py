@@ -320,7 +320,13 @@ class RequestLogAdmin(TenantScopedAdmin):
         "overhead_ms",
         "client_disconnected",
     ]
-    list_filter = ["status_code", "stream", "endpoint", "client_disconnected", "tenant"]
+    list_filter = [
+        "status_code",
+        "stream",
+        "endpoint",
+        "client_disconnected",
+        ("tenant", admin.RelatedOnlyFieldListFilter),
+    ]
     list_select_related = ["tenant"]
     search_fields = ["=request_id", "key_prefix", "model_requested"]
     search_help_text = "A request id (req_…) or key prefix (sk-…) is looked up exactly; other text searches models."

@@ -263,6 +263,7 @@ class ChatCompletion:
         self.trace: telemetry.ServerSpan | None = None
         self.model_call: telemetry.ModelCall | None = None
         self.upstream_called = False
+        self.output: Any = None  # the completion, for the trace of a tenant that opted in
 
     def _base_headers(self) -> list[tuple[bytes, bytes]]:
         overhead = time.perf_counter() - self.started - self.wait_s
@@ -335,18 +336,26 @@ class ChatCompletion:
             payload=request.payload,
             stream=request.stream,
             routing=self._route_record(),
+            content=upstream.prompt_of(request.payload) if self.key.trace_content else None,
         )
+        trace_content = self.model_call is not None and self.key.trace_content
         if not request.stream:
             completion = await route.execute(self._complete)
             self.target = route.served
             self.wait_s += completion.wait_s + route.wait_s
             generated = 0 if endpoint is EMBEDDINGS else len(completion.body) // 4
             self.usage = completion.usage or upstream.usage_estimate(request.payload, generated)
+            if trace_content and endpoint is not EMBEDDINGS:
+                self.output = upstream.completion_output(completion.body)
             cost = self._cost(self.usage)
             await self._respond(200, completion.body, [*JSON_HEADERS, *self._route_headers(cost)])
             return
         relay, events, first = await route.execute(self._stream_open)
         self.target = route.served
+        if trace_content:
+            relay.collected = []
+            if first is not None:
+                relay._collect(first[6:])  # read before collection was asked for: "data: {...}\n\n"
         try:
             self.wait_s += relay.wait_s + route.wait_s
             relay.wait_s = 0.0
@@ -369,6 +378,9 @@ class ChatCompletion:
             self.wait_s += relay.wait_s
             if self.response_started:
                 self.usage = relay.usage or upstream.usage_estimate(request.payload, relay.content_events)
+            if relay.collected is not None:
+                text = "".join(relay.collected)
+                self.output = [{"role": "assistant", "content": text} if endpoint is CHAT else text]
             await relay.close()
 
     async def _complete(self, target: DeploymentTarget) -> upstream.Completion:
@@ -550,6 +562,7 @@ class ChatCompletion:
                 usage_estimated=usage.estimated,
                 error_type=error,
                 ttfb_s=self.ttfb_s,
+                output=self.output,
             )
         if self.trace is not None:
             self.trace.set(**{"llmp.request_id": self.request_id, "llmp.tenant": key.tenant_slug if key else ""})

@@ -64,6 +64,17 @@ def prompt_of(payload: dict[str, Any]) -> Any:
     return ""
 
 
+def completion_output(body: bytes) -> list[Any]:
+    """What a completion answered, choice by choice: chat messages or completion texts (for traces)."""
+    try:
+        choices = json.loads(body).get("choices")
+    except (ValueError, AttributeError):
+        return []
+    if not isinstance(choices, list):
+        return []
+    return [choice.get("message", choice.get("text")) if isinstance(choice, dict) else None for choice in choices]
+
+
 def usage_estimate(payload: dict[str, Any], completion_events: int) -> Usage:
     """A rough count (4 characters a token; one token per streamed delta) when the upstream sends none."""
     prompt = max(1, len(json.dumps(prompt_of(payload))) // 4)
@@ -232,6 +243,8 @@ class StreamRelay:
         self.usage: Usage | None = None
         self.wait_s = 0.0
         self.content_events = 0
+        # The streamed text, kept only when the tenant lets completions into its traces.
+        self.collected: list[str] | None = None
         self.error: PlatformError | None = None
         self._response: aiohttp.ClientResponse | None = None
         self._litellm_stream: Any = None
@@ -281,7 +294,21 @@ class StreamRelay:
                     return False
         elif b'"content"' in data or b'"text"' in data:
             self.content_events += 1
+            if self.collected is not None:
+                self._collect(data)
         return True
+
+    def _collect(self, data: bytes) -> None:
+        try:
+            choices = json.loads(data).get("choices") or ()
+        except (ValueError, AttributeError):
+            return
+        for choice in choices:
+            if isinstance(choice, dict):
+                delta = choice.get("delta")
+                text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+                if isinstance(text, str):
+                    self.collected.append(text)  # type: ignore[union-attr]
 
     async def events(self) -> AsyncIterator[bytes]:
         source = self._litellm_events() if self._litellm_stream is not None else self._passthrough_events()

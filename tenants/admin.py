@@ -144,7 +144,7 @@ class QuotaFormsetMixin:
 class TenantAdmin(QuotaFormsetMixin, TenantScopedAdmin):
     tenant_lookups = ("pk",)
     list_display = ["slug", "name", "is_active", "key_count", "usage_link", "created_at"]
-    list_filter = ["is_active"]
+    list_filter = ["is_active", "trace_content"]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ("name",)}
     readonly_fields = ["created_at", "updated_at"]
@@ -220,7 +220,7 @@ class ApiKeyAdmin(KeyRotationAdminMixin, QuotaFormsetMixin, TenantScopedAdmin):
         "expires_at",
         "last_used_at",
     ]
-    list_filter = [KeyStatusFilter, KeyRotationFilter, "tenant"]
+    list_filter = [KeyStatusFilter, KeyRotationFilter, ("tenant", admin.RelatedOnlyFieldListFilter)]
     list_select_related = ["tenant"]
     search_fields = ["name", "prefix", "tenant__slug"]
     readonly_fields = [

@@ -40,6 +40,7 @@ class KeyContext:
     revoked: bool
     quotas: tuple[QuotaRule, ...] = ()
     scopes: frozenset[str] = frozenset()
+    trace_content: bool = False  # the tenant lets prompt and completion text into its spans
 
     def allows_model(self, model_name: str) -> bool:
         return not self.allowed_models or model_name in self.allowed_models
@@ -164,6 +165,7 @@ def _key_fetch_sync(secret_hash: str) -> KeyContext | None:
             "tenant_id",
             "tenant__slug",
             "tenant__is_active",
+            "tenant__trace_content",
             "allowed_models",
             "scopes",
             "expires_at",
@@ -183,6 +185,7 @@ def _key_fetch_sync(secret_hash: str) -> KeyContext | None:
         scopes=frozenset(row["scopes"] or ()),
         expires_at=row["expires_at"],
         revoked=row["revoked_at"] is not None,
+        trace_content=row["tenant__trace_content"],
         quotas=quota_rules(
             Quota.objects.filter(models.Q(tenant_id=row["tenant_id"]) | models.Q(api_key_id=row["id"]))
             .select_related("api_key")

@@ -38,6 +38,14 @@ class Tenant(models.Model):
         validators=[MinValueValidator(1)],
         help_text="Rotate this tenant's API keys once they are this old; empty means never (a key's own maximum wins).",
     )
+    trace_content = models.BooleanField(
+        "prompts and completions in traces",
+        default=False,
+        help_text=(
+            "Record the text of prompts and completions on this tenant's model-call spans. Off by default: "
+            "traces then carry parameters, models and token counts, never message text."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -28,7 +28,7 @@ def snapshot(instance: models.Model, fields: Iterable[str]) -> dict[str, Any]:
     return values
 
 
-TENANT_AUDIT_FIELDS = ("slug", "name", "is_active", "key_max_age_days")
+TENANT_AUDIT_FIELDS = ("slug", "name", "is_active", "key_max_age_days", "trace_content")
 KEY_AUDIT_FIELDS = ("name", "tenant", "prefix", "allowed_models", "scopes", "expires_at", "revoked_at", "max_age_days")
 
 
@@ -53,7 +53,8 @@ def tenant_save(*, tenant: Tenant, actor: str, ip: str | None = None) -> Tenant:
         ip=ip,
         details={"changes": changes_between(before, after)},
     )
-    if before.get("is_active") != after.get("is_active"):
+    # Both are read on the hot path through the key cache.
+    if before.get("is_active") != after.get("is_active") or before.get("trace_content") != after.get("trace_content"):
         transaction.on_commit(key_cache_invalidate)
     return tenant
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -19,15 +20,21 @@ from tests import live
 from tests.conftest import Issued
 
 UPSTREAM_TOKEN = "upstream-secret-token-123"
+# The operator's stdio commands for the tests: the SDK server in stdio_server.py.
+STDIO_COMMANDS = {"local": [sys.executable, str(Path(__file__).with_name("stdio_server.py"))]}
 
 
 @contextmanager
-def mcp_upstream(tmp: Path, transport: str = "streamable-http", token: str = UPSTREAM_TOKEN) -> Iterator[live.Server]:
+def mcp_upstream(
+    tmp: Path, transport: str = "streamable-http", token: str = UPSTREAM_TOKEN, *, sse_responses: bool = False
+) -> Iterator[live.Server]:
     port = live.free_port()
     log = tmp / f"mcp-upstream-{port}.log"
     args = [sys.executable, "-m", "tests.mcp_gateway.upstream_server", "--port", str(port), "--transport", transport]
     if token:
         args += ["--token", token]
+    if sse_responses:
+        args.append("--sse-responses")
     with log.open("wb") as out:
         process = subprocess.Popen(args, cwd=live.ROOT, stdout=out, stderr=subprocess.STDOUT, env=live.child_env())
     path = "/sse" if transport == "sse" else "/mcp"
@@ -47,13 +54,25 @@ def mcp_upstream_http(session_tmp: Path) -> Iterator[live.Server]:
 
 
 @pytest.fixture(scope="session")
+def mcp_upstream_streaming(session_tmp: Path) -> Iterator[live.Server]:
+    """An upstream that answers with SSE, so its tools can report progress."""
+    with mcp_upstream(session_tmp, sse_responses=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def mcp_upstream_sse(session_tmp: Path) -> Iterator[live.Server]:
     with mcp_upstream(session_tmp, "sse") as server:
         yield server
 
 
 def gateway_env() -> dict[str, str]:
-    env = {"SSRF_ALLOWLIST": "127.0.0.1", "MCP_SSE_HEARTBEAT": "0.5"}
+    env = {
+        "SSRF_ALLOWLIST": "127.0.0.1",
+        "MCP_SSE_HEARTBEAT": "0.5",
+        "MCP_STDIO_COMMANDS": json.dumps(STDIO_COMMANDS),
+        "MCP_STDIO_MEMORY_MB": "768",
+    }
     if not settings.REDIS_URL:
         env["MCP_CATALOG_TTL"] = "0"  # no shared cache to tell the server the catalog changed
     return env

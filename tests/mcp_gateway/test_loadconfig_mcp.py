@@ -71,7 +71,8 @@ def test_mcp_servers_load_discover_tools_and_reload_without_changes(
     ("entry", "message"),
     [
         ("  - name: bad\n    url: http://169.254.169.254/mcp\n", "SSRF allow-list"),
-        ("  - name: bad\n    url: http://127.0.0.1:1/mcp\n    transport: stdio\n", "transport"),
+        ("  - name: bad\n    url: http://127.0.0.1:1/mcp\n    transport: pigeon\n", "transport"),
+        ("  - name: bad\n    url: http://127.0.0.1:1/mcp\n    transport: stdio\n", "command must be"),
         ("  - name: bad\n    url: http://127.0.0.1:1/mcp\n    grants:\n      - tenant: nobody\n", "no tenant 'nobody'"),
         ("  - name: Bad Name\n    url: http://127.0.0.1:1/mcp\n", "valid name"),
         ("  - name: bad\n    url: http://127.0.0.1:1/mcp\n    colour: red\n", "unknown field"),

@@ -8,10 +8,11 @@ tests see the gateway send the stored credential (and never the client's own key
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 import uvicorn
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 
 server = MCPServer("test-upstream", instructions="Tools for the gateway tests.")
@@ -39,6 +40,14 @@ def delete_everything(confirm: bool = False) -> str:
 def fail(reason: str) -> str:
     """Always fails, so callers see a tool error (isError) rather than a protocol error."""
     raise ValueError(reason)
+
+
+async def count_slowly(steps: int, ctx: Context, pause: float = 0.05) -> str:
+    """Count to ``steps``, reporting progress after each step (served with --sse-responses only)."""
+    for step in range(1, steps + 1):
+        await asyncio.sleep(pause)
+        await ctx.report_progress(step, steps, f"step {step}")
+    return f"counted to {steps}"
 
 
 @server.resource("memo://readme")
@@ -71,12 +80,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--transport", default="streamable-http", choices=["streamable-http", "sse"])
     parser.add_argument("--token", default="")
+    parser.add_argument("--sse-responses", action="store_true", help="answer with SSE, so progress can be sent")
     options = parser.parse_args()
     security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    if options.sse_responses:
+        server.add_tool(count_slowly)
     if options.transport == "sse":
         app = server.sse_app(transport_security=security)
     else:
-        app = server.streamable_http_app(transport_security=security, json_response=True)
+        app = server.streamable_http_app(transport_security=security, json_response=not options.sse_responses)
     if options.token:
         app = bearer_required(app, options.token)
     uvicorn.run(app, host="127.0.0.1", port=options.port, log_level="warning")

@@ -17,6 +17,7 @@ from observability import telemetry
 from routing import upstream
 from routing.chat import ChatCompletion
 from routing.usage import usage_writer
+from tenants.services import tenant_save
 
 PROMPT = "the launch codes are hunter2"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -139,3 +140,41 @@ def test_tracing_is_off_without_an_exporter(monkeypatch):
     assert telemetry.wanted()
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert not telemetry.wanted()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_prompt_and_completion_text_reach_spans_only_for_a_tenant_that_opted_in(
+    spans, owner, outsider, key_factory, deployment_factory, stream
+):
+    deployment_factory()
+    owner.trace_content = True
+    tenant_save(tenant=owner, actor="test")
+    opted_in, other = key_factory(owner), key_factory(outsider)
+
+    status, _, _ = asyncio.run(_complete(other.secret, stream=stream))
+    assert status == 200
+    _no_prompt(spans)
+    attributes = _by_name(spans)["chat gpt-4o-mini"].attributes or {}
+    assert "gen_ai.input.messages" not in attributes and "gen_ai.output.messages" not in attributes
+
+    spans.clear()
+    status, body, _ = asyncio.run(_complete(opted_in.secret, stream=stream))
+    assert status == 200
+    attributes = _by_name(spans)["chat gpt-4o-mini"].attributes or {}
+    prompt = json.loads(str(attributes["gen_ai.input.messages"]))
+    assert prompt[0]["role"] == "user" and prompt[0]["content"].startswith(PROMPT)
+    output = json.loads(str(attributes["gen_ai.output.messages"]))
+    assert output[0]["role"] == "assistant" and output[0]["content"]
+    if not stream:
+        assert output[0]["content"] == json.loads(body)["choices"][0]["message"]["content"]
+    else:  # the whole streamed text, first chunk included
+        assert output[0]["content"] == "".join(
+            delta
+            for line in body.decode().splitlines()
+            if line.startswith("data: {")
+            for choice in json.loads(line[6:]).get("choices") or ()
+            if (delta := choice["delta"].get("content"))
+        )
+    assert all(
+        PROMPT not in str(value) for value in (_by_name(spans)["POST /v1/chat/completions"].attributes or {}).values()
+    )

@@ -45,6 +45,7 @@ def test_members_never_see_another_tenants_objects(world, role):
     assert keys.status_code == 200
     page = keys.content.decode()
     assert own.prefix in page and foreign.prefix not in page
+    assert "outsider" not in page  # not even as a choice of the tenant filter
     assert client.get(change_url("tenants_apikey", foreign.pk)).status_code == 403
     assert client.get(change_url("tenants_tenant", foreign.tenant_id)).status_code == 403
     tenants = client.get(reverse("admin:tenants_tenant_changelist")).content.decode()
@@ -151,6 +152,7 @@ def test_usage_rows_are_scoped_like_everything_else(world, owner, outsider):
         RequestLog.objects.create(request_id=request_id, created_at=timezone.now(), tenant=tenant, status_code=200)
     page = members["viewer"].get(reverse("admin:routing_requestlog_changelist")).content.decode()
     assert "req_own_row" in page and "req_foreign_row" not in page
+    assert "outsider" not in page  # the tenant filter offers only the member's tenants
 
 
 def test_a_tenant_admin_adds_members_by_username_without_seeing_other_tenants_users(world, owner, outsider):

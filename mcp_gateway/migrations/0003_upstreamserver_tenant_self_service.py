@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('mcp', '0001_mcp_gateway'),
+        ('mcp', '0002_upstream_stdio'),
     ]
 
     operations = [

@@ -1,0 +1,189 @@
+"""A bounded history of each resumable SSE stream's events, so ``Last-Event-ID`` resumes on any process.
+
+Every event sent on a resumable stream is appended to its stream's log first; its SSE id
+names the stream and the position (``<stream id>_<entry>``). A client that lost the
+connection sends a GET with ``Last-Event-ID``; whichever process receives it reads the
+entries after that position, and, for a request's stream whose response has not been
+sent yet, waits for the rest. Redis streams hold the logs (trimmed to
+``MCP_EVENT_HISTORY`` entries, expiring ``MCP_EVENT_TTL`` seconds after the last write);
+without Redis the log is kept in the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+ID_SEPARATOR = "_"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    entry: str  # the position in the stream's log
+    data: str  # the JSON-RPC message; "" for the event that primes a reconnection
+    final: bool  # the response that ends a request's stream
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    session_id: str  # only this session may resume the stream
+    kind: str  # "get" (the session's stream) or "post" (one request's response)
+
+
+def event_id(stream_id: str, entry: str) -> str:
+    return f"{stream_id}{ID_SEPARATOR}{entry}"
+
+
+def event_id_parse(value: str | None) -> tuple[str, str] | None:
+    """``(stream id, entry)`` of a ``Last-Event-ID``, or None when it is not one of ours."""
+    if not value or ID_SEPARATOR not in value or len(value) > 128:
+        return None
+    stream_id, entry = value.split(ID_SEPARATOR, 1)
+    if not stream_id.isalnum() or not _entry_valid(entry):
+        return None
+    return stream_id, entry
+
+
+def _entry_valid(entry: str) -> bool:
+    first, _, second = entry.partition("-")
+    return first.isdigit() and second.isdigit()
+
+
+def _entry_key(entry: str) -> tuple[int, int]:
+    first, _, second = entry.partition("-")
+    return int(first), int(second)
+
+
+@dataclass(slots=True)
+class _LocalStream:
+    info: StreamInfo
+    events: deque[StoredEvent]
+    expires_at: float
+    counter: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class LocalEventLog:
+    """The logs of one process (embedded mode: one server process, no Redis)."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, _LocalStream] = {}
+
+    def _live(self, stream_id: str) -> _LocalStream | None:
+        stream = self._streams.get(stream_id)
+        if stream is not None and stream.expires_at <= time.monotonic():
+            del self._streams[stream_id]
+            return None
+        return stream
+
+    async def open(self, stream_id: str, info: StreamInfo) -> str:
+        if len(self._streams) > 10_000:
+            now = time.monotonic()
+            self._streams = {key: value for key, value in self._streams.items() if value.expires_at > now}
+        stream = _LocalStream(info, deque(maxlen=settings.MCP_EVENT_HISTORY), 0.0)
+        self._streams[stream_id] = stream
+        return await self.append(stream_id, "")
+
+    async def append(self, stream_id: str, data: str, *, final: bool = False) -> str:
+        stream = self._live(stream_id)
+        if stream is None:  # expired while open: start it again under the same id
+            stream = self._streams[stream_id] = _LocalStream(
+                StreamInfo("", "post"), deque(maxlen=settings.MCP_EVENT_HISTORY), 0.0
+            )
+        stream.counter += 1
+        entry = f"{stream.counter}-0"
+        stream.events.append(StoredEvent(entry, data, final))
+        stream.expires_at = time.monotonic() + settings.MCP_EVENT_TTL
+        stream.wake.set()
+        stream.wake = asyncio.Event()
+        return entry
+
+    async def info(self, stream_id: str) -> StreamInfo | None:
+        stream = self._live(stream_id)
+        return None if stream is None else stream.info
+
+    async def read(self, stream_id: str, after: str, *, wait: float = 0) -> list[StoredEvent]:
+        stream = self._live(stream_id)
+        if stream is None:
+            return []
+        position = _entry_key(after)
+        events = [event for event in stream.events if _entry_key(event.entry) > position]
+        if events or wait <= 0:
+            return events
+        try:
+            await asyncio.wait_for(stream.wake.wait(), wait)
+        except TimeoutError:
+            return []
+        return await self.read(stream_id, after)
+
+
+class RedisEventLog:
+    """The logs as Redis streams, shared by every server process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._clients: dict[tuple[asyncio.AbstractEventLoop, bool], Any] = {}
+
+    def _client(self, *, blocking: bool = False) -> Any:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get((loop, blocking))
+        if client is None:
+            import redis.asyncio as redis
+
+            # A blocking read waits up to a heartbeat: its socket must not time out first.
+            client = redis.Redis.from_url(
+                self.url, socket_timeout=None if blocking else 2, socket_connect_timeout=2, decode_responses=True
+            )
+            self._clients[(loop, blocking)] = client
+        return client
+
+    @staticmethod
+    def _key(stream_id: str) -> str:
+        return f"{settings.CACHE_KEY_PREFIX}:mcp:events:{stream_id}"
+
+    async def open(self, stream_id: str, info: StreamInfo) -> str:
+        ttl = max(1, int(settings.MCP_EVENT_TTL))
+        meta = json.dumps({"session": info.session_id, "kind": info.kind})
+        await self._client().set(f"{self._key(stream_id)}:info", meta, ex=ttl)
+        return await self.append(stream_id, "")
+
+    async def append(self, stream_id: str, data: str, *, final: bool = False) -> str:
+        key, ttl = self._key(stream_id), max(1, int(settings.MCP_EVENT_TTL))
+        async with self._client().pipeline(transaction=False) as pipe:
+            pipe.xadd(key, {"d": data, "f": "1" if final else "0"}, maxlen=settings.MCP_EVENT_HISTORY)
+            pipe.expire(key, ttl)
+            pipe.expire(f"{key}:info", ttl)
+            entry, *_ = await pipe.execute()
+        return str(entry)
+
+    async def info(self, stream_id: str) -> StreamInfo | None:
+        raw = await self._client().get(f"{self._key(stream_id)}:info")
+        if raw is None:
+            return None
+        meta = json.loads(raw)
+        return StreamInfo(meta["session"], meta["kind"])
+
+    async def read(self, stream_id: str, after: str, *, wait: float = 0) -> list[StoredEvent]:
+        block = int(wait * 1000) if wait > 0 else None
+        answer = await self._client(blocking=block is not None).xread({self._key(stream_id): after}, block=block)
+        events = []
+        for _, entries in answer or []:
+            for entry, fields in entries:
+                events.append(StoredEvent(str(entry), fields.get("d", ""), fields.get("f") == "1"))
+        return events
+
+
+_log: LocalEventLog | RedisEventLog | None = None
+
+
+def event_log() -> LocalEventLog | RedisEventLog:
+    global _log
+    if _log is None:
+        _log = RedisEventLog(settings.REDIS_URL) if settings.REDIS_URL else LocalEventLog()
+    return _log
