@@ -184,8 +184,8 @@ class ToolGrantForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
         server = cleaned.get("server")
-        if self.self_service and server is not None and cleaned.get("api_key") is None:
-            if not server.tenant_self_service:
+        if self.self_service and server is not None:
+            if not services.grant_within_self_service(ToolGrant(server=server, api_key=cleaned.get("api_key"))):
                 raise forms.ValidationError(
                     f"'{server.name}' is not open for tenant self-service: only platform admins grant its tools "
                     "to a whole tenant. You can narrow one of your keys to tools your tenant already has."
