@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest
 
@@ -174,6 +175,9 @@ class UpstreamToolAdmin(admin.ModelAdmin):
         return False
 
 
+GRANT_RELATED = ("tenant", "api_key", "server")
+
+
 class ToolGrantForm(forms.ModelForm):
     self_service = False  # set for tenant admins by ToolGrantAdmin.get_form
 
@@ -237,8 +241,11 @@ class ToolGrantAdmin(TenantScopedAdmin):
         )
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ToolGrant]) -> None:
-        scoped = self.scope(queryset, self.allowed_tenants(request, "delete"))
-        for grant in scoped.select_related("tenant", "api_key", "server"):
+        grants = list(self.scope(queryset, self.allowed_tenants(request, "delete")).select_related(*GRANT_RELATED))
+        if not request.user.is_superuser and not all(services.grant_within_self_service(g) for g in grants):
+            # Refuse the whole selection before deleting any of it.
+            raise PermissionDenied("Only platform admins remove tenant-wide grants of servers closed to self-service.")
+        for grant in grants:
             services.grant_delete(
                 grant=grant, actor=actor_of(request), ip=ip_of(request), self_service=not request.user.is_superuser
             )

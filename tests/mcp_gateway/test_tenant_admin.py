@@ -137,6 +137,11 @@ def test_tenant_admin_grants_self_service_tools_and_narrows_keys_and_every_write
     assert admin.post(foreign, {"post": "yes"}).status_code == 403
     assert ToolGrant.objects.filter(pk=world.foreign_grant.pk).exists()
 
+    changelist = reverse("admin:mcp_toolgrant_changelist")
+    mixed = {"action": "delete_selected", "post": "yes", "_selected_action": [made.pk, world.platform_grant.pk]}
+    assert admin.post(changelist, mixed).status_code == 403  # all or nothing: neither is deleted
+    assert ToolGrant.objects.filter(pk__in=[made.pk, world.platform_grant.pk]).count() == 2
+
     own = reverse("admin:mcp_toolgrant_delete", args=[made.pk])
     assert admin.post(own, {"post": "yes"}).status_code == 302
     assert not ToolGrant.objects.filter(pk=made.pk).exists()
