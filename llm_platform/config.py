@@ -375,12 +375,22 @@ def _apply_smart_group(entry: Any, where: str, actor: str, report: ConfigReport)
     getattr(report, outcome).append(label)
 
 
-MCP_SERVER_KEYS = {"name", "url", "transport", "command", "credential", "credential_header", "enabled", "grants"}
+MCP_SERVER_KEYS = {
+    "name",
+    "url",
+    "transport",
+    "command",
+    "credential",
+    "credential_header",
+    "enabled",
+    "tenant_self_service",
+    "grants",
+}
 MCP_TRANSPORTS = {"streamable_http": "streamable_http", "http": "streamable_http", "sse": "sse", "stdio": "stdio"}
 
 
 def _apply_mcp_server(entry: Any, where: str, actor: str, report: ConfigReport) -> UpstreamServer | None:
-    """One upstream MCP server and its grants; the grants listed are the server's grants afterwards."""
+    """One upstream MCP server and its grants; the grants listed (if any) are the server's grants afterwards."""
     entry = _mapping(entry, where)
     unknown = sorted(set(entry) - MCP_SERVER_KEYS)
     if unknown:
@@ -394,6 +404,9 @@ def _apply_mcp_server(entry: Any, where: str, actor: str, report: ConfigReport) 
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"{where}.enabled must be true or false")
+    self_service = entry.get("tenant_self_service", False)
+    if not isinstance(self_service, bool):
+        raise ConfigError(f"{where}.tenant_self_service must be true or false")
     credential = _resolve(entry.get("credential"), f"{where}.credential") or ""
     if not isinstance(credential, str):
         raise ConfigError(f"{where}.credential must be a string (the header value)")
@@ -405,6 +418,7 @@ def _apply_mcp_server(entry: Any, where: str, actor: str, report: ConfigReport) 
         "credential": credential,
         "credential_header": str(entry.get("credential_header") or "Authorization"),
         "enabled": enabled,
+        "tenant_self_service": self_service,
     }
     server = UpstreamServer.objects.filter(name=name).first()
     label = f"mcp server {name}"
@@ -422,6 +436,8 @@ def _apply_mcp_server(entry: Any, where: str, actor: str, report: ConfigReport) 
         touched = server
     else:
         report.unchanged.append(label)
+    if "grants" not in entry:
+        return touched  # grants are left to the admin (and, on a self-service server, to tenant admins)
     wanted: set[tuple[int, int | None, str]] = set()
     for index, grant in enumerate(_sequence(entry.get("grants"), f"{where}.grants")):
         here = f"{where}.grants[{index}]"

@@ -6,13 +6,18 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.core.exceptions import PermissionDenied
+from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest
 
 from mcp_gateway import services
 from mcp_gateway.models import SsrfAllowEntry, ToolCallEvent, ToolGrant, UpstreamServer, UpstreamTool, VirtualServer
+from mcp_gateway.selectors import servers_grantable_by
 from tenants.admin import actor_of, ip_of
 from tenants.admin_forms import ClearSecretField, WriteOnlySecretField, WriteOnlySecretForm
+from tenants.models import ApiKey
+from tenants.roles import tenant_ids_for
+from tenants.scoping import TenantScopedAdmin
 
 
 class UpstreamServerForm(WriteOnlySecretForm):
@@ -32,7 +37,16 @@ class UpstreamServerForm(WriteOnlySecretForm):
 
     class Meta:
         model = UpstreamServer
-        fields = ["name", "url", "transport", "command", "credential_header", "credential", "enabled"]
+        fields = [
+            "name",
+            "url",
+            "transport",
+            "command",
+            "credential_header",
+            "credential",
+            "enabled",
+            "tenant_self_service",
+        ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from django.conf import settings
@@ -62,8 +76,17 @@ class UpstreamToolInline(admin.TabularInline):
 @admin.register(UpstreamServer)
 class UpstreamServerAdmin(admin.ModelAdmin):
     form = UpstreamServerForm
-    list_display = ["name", "endpoint", "transport", "enabled", "health", "tool_count", "last_refresh_at"]
-    list_filter = ["enabled", "health", "transport"]
+    list_display = [
+        "name",
+        "endpoint",
+        "transport",
+        "enabled",
+        "tenant_self_service",
+        "health",
+        "tool_count",
+        "last_refresh_at",
+    ]
+    list_filter = ["enabled", "health", "transport", "tenant_self_service"]
     search_fields = ["name", "url"]
     readonly_fields = ["health", "last_refresh_at", "last_error", "server_info", "created_at", "updated_at"]
     inlines = [UpstreamToolInline]
@@ -112,14 +135,22 @@ class UpstreamServerAdmin(admin.ModelAdmin):
 
 @admin.register(UpstreamTool)
 class UpstreamToolAdmin(admin.ModelAdmin):
+    """Platform admins see every tool and every grant; tenant admins the tools they can grant and their own grants."""
+
     list_display = ["public", "server", "description", "granted_to"]
-    list_filter = ["server"]
+    list_filter = [("server", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["name", "description", "server__name"]
     list_select_related = ["server"]
     readonly_fields = ["server", "name", "title", "description", "input_schema", "output_schema", "annotations"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[UpstreamTool]:
-        return super().get_queryset(request).prefetch_related("server__grants__tenant", "server__grants__api_key")
+        queryset = super().get_queryset(request)
+        grants = ToolGrant.objects.select_related("tenant", "api_key")
+        if not request.user.is_superuser:
+            tenants = tenant_ids_for(request.user, UpstreamTool, "view")
+            queryset = queryset.filter(server__in=servers_grantable_by(tenants))
+            grants = grants.filter(tenant_id__in=tenants)
+        return queryset.prefetch_related(Prefetch("server__grants", queryset=grants))
 
     @admin.display(description="Name", ordering="name")
     def public(self, obj: UpstreamTool) -> str:
@@ -144,23 +175,80 @@ class UpstreamToolAdmin(admin.ModelAdmin):
         return False
 
 
+GRANT_RELATED = ("tenant", "api_key", "server")
+
+
+class ToolGrantForm(forms.ModelForm):
+    self_service = False  # set for tenant admins by ToolGrantAdmin.get_form
+
+    class Meta:
+        model = ToolGrant
+        fields = ["tenant", "api_key", "server", "tool"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        server = cleaned.get("server")
+        if self.self_service and server is not None:
+            if not services.grant_within_self_service(ToolGrant(server=server, api_key=cleaned.get("api_key"))):
+                raise forms.ValidationError(
+                    f"'{server.name}' is not open for tenant self-service: only platform admins grant its tools "
+                    "to a whole tenant. You can narrow one of your keys to tools your tenant already has."
+                )
+        return cleaned
+
+
 @admin.register(ToolGrant)
-class ToolGrantAdmin(admin.ModelAdmin):
+class ToolGrantAdmin(TenantScopedAdmin):
+    """Tenant admins manage their tenant's grants: key narrowing always, tenant-wide grants on self-service servers."""
+
+    form = ToolGrantForm
     list_display = ["tenant", "api_key", "server", "tool", "created_at"]
-    list_filter = ["server", "tenant"]
+    list_filter = [("server", admin.RelatedOnlyFieldListFilter), ("tenant", admin.RelatedOnlyFieldListFilter)]
     list_select_related = ["tenant", "api_key", "server"]
     autocomplete_fields = ["tenant"]
     raw_id_fields = ["api_key"]
 
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form: Any = super().get_form(request, obj, change, **kwargs)
+        form.self_service = not request.user.is_superuser
+        return form
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if not request.user.is_superuser:
+            tenants = self.allowed_tenants(request, "add") or set()
+            if db_field.name == "api_key":
+                kwargs["queryset"] = ApiKey.objects.filter(tenant_id__in=tenants)
+            elif db_field.name == "server":
+                kwargs["queryset"] = servers_grantable_by(tenants)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def _may(self, request: HttpRequest, obj: Any, action: str) -> bool:
+        if not super()._may(request, obj, action):
+            return False
+        # A platform-made tenant-wide grant on a server closed to self-service is read-only to tenant admins.
+        return action == "view" or obj is None or request.user.is_superuser or services.grant_within_self_service(obj)
+
     def save_model(self, request: HttpRequest, obj: ToolGrant, form: Any, change: bool) -> None:
-        services.grant_save(grant=obj, actor=actor_of(request), ip=ip_of(request))
+        self.check_tenant(request, obj.tenant_id, "change" if change else "add")
+        services.grant_save(
+            grant=obj, actor=actor_of(request), ip=ip_of(request), self_service=not request.user.is_superuser
+        )
 
     def delete_model(self, request: HttpRequest, obj: ToolGrant) -> None:
-        services.grant_delete(grant=obj, actor=actor_of(request), ip=ip_of(request))
+        self.check_tenant(request, obj.tenant_id, "delete")
+        services.grant_delete(
+            grant=obj, actor=actor_of(request), ip=ip_of(request), self_service=not request.user.is_superuser
+        )
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ToolGrant]) -> None:
-        for grant in queryset.select_related("tenant", "api_key", "server"):
-            services.grant_delete(grant=grant, actor=actor_of(request), ip=ip_of(request))
+        grants = list(self.scope(queryset, self.allowed_tenants(request, "delete")).select_related(*GRANT_RELATED))
+        if not request.user.is_superuser and not all(services.grant_within_self_service(g) for g in grants):
+            # Refuse the whole selection before deleting any of it.
+            raise PermissionDenied("Only platform admins remove tenant-wide grants of servers closed to self-service.")
+        for grant in grants:
+            services.grant_delete(
+                grant=grant, actor=actor_of(request), ip=ip_of(request), self_service=not request.user.is_superuser
+            )
 
 
 @admin.register(VirtualServer)
@@ -200,7 +288,10 @@ class SsrfAllowEntryAdmin(admin.ModelAdmin):
 
 
 @admin.register(ToolCallEvent)
-class ToolCallEventAdmin(admin.ModelAdmin):
+class ToolCallEventAdmin(TenantScopedAdmin):
+    """Recent tool calls: platform admins see all, tenant admins and auditors their tenants' calls."""
+
+    tenant_lookups = ("tenant_id",)
     list_display = ["created_at", "actor", "tenant_id", "target", "outcome", "duration", "error"]
     list_filter = ["outcome"]
     search_fields = ["target", "actor"]

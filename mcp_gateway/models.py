@@ -62,6 +62,11 @@ class UpstreamServer(models.Model):
     credential_header = models.CharField(max_length=100, default="Authorization", blank=True)
     credential = EncryptedTextField(blank=True, help_text="Header value, e.g. 'Bearer …'. Encrypted at rest.")
     enabled = models.BooleanField(default=True)
+    tenant_self_service = models.BooleanField(
+        default=False,
+        help_text="Tenant admins may grant this server's tools to their own tenant. "
+        "Without it only platform admins grant them (tenant admins can still narrow their keys).",
+    )
     health = models.CharField(max_length=20, choices=Health.choices, default=Health.UNKNOWN, editable=False)
     last_refresh_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_error = models.TextField(blank=True, editable=False)

@@ -9,6 +9,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
+from django.db.models import Q, QuerySet
 
 from mcp_gateway.models import TOOL_SEPARATOR, SsrfAllowEntry, ToolGrant, UpstreamServer, UpstreamTool, VirtualServer
 from tenants.auth import KeyContext
@@ -32,6 +33,13 @@ def upstream_target(server: UpstreamServer, allowlist: list[str]) -> Any:
         timeout=settings.MCP_UPSTREAM_TIMEOUT,
         command=tuple(settings.MCP_STDIO_COMMANDS.get(server.command, ())) if server.transport == "stdio" else (),
     )
+
+
+def servers_grantable_by(tenant_ids: set[int]) -> QuerySet[UpstreamServer]:
+    """Servers a tenant admin of ``tenant_ids`` works with: open for self-service, or already granted to them."""
+    return UpstreamServer.objects.filter(
+        Q(tenant_self_service=True) | Q(grants__tenant_id__in=tenant_ids, grants__api_key__isnull=True)
+    ).distinct()
 
 
 @dataclass(frozen=True, slots=True)

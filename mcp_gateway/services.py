@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -14,7 +14,7 @@ from mcp_gateway import ssrf
 from mcp_gateway.models import SsrfAllowEntry, ToolGrant, UpstreamServer, UpstreamTool, VirtualServer
 from mcp_gateway.selectors import catalog_invalidate, upstream_target
 
-SERVER_AUDIT_FIELDS = ("name", "url", "transport", "command", "credential_header", "enabled")
+SERVER_AUDIT_FIELDS = ("name", "url", "transport", "command", "credential_header", "enabled", "tenant_self_service")
 
 
 def _snapshot(server: UpstreamServer) -> dict[str, Any]:
@@ -151,11 +151,32 @@ def _grant_snapshot(grant: ToolGrant) -> dict[str, Any]:
     }
 
 
+def grant_within_self_service(grant: ToolGrant) -> bool:
+    """Whether a tenant admin may make, change or remove ``grant``.
+
+    Narrowing one of the tenant's keys always: a key never gets more than its tenant has.
+    A tenant-wide grant only on a server a platform admin opened for tenant self-service.
+    """
+    return grant.api_key_id is not None or grant.server.tenant_self_service
+
+
+def _self_service_check(grant: ToolGrant | None) -> None:
+    if grant is not None and not grant_within_self_service(grant):
+        raise PermissionDenied(
+            f"Only platform admins grant tools of '{grant.server.name}' to a whole tenant "
+            "(it is not open for tenant self-service)."
+        )
+
+
 @transaction.atomic
-def grant_save(*, grant: ToolGrant, actor: str, ip: str | None = None) -> ToolGrant:
+def grant_save(*, grant: ToolGrant, actor: str, ip: str | None = None, self_service: bool = False) -> ToolGrant:
+    """Create or change a grant; ``self_service`` (a tenant admin acting) limits it to what tenants may grant."""
     old = ToolGrant.objects.filter(pk=grant.pk).select_related("tenant", "api_key", "server").first()
     before = _grant_snapshot(old) if old is not None else {}
     grant.full_clean()
+    if self_service:
+        _self_service_check(old)
+        _self_service_check(grant)
     grant.save()
     audit_record(
         actor=actor,
@@ -163,14 +184,16 @@ def grant_save(*, grant: ToolGrant, actor: str, ip: str | None = None) -> ToolGr
         target=f"mcp_grant:{grant.pk}",
         tenant_id=grant.tenant_id,
         ip=ip,
-        details={"changes": changes_between(before, _grant_snapshot(grant))},
+        details={"changes": changes_between(before, _grant_snapshot(grant)), "self_service": self_service},
     )
     transaction.on_commit(catalog_invalidate)
     return grant
 
 
 @transaction.atomic
-def grant_delete(*, grant: ToolGrant, actor: str, ip: str | None = None) -> None:
+def grant_delete(*, grant: ToolGrant, actor: str, ip: str | None = None, self_service: bool = False) -> None:
+    if self_service:
+        _self_service_check(grant)
     before, pk, tenant_id = _grant_snapshot(grant), grant.pk, grant.tenant_id
     grant.delete()
     audit_record(
@@ -179,7 +202,7 @@ def grant_delete(*, grant: ToolGrant, actor: str, ip: str | None = None) -> None
         target=f"mcp_grant:{pk}",
         tenant_id=tenant_id,
         ip=ip,
-        details={"before": before},
+        details={"before": before, "self_service": self_service},
     )
     transaction.on_commit(catalog_invalidate)
 

@@ -105,6 +105,7 @@ async def resolve(url: str) -> list[str]:
 
 
 async def resolve_host(host: str) -> list[str]:
+    """The host's addresses in the resolver's order of preference (RFC 6724), each once."""
     literal = _literal_or_none(host)
     if literal is not None:
         return literal
@@ -112,7 +113,7 @@ async def resolve_host(host: str) -> list[str]:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except OSError:
         return []
-    return sorted({str(info[4][0]) for info in infos})
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 class PinnedBackend(httpcore2.AsyncNetworkBackend):
@@ -166,7 +167,7 @@ class PinnedBackend(httpcore2.AsyncNetworkBackend):
 
 
 @functools.cache
-def _tls_context() -> ssl.SSLContext:
+def tls_context() -> ssl.SSLContext:
     return httpx2.create_ssl_context()  # built once: loading the CA bundle costs milliseconds
 
 
@@ -178,12 +179,12 @@ class PinnedTransport(httpx2.AsyncHTTPTransport):
     """
 
     def __init__(self, allowlist: Iterable[str], *, inner: httpcore2.AsyncNetworkBackend | None = None) -> None:
-        super().__init__(verify=_tls_context())
+        super().__init__(verify=tls_context())
         # httpx2 has no public way to hand its pool a network backend; the pool it built is
         # replaced by one with the same TLS context and default limits that has it.
         limits = httpx2.Limits()
         self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=_tls_context(),
+            ssl_context=tls_context(),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,

@@ -31,6 +31,11 @@ ROLE_PERMISSIONS: dict[str, dict[str, set[str]]] = {
         "tenants.membership": {"view", "add", "change", "delete"},
         "routing.requestlog": {"view"},
         "audit.auditevent": {"view"},
+        # MCP: their tenant's grants (tenant-wide ones only on self-service servers, see
+        # mcp_gateway.services.grant_within_self_service), the tools they can grant, recent calls.
+        "mcp.toolgrant": {"view", "add", "change", "delete"},
+        "mcp.upstreamtool": {"view"},
+        "mcp.toolcallevent": {"view"},
     },
     DEVELOPER: {
         "tenants.tenant": {"view"},
@@ -45,6 +50,8 @@ ROLE_PERMISSIONS: dict[str, dict[str, set[str]]] = {
         "tenants.membership": {"view"},
         "routing.requestlog": {"view"},
         "audit.auditevent": {"view", "export"},
+        "mcp.toolgrant": {"view"},
+        "mcp.toolcallevent": {"view"},
     },
     VIEWER: {
         "tenants.tenant": {"view"},

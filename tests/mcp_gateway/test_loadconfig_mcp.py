@@ -86,3 +86,14 @@ def test_a_bad_mcp_server_entry_is_refused_and_nothing_is_applied(
         load(tmp_path, text)
     assert not UpstreamServer.objects.exists()
     assert not AuditEvent.objects.filter(action="tenant.create").exists()
+
+
+def test_a_self_service_server_without_a_grants_list_keeps_the_grants_tenants_made(
+    tmp_path: Path, mcp_upstream_http: live.Server, allow_loopback: None, credential: None
+) -> None:
+    load(tmp_path, CONFIG.format(url=mcp_upstream_http.url))
+    assert ToolGrant.objects.count() == 3
+    without_grants = CONFIG.format(url=mcp_upstream_http.url).split("    grants:")[0]
+    load(tmp_path, without_grants + "    tenant_self_service: true\n")
+    assert UpstreamServer.objects.get(name="demo").tenant_self_service
+    assert ToolGrant.objects.count() == 3
