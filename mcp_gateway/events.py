@@ -156,7 +156,9 @@ class RedisEventLog:
     async def append(self, stream_id: str, data: str, *, final: bool = False) -> str:
         key, ttl = self._key(stream_id), max(1, int(settings.MCP_EVENT_TTL))
         async with self._client().pipeline(transaction=False) as pipe:
-            pipe.xadd(key, {"d": data, "f": "1" if final else "0"}, maxlen=settings.MCP_EVENT_HISTORY)
+            pipe.xadd(
+                key, {"d": data, "f": "1" if final else "0"}, maxlen=settings.MCP_EVENT_HISTORY, approximate=False
+            )
             pipe.expire(key, ttl)
             pipe.expire(f"{key}:info", ttl)
             entry, *_ = await pipe.execute()
