@@ -277,7 +277,11 @@ class StreamableHttpConsumer(McpConsumer):
                     params["total"] = total
                 if text is not None:
                     params["message"] = text
-                await stream.send({"jsonrpc": "2.0", "method": "notifications/progress", "params": params})
+                # Runs inside the upstream link's receive loop: a failure here must not break the link.
+                try:
+                    await stream.send({"jsonrpc": "2.0", "method": "notifications/progress", "params": params})
+                except Exception:
+                    logger.exception("MCP progress relay failed")
 
             ctx = dataclasses.replace(ctx, progress=progress)
         try:
@@ -673,6 +677,9 @@ class LegacyMessagesConsumer(McpConsumer):
             if text is not None:
                 params["message"] = text
             note = {"jsonrpc": "2.0", "method": "notifications/progress", "params": params}
-            await reply_send(session.stream_channel, session.id, message_dump(note))
+            try:
+                await reply_send(session.stream_channel, session.id, message_dump(note))
+            except Exception:  # runs inside the upstream link's receive loop, which must survive it
+                logger.exception("MCP progress relay failed")
 
         return progress

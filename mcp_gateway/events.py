@@ -86,8 +86,8 @@ class LocalEventLog:
         if len(self._streams) > 10_000:
             now = time.monotonic()
             self._streams = {key: value for key, value in self._streams.items() if value.expires_at > now}
-        stream = _LocalStream(info, deque(maxlen=settings.MCP_EVENT_HISTORY), 0.0)
-        self._streams[stream_id] = stream
+        expires_at = time.monotonic() + settings.MCP_EVENT_TTL
+        self._streams[stream_id] = _LocalStream(info, deque(maxlen=settings.MCP_EVENT_HISTORY), expires_at)
         return await self.append(stream_id, "")
 
     async def append(self, stream_id: str, data: str, *, final: bool = False) -> str:
@@ -156,7 +156,9 @@ class RedisEventLog:
     async def append(self, stream_id: str, data: str, *, final: bool = False) -> str:
         key, ttl = self._key(stream_id), max(1, int(settings.MCP_EVENT_TTL))
         async with self._client().pipeline(transaction=False) as pipe:
-            pipe.xadd(key, {"d": data, "f": "1" if final else "0"}, maxlen=settings.MCP_EVENT_HISTORY)
+            pipe.xadd(
+                key, {"d": data, "f": "1" if final else "0"}, maxlen=settings.MCP_EVENT_HISTORY, approximate=False
+            )
             pipe.expire(key, ttl)
             pipe.expire(f"{key}:info", ttl)
             entry, *_ = await pipe.execute()

@@ -70,6 +70,7 @@ class ResponseStream:
         self.log = log
         self.prime = prime
         self.stream_id = session_id_new()
+        self.gone = False
 
     async def open(self) -> None:
         await self.consumer.send_headers(status=200, headers=SSE_HEADERS)
@@ -92,7 +93,13 @@ class ResponseStream:
                 ident = event_id(self.stream_id, await self.log.append(self.stream_id, data, final=final))
             except Exception as exc:
                 logger.warning("MCP event log append failed: %s", exc)
-        await self.consumer.send_body(sse_frame(data, ident), more_body=not final)
+        if self.gone:
+            return
+        try:
+            await self.consumer.send_body(sse_frame(data, ident), more_body=not final)
+        except Exception as exc:  # the client went away: the request goes on, its events stay in the log
+            logger.info("MCP response stream %s lost its client: %s", self.stream_id[:8], exc)
+            self.gone = True
 
 
 def catalog_view(catalog: Catalog, key: KeyContext, bundle: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -110,3 +111,18 @@ def grant(transactional_db: None) -> Callable[..., ToolGrant]:
         )
 
     return make
+
+
+@pytest.fixture
+def streaming_demo(
+    mcp_upstream_streaming: live.Server,
+    upstream_factory: Callable[..., UpstreamServer],
+    grant: Callable[..., Any],
+    owner: Tenant,
+) -> UpstreamServer:
+    """The streaming upstream registered as "demo", with count_slowly and echo granted to the owner."""
+    demo = upstream_factory("demo", mcp_upstream_streaming.url)
+    assert demo.health == UpstreamServer.Health.HEALTHY, demo.last_error
+    for tool in ("count_slowly", "echo"):
+        grant(owner, demo, tool)
+    return demo

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,60 +14,14 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from mcp_gateway.models import UpstreamServer
-from tenants.models import Tenant
 from tests import live
 from tests.conftest import Issued
 from tests.mcp_gateway.conftest import gateway_env
+from tests.mcp_gateway.streaming import call, initialize, sse_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ACCEPT = "application/json, text/event-stream"
-
-
-def sse_events(lines: Iterator[str]) -> Iterator[dict[str, str]]:
-    """The events of an SSE body as dicts of their fields (comments skipped)."""
-    event: dict[str, str] = {}
-    for line in lines:
-        if not line:
-            if event:
-                yield event
-            event = {}
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            event[name] = value.removeprefix(" ")
-    if event:
-        yield event
-
-
-def initialize(url: str, secret: str, version: str = "2025-11-25") -> dict[str, str]:
-    headers = {"Authorization": f"Bearer {secret}", "Accept": ACCEPT}
-    params = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
-    created = httpx.post(
-        url, json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}, headers=headers
-    )
-    assert created.status_code == 200, created.text
-    return {**headers, "Mcp-Session-Id": created.headers["mcp-session-id"], "MCP-Protocol-Version": version}
-
-
-def call(name: str, arguments: dict[str, Any], request_id: int = 2, token: str | None = None) -> dict[str, Any]:
-    params: dict[str, Any] = {"name": name, "arguments": arguments}
-    if token is not None:
-        params["_meta"] = {"progressToken": token}
-    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
-
-
-@pytest.fixture
-def counting(
-    mcp_upstream_streaming: live.Server,
-    upstream_factory: Callable[..., UpstreamServer],
-    grant: Callable[..., Any],
-    owner: Tenant,
-) -> UpstreamServer:
-    demo = upstream_factory("demo", mcp_upstream_streaming.url)
-    assert demo.health == UpstreamServer.Health.HEALTHY, demo.last_error
-    for tool in ("count_slowly", "echo"):
-        grant(owner, demo, tool)
-    return demo
 
 
 async def _call_with_progress(url: str, secret: str, mode: str) -> tuple[list[tuple[float, Any, Any]], Any]:
@@ -85,7 +38,7 @@ async def _call_with_progress(url: str, secret: str, mode: str) -> tuple[list[tu
 
 @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
 def test_sdk_client_hears_the_upstream_tools_progress_through_the_gateway(
-    mode: str, gateway: live.Server, counting: UpstreamServer, owner_key: Issued
+    mode: str, gateway: live.Server, streaming_demo: UpstreamServer, owner_key: Issued
 ) -> None:
     seen, result = asyncio.run(_call_with_progress(f"{gateway.url}/mcp", owner_key.secret, mode))
 
@@ -95,7 +48,7 @@ def test_sdk_client_hears_the_upstream_tools_progress_through_the_gateway(
 
 
 def test_a_call_with_a_progress_token_is_answered_as_sse_with_event_ids(
-    gateway: live.Server, counting: UpstreamServer, owner_key: Issued
+    gateway: live.Server, streaming_demo: UpstreamServer, owner_key: Issued
 ) -> None:
     url = f"{gateway.url}/mcp"
     session = initialize(url, owner_key.secret)
@@ -121,7 +74,7 @@ def test_a_call_with_a_progress_token_is_answered_as_sse_with_event_ids(
 
 
 def test_a_2025_06_18_stream_has_ids_but_no_empty_priming_event(
-    gateway: live.Server, counting: UpstreamServer, owner_key: Issued
+    gateway: live.Server, streaming_demo: UpstreamServer, owner_key: Issued
 ) -> None:
     url = f"{gateway.url}/mcp"
     session = initialize(url, owner_key.secret, version="2025-06-18")
@@ -140,7 +93,7 @@ def test_a_2025_06_18_stream_has_ids_but_no_empty_priming_event(
 
 @pytest.mark.parametrize("mode", ["json", "sse"])
 def test_mcp_post_response_forces_one_kind_of_answer(
-    mode: str, session_tmp: Path, counting: UpstreamServer, owner_key: Issued
+    mode: str, session_tmp: Path, streaming_demo: UpstreamServer, owner_key: Issued
 ) -> None:
     with live.daphne_server(session_tmp, **gateway_env(), MCP_POST_RESPONSE=mode) as server:
         url = f"{server.url}/mcp"
