@@ -23,8 +23,10 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.context.context import Context
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.propagation import _SPAN_KEY
 
 from observability import span_export
 
@@ -165,6 +167,38 @@ def shutdown(timeout_s: float = 5.0) -> None:
             force_flush(int(timeout_s * 1000))
 
 
+# The OpenTelemetry context is read and written on every span of ours. The API's attach and
+# get_current_span cost several calls each; the context variable behind them (the default
+# contextvars runtime context) is used directly when it is there, with the same semantics.
+_context_var: Any = getattr(getattr(otel_context, "_RUNTIME_CONTEXT", None), "_current_context", None)
+
+
+def _attach(span_: Any) -> Any:
+    if _context_var is None:
+        return otel_context.attach(trace.set_span_in_context(span_))
+    current = _context_var.get()
+    new = Context(current)
+    dict.__setitem__(new, _SPAN_KEY, span_)
+    return _context_var.set(new)
+
+
+def _detach(token: Any) -> None:
+    if _context_var is None:
+        otel_context.detach(token)
+        return
+    try:
+        _context_var.reset(token)
+    except ValueError:  # ended in another task than it started in: leave that task's context alone
+        logger.debug("span context token from another context", exc_info=True)
+
+
+def _current() -> SpanContext:
+    if _context_var is None:
+        return trace.get_current_span().get_span_context()
+    span_ = _context_var.get().get(_SPAN_KEY)
+    return trace.INVALID_SPAN_CONTEXT if span_ is None else span_.get_span_context()
+
+
 class LeanSpan:
     """A span of ours while it runs: ids, times and attributes; a record for the sink when it ends.
 
@@ -208,11 +242,7 @@ class LeanSpan:
         self.status = 0
         self.message = ""
         self.start = time.time_ns()
-        self.token = otel_context.attach(
-            trace.set_span_in_context(
-                NonRecordingSpan(SpanContext(trace_id, self.span_id, False, _SAMPLED, state)),
-            )
-        )
+        self.token = _attach(NonRecordingSpan(SpanContext(trace_id, self.span_id, False, _SAMPLED, state)))
 
     def set_attribute(self, key: str, value: Any) -> None:
         self.attributes[key] = value
@@ -225,7 +255,7 @@ class LeanSpan:
 
     def end(self) -> None:
         try:
-            otel_context.detach(self.token)
+            _detach(self.token)
         finally:
             _sink.put(
                 (
@@ -250,7 +280,7 @@ class LeanSpan:
 
 def _child(name: str, attributes: Mapping[str, Any] | None, kind: SpanKind) -> LeanSpan | None:
     """A child of the current span when that one is sampled; a new sampled root when there is none."""
-    parent = trace.get_current_span().get_span_context()
+    parent = _current()
     if parent.is_valid:
         if not parent.trace_flags.sampled:
             return None  # an unsampled trace gets no child spans at all
@@ -330,7 +360,7 @@ class ServerSpan:
     def end(self, status: int) -> None:
         span_ = self.span
         if span_ is None:
-            otel_context.detach(self.token)  # type: ignore[arg-type]
+            _detach(self.token)
             return
         span_.attributes["http.response.status_code"] = status
         if status >= 500:
@@ -352,7 +382,7 @@ def server_span(route: str, method: str, headers: Mapping[bytes, bytes]) -> Serv
     state = result.trace_state if result.trace_state is not None else parent.trace_state
     if not result.decision.is_sampled():
         context = SpanContext(trace_id, _getrandbits(64) or 1, False, _UNSAMPLED, state)
-        return ServerSpan(None, otel_context.attach(trace.set_span_in_context(NonRecordingSpan(context))))
+        return ServerSpan(None, _attach(NonRecordingSpan(context)))
     attributes = {"http.request.method": method, "http.route": route, "url.path": route}
     return ServerSpan(
         LeanSpan(
@@ -371,7 +401,7 @@ def inject(headers: dict[str, str]) -> None:
     """Put the current trace context on an outgoing request's headers (``traceparent``, ``tracestate``)."""
     if not _enabled:
         return
-    context = trace.get_current_span().get_span_context()
+    context = _current()
     if context.is_valid:
         headers["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
         if context.trace_state:
@@ -447,7 +477,7 @@ def model_call_start(
     """
     if not _enabled:
         return None
-    parent = trace.get_current_span().get_span_context()
+    parent = _current()
     if not parent.is_valid or not parent.trace_flags.sampled:
         return None  # the model call is always inside a server span; unsampled, nothing is recorded
     attributes: dict[str, Any] = {
@@ -501,5 +531,5 @@ def current_trace_id() -> str:
     """The current trace id as 32 hex digits, or ``""`` when there is no sampled trace."""
     if not _enabled:
         return ""
-    ctx = trace.get_current_span().get_span_context()
+    ctx = _current()
     return format(ctx.trace_id, "032x") if ctx.is_valid and ctx.trace_flags.sampled else ""

@@ -140,3 +140,111 @@ def test_records_of_sdk_spans_and_lean_spans_encode_alike():
         ("c", "d"),
         sdk_span.end_time,
     )
+
+
+def _reference(records: list[tuple], resource: dict[str, Any]) -> ExportTraceServiceRequest:
+    """The same request built with the protobuf classes, field by field."""
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+    def value(item: Any) -> AnyValue:
+        if isinstance(item, bool):
+            return AnyValue(bool_value=item)
+        if isinstance(item, int):
+            return AnyValue(int_value=item)
+        if isinstance(item, float):
+            return AnyValue(double_value=item)
+        if isinstance(item, str):
+            return AnyValue(string_value=item)
+        return AnyValue(array_value=ArrayValue(values=[value(inner) for inner in item]))
+
+    def pairs(attributes: dict[str, Any]) -> list[KeyValue]:
+        return [KeyValue(key=key, value=value(item)) for key, item in attributes.items()]
+
+    scopes: dict[str, list[Span]] = {}
+    for (
+        trace_id,
+        span_id,
+        parent_id,
+        remote,
+        name,
+        kind,
+        start,
+        end,
+        attributes,
+        code,
+        message,
+        scope,
+        events,
+        flags,
+        state,
+    ) in records:
+        span = Span(
+            trace_id=trace_id.to_bytes(16, "big"),
+            span_id=span_id.to_bytes(8, "big"),
+            trace_state=state,
+            parent_span_id=parent_id.to_bytes(8, "big") if parent_id else b"",
+            name=name,
+            kind=kind + 1,
+            start_time_unix_nano=start,
+            end_time_unix_nano=end,
+            attributes=pairs(attributes),
+            flags=flags | 0x100 | (0x200 if remote else 0),
+        )
+        for event_name, timestamp, event_attributes in events:
+            span.events.add(time_unix_nano=timestamp, name=event_name, attributes=pairs(event_attributes))
+        if code:
+            span.status.CopyFrom(Status(code=code, message=message))
+        scopes.setdefault(scope, []).append(span)
+    return ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(
+                resource=Resource(attributes=pairs(resource)),
+                scope_spans=[
+                    ScopeSpans(scope=InstrumentationScope(name=name), spans=spans) for name, spans in scopes.items()
+                ],
+            )
+        ]
+    )
+
+
+def test_the_hand_written_otlp_encoding_equals_the_protobuf_classes():
+    attributes = {
+        "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.request.temperature": 0.5,
+        "gen_ai.usage.input_tokens": 300,
+        "negative": -7,
+        "big": 2**62,
+        "flag": True,
+        "off": False,
+        "one": 1,
+        "stops": ["\n", "END"],
+        "numbers": [1, 2],
+        "text": "naïve ✓ " * 40,  # long enough for a two-byte length
+    }
+    records = [
+        (
+            2**127 + 5,
+            2**63 + 1,
+            0,
+            False,
+            "POST /v1/chat/completions",
+            1,
+            10**18,
+            10**18 + 5,
+            attributes,
+            0,
+            "",
+            "a",
+            (),
+            1,
+            "",
+        ),
+        (3, 4, 2**63 + 1, True, "chat gpt-4o-mini", 2, 5, 6, {"one": True}, 2, "upstream_error", "a", (), 1, "k=v"),
+        (3, 6, 4, False, "SELECT", 2, 7, 8, {}, 1, "", "psycopg", (("retry", 9, {"attempt": 2}),), 1, ""),
+    ]
+    for _ in range(2):  # the second time from the attribute cache
+        encoded = ExportTraceServiceRequest()
+        encoded.ParseFromString(span_export.encode(records, {"service.name": "gateway"}))
+        assert encoded == _reference(records, {"service.name": "gateway"})
