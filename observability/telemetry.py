@@ -11,23 +11,35 @@ helpers return ``None``: a dictionary lookup and a call, no allocation of spans.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+import random
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.context.context import Context
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.propagation import _SPAN_KEY
+
+from observability import span_export
 
 logger = logging.getLogger(__name__)
 
 _enabled = False
-_tracer: trace.Tracer = trace.NoOpTracer()
+_sink: Any = None  # where finished spans go: span_export.ChildSink, or ProviderSink in tests
+_sampler: Any = None
 _NOOP = contextlib.nullcontext(None)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_OK, _ERROR = 1, 2  # StatusCode values
+_getrandbits = random.getrandbits
 
 TRACER_NAME = "llm_platform"
 CONTENT_LIMIT = 16_384  # characters of prompt or completion kept on a span
@@ -51,26 +63,17 @@ def wanted() -> bool:
     )
 
 
-def _exporters() -> list[Any]:
+def _exporter_names() -> list[str]:
     names = [name.strip() for name in os.environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",") if name.strip()]
-    exporters: list[Any] = []
     for name in names:
-        if name == "otlp":
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            exporters.append(OTLPSpanExporter())
-        elif name == "console":
-            from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-            exporters.append(ConsoleSpanExporter())
-        else:
+        if name not in ("otlp", "console"):
             from django.core.exceptions import ImproperlyConfigured
 
             raise ImproperlyConfigured(
                 f"OTEL_TRACES_EXPORTER={name!r} is not supported here; use otlp, console or none "
                 "(OTLP over HTTP/protobuf; point OTEL_EXPORTER_OTLP_ENDPOINT at a collector)."
             )
-    return exporters
+    return names
 
 
 def setup(*, service: str = "llm-platform", provider: Any = None, instrument: bool = True) -> bool:
@@ -78,23 +81,41 @@ def setup(*, service: str = "llm-platform", provider: Any = None, instrument: bo
 
     Idempotent. Returns whether tracing is on. ``service`` is the default for
     ``service.name``; ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` win.
+
+    With the OTLP exporter (the production case), spans are exported by a child process
+    (``span_export``); with ``console``, or a ``provider`` given, through the SDK's processors.
     """
-    global _enabled, _tracer
+    global _enabled, _sink, _sampler
     if _enabled:
         return True
-    if provider is None:
+    if provider is not None:
+        _sink = span_export.ProviderSink(provider)
+    else:
         if not wanted():
             return False
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
+        names = _exporter_names()
         attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service}
         provider = TracerProvider(resource=Resource.create(attributes))
-        for exporter in _exporters():
-            provider.add_span_processor(BatchSpanProcessor(exporter))
+        if names == ["otlp"]:
+            _sink = span_export.ChildSink(service)
+            # The official instrumentations' spans take the same way out.
+            provider.add_span_processor(span_export.SpanProcessorToSink(_sink))  # type: ignore[arg-type]
+        else:
+            for name in names:
+                if name == "otlp":
+                    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+                    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+                else:
+                    provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+            _sink = span_export.ProviderSink(provider)
         trace.set_tracer_provider(provider)
-    _tracer = provider.get_tracer(TRACER_NAME)
+        atexit.register(shutdown)
+    _sampler = provider.sampler
     _enabled = True
     if instrument:
         _instrument(provider)
@@ -102,21 +123,22 @@ def setup(*, service: str = "llm-platform", provider: Any = None, instrument: bo
     return True
 
 
-def _instrument(provider: Any) -> None:
-    """The official instrumentations: Django views, Redis, psycopg, Celery and the aiohttp client."""
-    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+def _instrumentors() -> list[Any]:
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.django import DjangoInstrumentor
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
-    for instrumentor in (
-        DjangoInstrumentor(),
-        RedisInstrumentor(),
-        PsycopgInstrumentor(),
-        CeleryInstrumentor(),
-        AioHttpClientInstrumentor(),
-    ):
+    return [DjangoInstrumentor(), RedisInstrumentor(), PsycopgInstrumentor(), CeleryInstrumentor()]
+
+
+def _instrument(provider: Any) -> None:
+    """The official instrumentations: Django views (ASGI), Redis, psycopg and Celery.
+
+    The upstream HTTP call has no client span of its own: the model-call span is that call,
+    and ``traceparent`` is put on its request directly (``inject``).
+    """
+    for instrumentor in _instrumentors():
         if not instrumentor.is_instrumented_by_opentelemetry:
             try:
                 instrumentor.instrument(tracer_provider=provider)
@@ -126,32 +148,173 @@ def _instrument(provider: Any) -> None:
 
 def teardown() -> None:
     """Switch tracing off again and remove the instrumentation (for tests)."""
-    global _enabled, _tracer
-    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
-    from opentelemetry.instrumentation.celery import CeleryInstrumentor
-    from opentelemetry.instrumentation.django import DjangoInstrumentor
-    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
-    from opentelemetry.instrumentation.redis import RedisInstrumentor
-
-    for instrumentor in (
-        DjangoInstrumentor(),
-        RedisInstrumentor(),
-        PsycopgInstrumentor(),
-        CeleryInstrumentor(),
-        AioHttpClientInstrumentor(),
-    ):
+    global _enabled, _sink, _sampler
+    for instrumentor in _instrumentors():
         if instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.uninstrument()
     _enabled = False
-    _tracer = trace.NoOpTracer()
+    _sink = _sampler = None
 
 
-def shutdown() -> None:
-    """Flush buffered spans (at drain / exit)."""
-    provider = trace.get_tracer_provider()
-    force_flush = getattr(provider, "force_flush", None)
-    if _enabled and force_flush is not None:
-        force_flush(5000)
+def shutdown(timeout_s: float = 5.0) -> None:
+    """Export buffered spans and wait for the export (at drain / exit)."""
+    sink = _sink
+    if _enabled and sink is not None:
+        sink.shutdown(timeout_s)
+        provider = trace.get_tracer_provider()
+        force_flush = getattr(provider, "force_flush", None)
+        if force_flush is not None and not isinstance(sink, span_export.ProviderSink):
+            force_flush(int(timeout_s * 1000))
+
+
+# The OpenTelemetry context is read and written on every span of ours. The API's attach and
+# get_current_span cost several calls each; the context variable behind them (the default
+# contextvars runtime context) is used directly when it is there, with the same semantics.
+_context_var: Any = getattr(getattr(otel_context, "_RUNTIME_CONTEXT", None), "_current_context", None)
+
+
+def _attach(span_: Any) -> Any:
+    if _context_var is None:
+        return otel_context.attach(trace.set_span_in_context(span_))
+    current = _context_var.get()
+    new = Context(current)
+    dict.__setitem__(new, _SPAN_KEY, span_)
+    return _context_var.set(new)
+
+
+def _detach(token: Any) -> None:
+    if _context_var is None:
+        otel_context.detach(token)
+        return
+    try:
+        _context_var.reset(token)
+    except ValueError:  # ended in another task than it started in: leave that task's context alone
+        logger.debug("span context token from another context", exc_info=True)
+
+
+def _current() -> SpanContext:
+    if _context_var is None:
+        return trace.get_current_span().get_span_context()
+    span_ = _context_var.get().get(_SPAN_KEY)
+    return trace.INVALID_SPAN_CONTEXT if span_ is None else span_.get_span_context()
+
+
+class LeanSpan:
+    """A span of ours while it runs: ids, times and attributes; a record for the sink when it ends.
+
+    Cheaper than an SDK span by an order of magnitude; the official instrumentations see it
+    as the current span through a ``NonRecordingSpan`` carrying its context.
+    """
+
+    __slots__ = (
+        "attributes",
+        "kind",
+        "message",
+        "name",
+        "parent_id",
+        "remote",
+        "span_id",
+        "start",
+        "state",
+        "status",
+        "token",
+        "trace_id",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        kind: int,
+        attributes: dict[str, Any],
+        trace_id: int,
+        parent_id: int,
+        remote: bool,
+        state: Any,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.attributes = attributes
+        self.trace_id = trace_id
+        self.span_id = _getrandbits(64) or 1
+        self.parent_id = parent_id
+        self.remote = remote
+        self.state = state
+        self.status = 0
+        self.message = ""
+        self.start = time.time_ns()
+        self.token = _attach(NonRecordingSpan(SpanContext(trace_id, self.span_id, False, _SAMPLED, state)))
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        self.attributes.update(attributes)
+
+    def fail(self, description: str = "") -> None:
+        self.status, self.message = _ERROR, description
+
+    def end(self) -> None:
+        try:
+            _detach(self.token)
+        finally:
+            _sink.put(
+                (
+                    self.trace_id,
+                    self.span_id,
+                    self.parent_id,
+                    self.remote,
+                    self.name,
+                    self.kind,
+                    self.start,
+                    time.time_ns(),
+                    self.attributes,
+                    self.status,
+                    self.message,
+                    TRACER_NAME,
+                    (),
+                    1,
+                    self.state.to_header() if self.state else "",
+                )
+            )
+
+
+def _child(name: str, attributes: Mapping[str, Any] | None, kind: SpanKind) -> LeanSpan | None:
+    """A child of the current span when that one is sampled; a new sampled root when there is none."""
+    parent = _current()
+    if parent.is_valid:
+        if not parent.trace_flags.sampled:
+            return None  # an unsampled trace gets no child spans at all
+        return LeanSpan(
+            name, kind.value, dict(attributes or ()), parent.trace_id, parent.span_id, False, parent.trace_state
+        )
+    trace_id = _getrandbits(128) or 1
+    result = _sampler.should_sample(None, trace_id, name, kind, attributes)
+    if not result.decision.is_sampled():
+        return None
+    return LeanSpan(name, kind.value, dict(attributes or ()), trace_id, 0, False, result.trace_state)
+
+
+class _Scope:
+    """``span()`` while tracing is on: the span is current inside the block, ended (with errors noted) after it."""
+
+    __slots__ = ("attributes", "kind", "name", "span")
+
+    def __init__(self, name: str, attributes: Mapping[str, Any] | None, kind: SpanKind) -> None:
+        self.name, self.attributes, self.kind = name, attributes, kind
+        self.span: LeanSpan | None = None
+
+    def __enter__(self) -> LeanSpan | None:
+        self.span = _child(self.name, self.attributes, self.kind)
+        return self.span
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        span_ = self.span
+        if span_ is None:
+            return
+        if exc is not None and not isinstance(exc, GeneratorExit):
+            span_.fail(f"{exc_type.__name__}: {exc}")
+            span_.attributes["error.type"] = exc_type.__qualname__
+        span_.end()
 
 
 def span(
@@ -160,7 +323,7 @@ def span(
     """A child span of the current one, as a context manager; a shared no-op when tracing is off."""
     if not _enabled:
         return _NOOP
-    return _tracer.start_as_current_span(name, kind=kind, attributes=attributes)
+    return _Scope(name, attributes, kind)
 
 
 class _HeaderGetter(Getter[Mapping[bytes, bytes]]):
@@ -180,39 +343,69 @@ class ServerSpan:
 
     Continues the caller's trace from ``traceparent``/``tracestate`` in the ASGI headers,
     and is the current span until ``end``. Start and end must happen in the same task.
+    An unsampled request records nothing, but its context is current, so the trace
+    decision travels on with ``traceparent``.
     """
 
     __slots__ = ("span", "token")
 
-    def __init__(self, span_: Span, token: object) -> None:
+    def __init__(self, span_: LeanSpan | None, token: object = None) -> None:
         self.span = span_
         self.token = token
 
     def set(self, **attributes: Any) -> None:
-        self.span.set_attributes(attributes)
+        if self.span is not None:
+            self.span.attributes.update(attributes)
 
     def end(self, status: int) -> None:
-        self.span.set_attribute("http.response.status_code", status)
+        span_ = self.span
+        if span_ is None:
+            _detach(self.token)
+            return
+        span_.attributes["http.response.status_code"] = status
         if status >= 500:
-            self.span.set_status(Status(StatusCode.ERROR))
-        try:
-            otel_context.detach(self.token)  # type: ignore[arg-type]
-        finally:
-            self.span.end()
+            span_.status = _ERROR
+        span_.end()
 
 
 def server_span(route: str, method: str, headers: Mapping[bytes, bytes]) -> ServerSpan | None:
     if not _enabled:
         return None
-    parent = propagate.extract(headers, getter=_getter)
-    span_ = _tracer.start_span(
-        f"{method} {route}",
-        context=parent,
-        kind=SpanKind.SERVER,
-        attributes={"http.request.method": method, "http.route": route, "url.path": route},
+    name = f"{method} {route}"
+    if b"traceparent" in headers:
+        parent_context: Any = propagate.extract(headers, getter=_getter)
+        parent = trace.get_current_span(parent_context).get_span_context()
+    else:
+        parent_context, parent = None, trace.INVALID_SPAN_CONTEXT
+    trace_id = parent.trace_id if parent.is_valid else (_getrandbits(128) or 1)
+    result = _sampler.should_sample(parent_context, trace_id, name, SpanKind.SERVER)
+    state = result.trace_state if result.trace_state is not None else parent.trace_state
+    if not result.decision.is_sampled():
+        context = SpanContext(trace_id, _getrandbits(64) or 1, False, _UNSAMPLED, state)
+        return ServerSpan(None, _attach(NonRecordingSpan(context)))
+    attributes = {"http.request.method": method, "http.route": route, "url.path": route}
+    return ServerSpan(
+        LeanSpan(
+            name,
+            1,  # SpanKind.SERVER
+            attributes,
+            trace_id,
+            parent.span_id if parent.is_valid else 0,
+            parent.is_remote,
+            state,
+        )
     )
-    token = otel_context.attach(trace.set_span_in_context(span_, parent))
-    return ServerSpan(span_, token)
+
+
+def inject(headers: dict[str, str]) -> None:
+    """Put the current trace context on an outgoing request's headers (``traceparent``, ``tracestate``)."""
+    if not _enabled:
+        return
+    context = _current()
+    if context.is_valid:
+        headers["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+        if context.trace_state:
+            headers["tracestate"] = context.trace_state.to_header()
 
 
 class ModelCall:
@@ -220,9 +413,8 @@ class ModelCall:
 
     __slots__ = ("span", "token")
 
-    def __init__(self, span_: Span, token: object) -> None:
+    def __init__(self, span_: LeanSpan) -> None:
         self.span = span_
-        self.token = token
 
     def end(
         self,
@@ -238,27 +430,21 @@ class ModelCall:
     ) -> None:
         """End the span; ``output`` (the completion, for tenants who opted in) is recorded as JSON text."""
         span_ = self.span
+        attributes = span_.attributes
         if output is not None:
-            span_.set_attribute("gen_ai.output.messages", _content_json(output))
-        span_.set_attributes(
-            {
-                "gen_ai.response.model": response_model,
-                "gen_ai.usage.input_tokens": input_tokens,
-                "gen_ai.usage.output_tokens": output_tokens,
-                "llmp.usage.estimated": usage_estimated,
-                "http.response.status_code": status,
-            }
-        )
+            attributes["gen_ai.output.messages"] = _content_json(output)
+        attributes["gen_ai.response.model"] = response_model
+        attributes["gen_ai.usage.input_tokens"] = input_tokens
+        attributes["gen_ai.usage.output_tokens"] = output_tokens
+        attributes["llmp.usage.estimated"] = usage_estimated
+        attributes["http.response.status_code"] = status
         if ttfb_s is not None:
-            span_.set_attribute("llmp.time_to_first_chunk_s", round(ttfb_s, 6))
+            attributes["llmp.time_to_first_chunk_s"] = round(ttfb_s, 6)
         if error_type:
-            span_.set_attribute("error.type", error_type)
+            attributes["error.type"] = error_type
         if status >= 400 or error_type:
-            span_.set_status(Status(StatusCode.ERROR, error_type or str(status)))
-        try:
-            otel_context.detach(self.token)  # type: ignore[arg-type]
-        finally:
-            span_.end()
+            span_.fail(error_type or str(status))
+        span_.end()
 
 
 _REQUEST_PARAMS = (
@@ -291,6 +477,9 @@ def model_call_start(
     """
     if not _enabled:
         return None
+    parent = _current()
+    if not parent.is_valid or not parent.trace_flags.sampled:
+        return None  # the model call is always inside a server span; unsampled, nothing is recorded
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": operation,
         "gen_ai.system": system,
@@ -314,9 +503,8 @@ def model_call_start(
         attributes.update(routing_attributes(routing))
     if content is not None:
         attributes["gen_ai.input.messages"] = _content_json(content)
-    span_ = _tracer.start_span(f"{operation} {request_model}", kind=SpanKind.CLIENT, attributes=attributes)
-    token = otel_context.attach(trace.set_span_in_context(span_))
-    return ModelCall(span_, token)
+    name = f"{operation} {request_model}"
+    return ModelCall(LeanSpan(name, 2, attributes, parent.trace_id, parent.span_id, False, parent.trace_state))
 
 
 def _content_json(value: Any) -> str:
@@ -343,15 +531,5 @@ def current_trace_id() -> str:
     """The current trace id as 32 hex digits, or ``""`` when there is no sampled trace."""
     if not _enabled:
         return ""
-    ctx = trace.get_current_span().get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
-
-
-@contextlib.contextmanager
-def attached(span_: Span | None) -> Iterator[None]:
-    """Make ``span_`` current for the block (no-op for ``None``)."""
-    if span_ is None:
-        yield
-        return
-    with trace.use_span(span_, end_on_exit=False):
-        yield
+    ctx = _current()
+    return format(ctx.trace_id, "032x") if ctx.is_valid and ctx.trace_flags.sampled else ""

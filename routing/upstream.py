@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 from django.conf import settings
 
+from observability import telemetry
 from routing.selectors import DeploymentTarget
 from tenants.errors import InvalidRequest, PlatformError, RateLimited, UpstreamError
 
@@ -110,6 +111,7 @@ def _headers(target: DeploymentTarget) -> dict[str, str]:
     extra = target.extra_params.get("extra_headers")
     if isinstance(extra, dict):
         headers.update({str(k): str(v) for k, v in extra.items()})
+    telemetry.inject(headers)  # the provider call continues the trace, as a child of the model-call span
     return headers
 
 

@@ -1,0 +1,250 @@
+"""The production export path: lean spans in the server, OTLP encoded by a child process, flushed at drain."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from observability import span_export
+from tests.observability.conftest import served
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_SPAN_ID = "00f067aa0ba902b7"
+PROMPT = "the launch codes are hunter2"
+
+
+class Collector(BaseHTTPRequestHandler):
+    """An OTLP/HTTP endpoint that keeps every request it is sent."""
+
+    received: list[ExportTraceServiceRequest] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        Collector.received.append(request)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's signature
+        return
+
+
+@pytest.fixture
+def collector() -> Iterator[str]:
+    Collector.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+    finally:
+        server.shutdown()
+
+
+def _value(any_value: Any) -> Any:
+    return getattr(any_value, any_value.WhichOneof("value"))
+
+
+def _spans(trace_id: str) -> dict[str, tuple[Any, dict[str, Any], dict[str, Any]]]:
+    """The spans of one trace by name (the server traces other things too, such as its health checks)."""
+    out = {}
+    for request in Collector.received:
+        for resource_spans in request.resource_spans:
+            resource = {kv.key: _value(kv.value) for kv in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    if span.trace_id.hex() != trace_id:
+                        continue
+                    out[span.name] = (span, {kv.key: _value(kv.value) for kv in span.attributes}, resource)
+    return out
+
+
+def test_spans_of_a_request_reach_the_collector_as_otlp_by_the_time_the_server_has_drained(
+    session_tmp, upstream, owner_key, deployment_factory, collector
+):
+    deployment_factory()
+    body = (
+        b'{"model": "gpt-4o-mini", "stream": true, "max_tokens": 50,'
+        b' "messages": [{"role": "user", "content": "' + PROMPT.encode() + b' [[fake chunks=3]]"}]}'
+    )
+    env = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector,
+        "OTEL_SERVICE_NAME": "gateway-under-test",
+    }
+    with served(session_tmp, **env) as server:
+        response = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            content=body,
+            headers={
+                "Authorization": f"Bearer {owner_key.secret}",
+                "traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01",
+            },
+            timeout=30,
+        )
+        assert response.status_code == 200
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=30)
+        assert server.process.returncode == 0
+    spans = _spans(TRACE_ID)  # nothing waited for: the drain itself exported them
+    server_span, server_attributes, resource = spans["POST /v1/chat/completions"]
+    assert resource["service.name"] == "gateway-under-test"
+    assert server_span.trace_id.hex() == TRACE_ID
+    assert server_span.parent_span_id.hex() == PARENT_SPAN_ID
+    assert server_span.kind == 2  # SERVER in OTLP's numbering
+    assert server_attributes["http.response.status_code"] == 200
+    assert server_attributes["llmp.request_id"] == response.headers["x-request-id"]
+    model_call, attributes, _ = spans["chat gpt-4o-mini"]
+    assert model_call.kind == 3  # CLIENT
+    assert model_call.parent_span_id == server_span.span_id
+    assert spans["key.authenticate"][0].parent_span_id == server_span.span_id
+    assert spans["route.select"][0].parent_span_id == server_span.span_id
+    assert spans["stream.relay"][0].parent_span_id == model_call.span_id
+    assert attributes["gen_ai.request.model"] == "gpt-4o-mini"
+    assert attributes["gen_ai.request.max_tokens"] == 50
+    assert attributes["gen_ai.usage.output_tokens"] == 3
+    assert attributes["llmp.stream"] is True
+    assert model_call.end_time_unix_nano >= model_call.start_time_unix_nano > 0
+    for span, span_attributes, _ in spans.values():
+        assert all(PROMPT not in str(value) for value in span_attributes.values()), span.name
+
+
+def test_records_of_sdk_spans_and_lean_spans_encode_alike():
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = TracerProvider()
+    sdk_span = provider.get_tracer("t").start_span("x", attributes={"a": 1, "b": ["c", "d"], "e": 0.5, "f": True})
+    sdk_span.add_event("retry", {"attempt": 2})
+    sdk_span.end()
+    record = span_export.record_from_span(sdk_span)
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(span_export.encode([record], {"service.name": "s"}))
+    [span] = request.resource_spans[0].scope_spans[0].spans
+    assert span.span_id == sdk_span.context.span_id.to_bytes(8, "big")
+    assert {kv.key: _value(kv.value) for kv in span.attributes}["e"] == 0.5
+    assert [_value(v) for v in span.attributes[1].value.array_value.values] == ["c", "d"]
+    assert span.events[0].name == "retry" and span.kind == 1
+    back = span_export.span_from_record(record, provider.resource)
+    assert (back.name, back.context, back.attributes["b"], back.end_time) == (
+        "x",
+        sdk_span.context,
+        ("c", "d"),
+        sdk_span.end_time,
+    )
+
+
+def _reference(records: list[tuple], resource: dict[str, Any]) -> ExportTraceServiceRequest:
+    """The same request built with the protobuf classes, field by field."""
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+    def value(item: Any) -> AnyValue:
+        if isinstance(item, bool):
+            return AnyValue(bool_value=item)
+        if isinstance(item, int):
+            return AnyValue(int_value=item)
+        if isinstance(item, float):
+            return AnyValue(double_value=item)
+        if isinstance(item, str):
+            return AnyValue(string_value=item)
+        return AnyValue(array_value=ArrayValue(values=[value(inner) for inner in item]))
+
+    def pairs(attributes: dict[str, Any]) -> list[KeyValue]:
+        return [KeyValue(key=key, value=value(item)) for key, item in attributes.items()]
+
+    scopes: dict[str, list[Span]] = {}
+    for (
+        trace_id,
+        span_id,
+        parent_id,
+        remote,
+        name,
+        kind,
+        start,
+        end,
+        attributes,
+        code,
+        message,
+        scope,
+        events,
+        flags,
+        state,
+    ) in records:
+        span = Span(
+            trace_id=trace_id.to_bytes(16, "big"),
+            span_id=span_id.to_bytes(8, "big"),
+            trace_state=state,
+            parent_span_id=parent_id.to_bytes(8, "big") if parent_id else b"",
+            name=name,
+            kind=kind + 1,
+            start_time_unix_nano=start,
+            end_time_unix_nano=end,
+            attributes=pairs(attributes),
+            flags=flags | 0x100 | (0x200 if remote else 0),
+        )
+        for event_name, timestamp, event_attributes in events:
+            span.events.add(time_unix_nano=timestamp, name=event_name, attributes=pairs(event_attributes))
+        if code:
+            span.status.CopyFrom(Status(code=code, message=message))
+        scopes.setdefault(scope, []).append(span)
+    return ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(
+                resource=Resource(attributes=pairs(resource)),
+                scope_spans=[
+                    ScopeSpans(scope=InstrumentationScope(name=name), spans=spans) for name, spans in scopes.items()
+                ],
+            )
+        ]
+    )
+
+
+def test_the_hand_written_otlp_encoding_equals_the_protobuf_classes():
+    attributes = {
+        "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.request.temperature": 0.5,
+        "gen_ai.usage.input_tokens": 300,
+        "negative": -7,
+        "big": 2**62,
+        "flag": True,
+        "off": False,
+        "one": 1,
+        "stops": ["\n", "END"],
+        "numbers": [1, 2],
+        "text": "naïve ✓ " * 40,  # long enough for a two-byte length
+    }
+    records = [
+        (
+            2**127 + 5,
+            2**63 + 1,
+            0,
+            False,
+            "POST /v1/chat/completions",
+            1,
+            10**18,
+            10**18 + 5,
+            attributes,
+            0,
+            "",
+            "a",
+            (),
+            1,
+            "",
+        ),
+        (3, 4, 2**63 + 1, True, "chat gpt-4o-mini", 2, 5, 6, {"one": True}, 2, "upstream_error", "a", (), 1, "k=v"),
+        (3, 6, 4, False, "SELECT", 2, 7, 8, {}, 1, "", "psycopg", (("retry", 9, {"attempt": 2}),), 1, ""),
+    ]
+    for _ in range(2):  # the second time from the attribute cache
+        encoded = ExportTraceServiceRequest()
+        encoded.ParseFromString(span_export.encode(records, {"service.name": "gateway"}))
+        assert encoded == _reference(records, {"service.name": "gateway"})
