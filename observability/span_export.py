@@ -172,6 +172,21 @@ class ChildSink:
         self._process: subprocess.Popen[bytes] | None = None
         self._pipe: IO[bytes] | None = None
         self._start()
+        # A forked child (Celery's prefork pool) gets an exporter and a sending thread of its own.
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        if self._stopped or self._pipe is None:
+            return
+        try:
+            self._pipe.close()  # the parent's pipe: the parent's exporter must still see EOF at its exit
+        except OSError:
+            pass
+        self.queue = collections.deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid = os.getpid()
+        self._start()
 
     def _start(self) -> None:
         self._process = subprocess.Popen(
