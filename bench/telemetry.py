@@ -50,6 +50,23 @@ class Sink(BaseHTTPRequestHandler):
         return
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by a process and its live children (the span exporter), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split() if (task / "children").exists() else []
+        pids.extend(int(child) for child in children)
+    total = 0.0
+    for each in pids:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def metrics_cost_us(count: int = 20000) -> dict[str, float]:
     """Median cost (µs) of what the chat flow records per request, without and with multiprocess files."""
     code = f"""
@@ -147,8 +164,11 @@ def main() -> None:
         for _ in range(args.runs):  # alternate, so both variants share the same noise
             for name, url in urls.items():
                 c1[name].append(wrk(url, 1, args.seconds))
-            for name, url in urls.items():
-                c16[name].append(wrk(url, 16, args.seconds))
+            for (name, url), process in zip(urls.items(), processes[1:], strict=True):
+                before = cpu_seconds(process.pid)
+                run = wrk(url, 16, args.seconds)
+                run["cpu_us"] = (cpu_seconds(process.pid) - before) / max(1, run["requests"]) * 1e6
+                c16[name].append(run)
         headers = {name: overhead_header_median(url) for name, url in urls.items()}
     finally:
         for process in processes:
@@ -177,6 +197,14 @@ def main() -> None:
             added <= 0.3,
         ),
         ("Requests/s c=16, median", f"{rps['off']:.0f}", f"{rps['on']:.0f}", f"{ratio:.2f}x", "≥ 0.90x", ratio >= 0.9),
+        (
+            "CPU per request c=16, median (µs, server + its span exporter)",
+            f"{med(c16['off'], 'cpu_us'):.0f}",
+            f"{med(c16['on'], 'cpu_us'):.0f}",
+            f"{med(c16['on'], 'cpu_us') - med(c16['off'], 'cpu_us'):+.0f} µs",
+            "",
+            None,
+        ),
         ("x-gateway-overhead-ms, median", f"{headers['off']:.3f}", f"{headers['on']:.3f}", "", "", None),
         (
             "Metrics recorded per request (µs, in process)",
@@ -191,7 +219,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, off, on, change, target, met in rows:
         print(f"| {name} | {off} | {on} | {change} | {target} | {'' if met is None else ('yes' if met else 'no')} |")
-    print(f"\nspans exported to the sink: {exported} bytes; runs: {args.runs} x {args.seconds:g} s each")
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+    print(f"spans exported to the sink: {exported} bytes; runs: {args.runs} x {args.seconds:g} s each")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ exports each (the OTLP endpoint, headers, timeout and compression come from the 
 from __future__ import annotations
 
 import collections
+import io
 import logging
 import marshal
 import os
@@ -33,9 +34,16 @@ logger = logging.getLogger(__name__)
 
 Record = tuple[Any, ...]
 
-FLUSH_INTERVAL_S = 0.2
 QUEUE_LIMIT = 50_000  # records waiting in the serving process; more are dropped (and counted)
 EXPORT_BATCH = 2_048  # records per OTLP request
+SEND_AT = 512  # queued records that wake the sending thread before its interval is up
+
+
+def _env_ms(name: str, default: float) -> float:
+    try:
+        return max(0.01, float(os.environ.get(name, "")) / 1000)
+    except ValueError:
+        return default / 1000
 
 
 def record_from_span(span: Any) -> Record:
@@ -143,19 +151,41 @@ class ProviderSink:
         self.flush(timeout_s)
 
 
+_dumps = marshal.dumps
+
+
 class ChildSink:
     """Records queued in this process and exported by a child process (see the module docstring)."""
 
     def __init__(self, service: str) -> None:
         self.service = service
-        self.queue: collections.deque[Record] = collections.deque()
+        # Each record is queued marshalled: bytes are not tracked by the garbage collector, and
+        # the span's attribute dict is freed at once instead of aging into the older generations.
+        self.queue: collections.deque[bytes] = collections.deque()
         self.dropped = 0
         self._lock = threading.Lock()  # one writer to the pipe at a time
         self._wake = threading.Event()
         self._stopped = False
         self._pid = os.getpid()
+        # The batch span processor's variable: how long finished spans may wait (default 5 s).
+        self.interval_s = _env_ms("OTEL_BSP_SCHEDULE_DELAY", 5000)
         self._process: subprocess.Popen[bytes] | None = None
         self._pipe: IO[bytes] | None = None
+        self._start()
+        # A forked child (Celery's prefork pool) gets an exporter and a sending thread of its own.
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        if self._stopped or self._pipe is None:
+            return
+        try:
+            self._pipe.close()  # the parent's pipe: the parent's exporter must still see EOF at its exit
+        except OSError:
+            pass
+        self.queue = collections.deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid = os.getpid()
         self._start()
 
     def _start(self) -> None:
@@ -171,11 +201,13 @@ class ChildSink:
         if len(self.queue) >= QUEUE_LIMIT:
             self.dropped += 1
             return
-        self.queue.append(record)
+        self.queue.append(_dumps(record))
+        if len(self.queue) == SEND_AT:
+            self._wake.set()
 
     def _run(self) -> None:
         while not self._stopped:
-            self._wake.wait(FLUSH_INTERVAL_S)
+            self._wake.wait(self.interval_s)
             self._wake.clear()
             try:
                 self._send()
@@ -194,7 +226,7 @@ class ChildSink:
                         batch.append(popleft())
                 except IndexError:
                     pass
-                data = marshal.dumps(batch)
+                data = b"".join(batch)
                 self._pipe.write(len(data).to_bytes(4, "big") + data)
                 self._pipe.flush()
 
@@ -332,6 +364,15 @@ def encode(records: Iterable[Record], resource_attributes: Mapping[str, Any]) ->
     return _field(0x0A, _field(0x0A, resource) + scopes)
 
 
+def _loads_all(data: bytes) -> list[Record]:
+    """The records of one batch: marshalled one after another."""
+    stream = io.BytesIO(data)
+    records = []
+    while stream.tell() < len(data):
+        records.append(marshal.load(stream))
+    return records
+
+
 def _read_exactly(stream: IO[bytes], size: int) -> bytes | None:
     data = b""
     while len(data) < size:
@@ -364,7 +405,7 @@ def main(service: str) -> None:
         data = _read_exactly(stdin, int.from_bytes(header, "big"))
         if data is None:
             break
-        records = marshal.loads(data)
+        records = _loads_all(data)
         started = time.monotonic()
         # The SDK exporter's HTTP client: endpoint, headers, TLS, compression, retries, all from OTEL_*.
         result = exporter._client.export(encode(records, resource_attributes))

@@ -353,6 +353,11 @@ class ServerSpan:
         self.span = span_
         self.token = token
 
+    @property
+    def trace_id(self) -> str:
+        """This request's trace id as 32 hex digits, ``""`` when it is not sampled."""
+        return "" if self.span is None else f"{self.span.trace_id:032x}"
+
     def set(self, **attributes: Any) -> None:
         if self.span is not None:
             self.span.attributes.update(attributes)

@@ -552,7 +552,7 @@ class ChatCompletion:
         )
         if self.upstream_called and self.error_type and target is not None:
             metrics.upstream_error_observe(target.model_name, target.litellm_model, self.error_type)
-        trace_id = telemetry.current_trace_id()
+        trace_id = self.trace.trace_id if self.trace is not None else ""
         if self.model_call is not None:
             self.model_call.end(
                 status=status,

@@ -248,3 +248,32 @@ def test_the_hand_written_otlp_encoding_equals_the_protobuf_classes():
         encoded = ExportTraceServiceRequest()
         encoded.ParseFromString(span_export.encode(records, {"service.name": "gateway"}))
         assert encoded == _reference(records, {"service.name": "gateway"})
+
+
+def test_a_forked_process_exports_its_spans_through_an_exporter_of_its_own(collector, monkeypatch):
+    import os
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", collector)
+    sink = span_export.ChildSink("fork-test")
+    record = (7, 8, 0, False, "{}", 0, 1, 2, {}, 0, "", "test", (), 1, "")
+    pid = os.fork()
+    if pid == 0:  # the child, as a prefork worker would be after the fork
+        code = 1
+        try:
+            sink.put((*record[:4], "in the child", *record[5:]))
+            sink.shutdown(10)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    sink.put((*record[:4], "in the parent", *record[5:]))
+    sink.shutdown(10)
+    names = {
+        span.name
+        for request in Collector.received
+        for resource_spans in request.resource_spans
+        for scope_spans in resource_spans.scope_spans
+        for span in scope_spans.spans
+    }
+    assert names == {"in the child", "in the parent"}
