@@ -47,6 +47,7 @@ from mcp_gateway.streams import (
     catalog_watch,
     list_changed,
     message_dump,
+    progress_relay,
     progress_token,
     sse_accepted,
     sse_frame,
@@ -270,20 +271,7 @@ class StreamableHttpConsumer(McpConsumer):
         await stream.open()
         token = progress_token(message.params)
         if token is not None and message.method == "tools/call":
-
-            async def progress(value: float, total: float | None, text: str | None) -> None:
-                params: dict[str, Any] = {"progressToken": token, "progress": value}
-                if total is not None:
-                    params["total"] = total
-                if text is not None:
-                    params["message"] = text
-                # Runs inside the upstream link's receive loop: a failure here must not break the link.
-                try:
-                    await stream.send({"jsonrpc": "2.0", "method": "notifications/progress", "params": params})
-                except Exception:
-                    logger.exception("MCP progress relay failed")
-
-            ctx = dataclasses.replace(ctx, progress=progress)
+            ctx = dataclasses.replace(ctx, progress=progress_relay(token, stream.send))
         try:
             response = await request_handle(ctx, message)
         except Exception:  # the headers are sent: the failure must be the stream's last event
@@ -670,16 +658,7 @@ class LegacyMessagesConsumer(McpConsumer):
     def _progress_relay(session: McpSession, token: str | int) -> Any:
         """A tools/call's upstream progress, sent ahead of its reply on the session's stream."""
 
-        async def progress(value: float, total: float | None, text: str | None) -> None:
-            params: dict[str, Any] = {"progressToken": token, "progress": value}
-            if total is not None:
-                params["total"] = total
-            if text is not None:
-                params["message"] = text
-            note = {"jsonrpc": "2.0", "method": "notifications/progress", "params": params}
-            try:
-                await reply_send(session.stream_channel, session.id, message_dump(note))
-            except Exception:  # runs inside the upstream link's receive loop, which must survive it
-                logger.exception("MCP progress relay failed")
+        async def send(note: dict[str, Any]) -> None:
+            await reply_send(session.stream_channel, session.id, message_dump(note))
 
-        return progress
+        return progress_relay(token, send)

@@ -54,6 +54,30 @@ def progress_token(params: dict[str, Any]) -> Any:
     return token if isinstance(token, (str, int)) and not isinstance(token, bool) else None
 
 
+def progress_relay(
+    token: str | int, send: Callable[[dict[str, Any]], Awaitable[Any]]
+) -> Callable[[float, float | None, str | None], Awaitable[None]]:
+    """The progress callback of a tools/call: each upstream progress report, under the client's
+    token, handed to ``send`` as a ``notifications/progress`` message.
+
+    It runs inside the upstream link's receive loop, which must survive a failed send, so a
+    failure is logged, never raised.
+    """
+
+    async def progress(value: float, total: float | None, text: str | None) -> None:
+        params: dict[str, Any] = {"progressToken": token, "progress": value}
+        if total is not None:
+            params["total"] = total
+        if text is not None:
+            params["message"] = text
+        try:
+            await send({"jsonrpc": "2.0", "method": "notifications/progress", "params": params})
+        except Exception:
+            logger.exception("MCP progress relay failed")
+
+    return progress
+
+
 class ResponseStream:
     """One request's answer as SSE: related notifications, then the response, which ends the stream.
 

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
-import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from observability import telemetry
@@ -31,18 +26,6 @@ def note_trace() -> None:
     context = trace.get_current_span().get_span_context()
     seen.append((context.trace_id, context.span_id))
     ran.set()
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    telemetry.setup(provider=provider)
-    try:
-        yield exporter
-    finally:
-        telemetry.teardown()
 
 
 def test_a_task_queued_in_a_traced_request_continues_its_trace(spans):

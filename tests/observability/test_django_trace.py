@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
-import pytest
 from asgiref.testing import ApplicationCommunicator
 from django.core.handlers.asgi import ASGIHandler
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from observability import telemetry
-
 TRACE_ID = "5b8aa5a2d2c872e8321cf37308d69df2"
 CALLER_SPAN_ID = "051581bf3cb55c13"
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    telemetry.setup(provider=provider)
-    try:
-        yield exporter
-    finally:
-        telemetry.teardown()
 
 
 async def _get(path: str, headers: list[tuple[bytes, bytes]]) -> int:
