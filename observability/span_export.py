@@ -188,14 +188,38 @@ class ChildSink:
         self._pid = os.getpid()
         self._start()
 
-    def _start(self) -> None:
+    def _spawn(self) -> None:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "observability.span_export", self.service],
             stdin=subprocess.PIPE,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         )
         self._pipe = self._process.stdin
+
+    def _start(self) -> None:
+        self._spawn()
         threading.Thread(target=self._run, name="span-export", daemon=True).start()
+
+    def _respawn(self) -> None:
+        """Replace a dead exporter child (the batch being written when it died is lost)."""
+        with self._lock:
+            if self._stopped:
+                return
+            old, pipe = self._process, self._pipe
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+            code = None
+            if old is not None:
+                try:
+                    code = old.wait(1)
+                except subprocess.TimeoutExpired:
+                    old.kill()
+                    old.wait()
+            logger.warning("span exporter process is gone (exit code %s); starting a new one", code)
+            self._spawn()
 
     def put(self, record: Record) -> None:
         if len(self.queue) >= QUEUE_LIMIT:
@@ -211,9 +235,9 @@ class ChildSink:
             self._wake.clear()
             try:
                 self._send()
-            except OSError:  # the child is gone: keep the server running, drop what comes
-                logger.exception("span exporter process is gone; spans are dropped from now on")
-                self._stopped = True
+            except OSError:  # the child is gone: start another one, at most once a second
+                self._respawn()
+                time.sleep(1.0)
 
     def _send(self) -> None:
         queue = self.queue

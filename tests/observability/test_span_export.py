@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -277,3 +278,29 @@ def test_a_forked_process_exports_its_spans_through_an_exporter_of_its_own(colle
         for span in scope_spans.spans
     }
     assert names == {"in the child", "in the parent"}
+
+
+def test_a_dead_exporter_child_is_replaced_and_later_spans_still_arrive(collector, monkeypatch):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", collector)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    sink = span_export.ChildSink("respawn-test")
+    record = (7, 8, 0, False, "{}", 0, 1, 2, {}, 0, "", "test", (), 1, "")
+    first = sink._process
+    assert first is not None
+    first.kill()  # as an OOM kill or a crash would
+    first.wait()
+    deadline = time.monotonic() + 30
+    while sink._process is first and time.monotonic() < deadline:
+        sink.put((*record[:4], "lost or not", *record[5:]))  # the write that finds the pipe broken
+        time.sleep(0.05)
+    assert sink._process is not first, "the exporter child was not replaced"
+    sink.put((*record[:4], "after the restart", *record[5:]))
+    sink.shutdown(10)
+    names = {
+        span.name
+        for request in Collector.received
+        for resource_spans in request.resource_spans
+        for scope_spans in resource_spans.scope_spans
+        for span in scope_spans.spans
+    }
+    assert "after the restart" in names
