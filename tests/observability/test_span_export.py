@@ -55,6 +55,17 @@ def _value(any_value: Any) -> Any:
     return getattr(any_value, any_value.WhichOneof("value"))
 
 
+def _exported_names() -> set[str]:
+    """The names of every span the collector received."""
+    return {
+        span.name
+        for request in Collector.received
+        for resource_spans in request.resource_spans
+        for scope_spans in resource_spans.scope_spans
+        for span in scope_spans.spans
+    }
+
+
 def _spans(trace_id: str) -> dict[str, tuple[Any, dict[str, Any], dict[str, Any]]]:
     """The spans of one trace by name (the server traces other things too, such as its health checks)."""
     out = {}
@@ -270,13 +281,7 @@ def test_a_forked_process_exports_its_spans_through_an_exporter_of_its_own(colle
     assert os.waitstatus_to_exitcode(status) == 0
     sink.put((*record[:4], "in the parent", *record[5:]))
     sink.shutdown(10)
-    names = {
-        span.name
-        for request in Collector.received
-        for resource_spans in request.resource_spans
-        for scope_spans in resource_spans.scope_spans
-        for span in scope_spans.spans
-    }
+    names = _exported_names()
     assert names == {"in the child", "in the parent"}
 
 
@@ -296,11 +301,5 @@ def test_a_dead_exporter_child_is_replaced_and_later_spans_still_arrive(collecto
     assert sink._process is not first, "the exporter child was not replaced"
     sink.put((*record[:4], "after the restart", *record[5:]))
     sink.shutdown(10)
-    names = {
-        span.name
-        for request in Collector.received
-        for resource_spans in request.resource_spans
-        for scope_spans in resource_spans.scope_spans
-        for span in scope_spans.spans
-    }
+    names = _exported_names()
     assert "after the restart" in names
