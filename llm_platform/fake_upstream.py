@@ -11,7 +11,8 @@ first chunk), ``drop_after`` closes the connection after that many chunks, ``no_
 omits usage as some providers do, ``abort=1`` closes the connection without any answer,
 ``error=context_window`` or ``error=content_policy`` answers 400 the way OpenAI does for
 those refusals, and ``first_byte_ms`` sends a stream's headers at once but waits that long
-before its first event.
+before its first event. ``echo_header=traceparent`` answers with the value of that request
+header as the reply text (``-`` when absent), so a test can see what reached the provider.
 
 A whole upstream can be told to misbehave too, for tests and the failover benchmark:
 ``POST /fake/behaviour`` with a JSON object of the same fields changes its defaults
@@ -49,6 +50,7 @@ class Behaviour:
     error: str = ""
     first_byte_ms: float = 0.0
     reply: str = "Hello from the fake upstream."
+    echo_header: str = ""
 
 
 _INTS = ("chunks", "status", "drop_after")
@@ -65,7 +67,7 @@ def _changes(pairs: dict[str, Any]) -> dict[str, Any]:
             changes[name] = float(value)
         elif name in _FLAGS:
             changes[name] = str(value).lower() not in ("0", "false", "")
-        elif name == "error":
+        elif name in ("error", "echo_header"):
             changes[name] = str(value)
     return changes
 
@@ -168,6 +170,8 @@ class FakeUpstream:
         refused = await _misbehave(request, behaviour)
         if refused is not None:
             return refused
+        if behaviour.echo_header:
+            behaviour = replace(behaviour, reply=request.headers.get(behaviour.echo_header, "-"))
         model = payload.get("model", "fake-model")
         completion_id = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())

@@ -379,9 +379,14 @@ async def _litellm_call(target: DeploymentTarget, payload: dict[str, Any], *, st
         kwargs["api_base"] = target.api_base
     if target.api_key:
         kwargs["api_key"] = target.api_key
-    for key in ("api_version", "organization", "extra_headers"):
+    for key in ("api_version", "organization"):
         if key in target.extra_params:
             kwargs[key] = target.extra_params[key]
+    extra = target.extra_params.get("extra_headers")
+    headers = {str(k): str(v) for k, v in extra.items()} if isinstance(extra, dict) else {}
+    telemetry.inject(headers)  # litellm sends extra_headers with the provider request: the trace continues there
+    if headers:
+        kwargs["extra_headers"] = headers
     kwargs["timeout"] = float(target.extra_params.get("timeout") or settings.UPSTREAM_TIMEOUT)
     if stream:
         kwargs["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}

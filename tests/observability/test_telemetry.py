@@ -22,7 +22,9 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN_ID = "00f067aa0ba902b7"
 
 
-async def _complete(secret: str, *, stream: bool) -> tuple[int, bytes, dict[bytes, bytes]]:
+async def _complete(
+    secret: str, *, stream: bool, directive: str = "[[fake chunks=4]]"
+) -> tuple[int, bytes, dict[bytes, bytes]]:
     sent: dict[str, object] = {"body": b""}
 
     async def start(status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -40,7 +42,7 @@ async def _complete(secret: str, *, stream: bool) -> tuple[int, bytes, dict[byte
         "stream": stream,
         "temperature": 0.5,
         "max_tokens": 50,
-        "messages": [{"role": "user", "content": f"{PROMPT} [[fake chunks=4]]"}],
+        "messages": [{"role": "user", "content": f"{PROMPT} {directive}"}],
     }
     completion = ChatCompletion(headers=headers, client_ip="127.0.0.1", send_start=start, send_body=body)
     await completion.run(json.dumps(payload).encode())
@@ -111,6 +113,29 @@ def test_a_chat_completion_is_one_trace_continuing_the_callers(
         assert relay.parent is not None and relay.parent.span_id == model_call.context.span_id
     assert (server.attributes or {})["http.response.status_code"] == 200
     _no_prompt(spans)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_provider_called_through_litellm_receives_the_trace_context(spans, owner_key, deployment_factory, stream):
+    # Not the byte relay: litellm makes the provider request, with the deployment's own extra headers.
+    deployment_factory(extra_params={"passthrough": False, "extra_headers": {"X-Team": "search"}})
+    status, body, _ = asyncio.run(
+        _complete(owner_key.secret, stream=stream, directive="[[fake echo_header=traceparent chunks=1]]")
+    )
+    assert status == 200, body
+    model_call = _by_name(spans)["chat gpt-4o-mini"]
+    # The fake provider answers with the traceparent it received: the model-call span is the parent.
+    assert f"00-{TRACE_ID}-{model_call.context.span_id:016x}-01" in body.decode()
+    _no_prompt(spans)
+
+
+def test_a_litellm_call_keeps_the_deployments_extra_headers(spans, owner_key, deployment_factory):
+    deployment_factory(extra_params={"passthrough": False, "extra_headers": {"X-Team": "search"}})
+    status, body, _ = asyncio.run(
+        _complete(owner_key.secret, stream=False, directive="[[fake echo_header=x-team chunks=1]]")
+    )
+    assert status == 200, body
+    assert json.loads(body)["choices"][0]["message"]["content"] == "search"
 
 
 def test_a_refused_key_ends_its_server_span_with_the_status(spans, transactional_db):
