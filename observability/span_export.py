@@ -1,8 +1,9 @@
 """Finished spans as compact records, shipped to a child process that encodes OTLP protobuf and posts it.
 
 The serving process only builds a tuple per finished span and appends it to a queue; a
-thread hands batches (``marshal``, length-prefixed) to the exporter child over a pipe, so
-encoding and HTTP run outside the serving process's GIL. A record is::
+thread hands batches to the exporter child over a pipe (each record ``marshal``-ed after its
+length, each batch after its length), so encoding and HTTP run outside the serving
+process's GIL. A record is::
 
     (trace_id, span_id, parent_id, parent_remote, name, kind, start_ns, end_ns,
      attributes, status_code, status_message, scope, events, flags, trace_state)
@@ -18,7 +19,6 @@ exports each (the OTLP endpoint, headers, timeout and compression come from the 
 from __future__ import annotations
 
 import collections
-import io
 import logging
 import marshal
 import os
@@ -36,7 +36,7 @@ Record = tuple[Any, ...]
 
 QUEUE_LIMIT = 50_000  # records waiting in the serving process; more are dropped (and counted)
 EXPORT_BATCH = 2_048  # records per OTLP request
-SEND_AT = 512  # queued records that wake the sending thread before its interval is up
+SEND_AT = 2_048  # queued records that wake the sending thread before its interval is up
 
 
 def _env_ms(name: str, default: float) -> float:
@@ -225,7 +225,8 @@ class ChildSink:
         if len(self.queue) >= QUEUE_LIMIT:
             self.dropped += 1
             return
-        self.queue.append(_dumps(record))
+        data = _dumps(record)
+        self.queue.append(len(data).to_bytes(4, "little") + data)
         if len(self.queue) == SEND_AT:
             self._wake.set()
 
@@ -329,39 +330,53 @@ def _any_value(value: Any) -> bytes:
     return _field(0x0A, str(value).encode("utf-8", "replace"))
 
 
-_attribute_cache: dict[tuple[str, Any, type], bytes] = {}
+_attribute_cache: dict[tuple[int, str, Any, type], bytes] = {}
+_name_cache: dict[str, bytes] = {}
+# Field 6, the span kind: the SDK counts from INTERNAL = 0, OTLP from UNSPECIFIED = 0.
+_KIND = [b"\x30" + _varint(kind + 1) for kind in range(5)]
+_TIMES = struct.Struct("<BQBQ")  # start (field 7) and end (field 8), both fixed64
 
 
 def _key_value(key: str, value: Any, tag: int) -> bytes:
-    """One ``KeyValue`` as field ``tag`` (attributes are field 9 of a span, 3 of an event, 1 of a resource)."""
-    hashable = not isinstance(value, list | dict)
-    if hashable:
-        cache_key = (key, value, type(value))  # True and 1 are equal keys, not equal encodings
+    """One ``KeyValue`` as field ``tag`` (attributes are field 9 of a span, 3 of an event, 1 of a resource).
+
+    A request's attributes repeat from span to span (models, strategies, status codes): each
+    hashable one is encoded once and remembered, up to a bound.
+    """
+    cache_key = (tag, key, value, type(value))  # True and 1 are equal keys, not equal encodings
+    try:
         cached = _attribute_cache.get(cache_key)
-        if cached is not None:
-            return _varint(tag) + cached
+    except TypeError:  # a list: encoded every time
+        cached, cache_key = None, None
+    if cached is not None:
+        return cached
     body = _field(0x0A, key.encode("utf-8", "replace")) + _field(0x12, _any_value(value))
-    encoded = _varint(len(body)) + body
-    if hashable and len(_attribute_cache) < _ATTRIBUTE_CACHE_LIMIT:
+    encoded = _varint(tag) + _varint(len(body)) + body
+    if cache_key is not None and len(_attribute_cache) < _ATTRIBUTE_CACHE_LIMIT:
         _attribute_cache[cache_key] = encoded
-    return _varint(tag) + encoded
+    return encoded
+
+
+def _span_name(name: str) -> bytes:
+    encoded = _name_cache.get(name)
+    if encoded is None:
+        encoded = _field(0x2A, name.encode("utf-8", "replace"))
+        if len(_name_cache) < _ATTRIBUTE_CACHE_LIMIT:
+            _name_cache[name] = encoded
+    return encoded
 
 
 def _span(record: Record) -> bytes:
     trace_id, span_id, parent_id, remote, name, kind, start, end, attributes, code, message = record[:11]
     events, flags, state = record[12:]
-    parts = [
-        b"\x0a\x10" + trace_id.to_bytes(16, "big"),
-        b"\x12\x08" + span_id.to_bytes(8, "big"),
-    ]
+    parts = [b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08" + span_id.to_bytes(8, "big")]
     if state:
         parts.append(_field(0x1A, state.encode()))
     if parent_id:
         parts.append(b"\x22\x08" + parent_id.to_bytes(8, "big"))
-    parts.append(_field(0x2A, name.encode("utf-8", "replace")))
-    parts.append(b"\x30" + _varint(kind + 1))  # the SDK counts from INTERNAL = 0, OTLP from UNSPECIFIED = 0
-    parts.append(b"\x39" + _STRUCT_FIXED64.pack(start))
-    parts.append(b"\x41" + _STRUCT_FIXED64.pack(end))
+    parts.append(_span_name(name))
+    parts.append(_KIND[kind])
+    parts.append(_TIMES.pack(0x39, start, 0x41, end))
     for key, value in attributes.items():
         parts.append(_key_value(key, value, 0x4A))
     for event_name, timestamp, event_attributes in events:
@@ -389,11 +404,20 @@ def encode(records: Iterable[Record], resource_attributes: Mapping[str, Any]) ->
 
 
 def _loads_all(data: bytes) -> list[Record]:
-    """The records of one batch: marshalled one after another."""
-    stream = io.BytesIO(data)
+    """The records of one batch: each marshalled, after its length (4 bytes, little-endian).
+
+    ``marshal.load`` on a stream reads an object piece by piece through Python calls (~15 µs
+    a record); ``marshal.loads`` on a slice of a ``memoryview`` is one C call (~1.5 µs).
+    """
+    view = memoryview(data)
+    loads = marshal.loads
     records = []
-    while stream.tell() < len(data):
-        records.append(marshal.load(stream))
+    position, end = 0, len(data)
+    while position < end:
+        size = int.from_bytes(view[position : position + 4], "little")
+        position += 4
+        records.append(loads(view[position : position + size]))
+        position += size
     return records
 
 
