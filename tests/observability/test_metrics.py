@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from observability import metrics
@@ -110,3 +116,32 @@ def test_helpers_for_other_areas_record_what_they_are_given():
         >= 1
     )
     assert value(parsed, "llmp_celery_jobs_total", task="routing.tasks.usage_prune", outcome="success") >= 1
+
+
+FORK_SCRIPT = """
+import os
+from observability import metrics
+requests = metrics.REQUESTS.labels("chat.completions", "t", "m", "200")
+requests.inc()
+child = os.fork()
+if child == 0:  # a forked worker (Celery's prefork pool) counts in a file of its own
+    requests.inc(2)
+    os._exit(0)
+os.waitpid(child, 0)
+requests.inc()  # the parent's own count goes on from its own value, not the child's
+print(os.getpid(), child)
+"""
+
+
+def test_a_forked_process_writes_multiprocess_values_under_its_own_pid(tmp_path):
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", FORK_SCRIPT], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    parent, child = done.stdout.split()
+    assert {path.name for path in tmp_path.iterdir()} >= {f"counter_{parent}.db", f"counter_{child}.db"}
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    total = registry.get_sample_value(
+        "llmp_requests_total", {"endpoint": "chat.completions", "tenant": "t", "model": "m", "status": "200"}
+    )
+    assert total == 4
