@@ -5,7 +5,8 @@
 One fake upstream, one database, and two gateway processes started alike (``manage.py
 serve``), except that one has tracing on with every request sampled (OTLP/HTTP to a local
 sink that accepts and drops spans) and Prometheus multiprocess mode on. wrk runs against
-them in alternation, so both see the same machine noise. Metrics are always on in both;
+them back to back, in alternating order, so both see the same machine noise; the change
+reported is the median over those pairs (the per-pair values are printed too). Metrics are always on in both;
 their own cost per request is measured separately, in process, and printed too.
 Needs `wrk`. Prints a Markdown table.
 """
@@ -161,13 +162,17 @@ def main() -> None:
             http_wait(f"http://127.0.0.1:{port}/healthz", process, timeout=120)
         for url in urls.values():
             wrk(url, 16, 3)  # warm-up
-        for _ in range(args.runs):  # alternate, so both variants share the same noise
-            for name, url in urls.items():
-                c1[name].append(wrk(url, 1, args.seconds))
-            for (name, url), process in zip(urls.items(), processes[1:], strict=True):
-                before = cpu_seconds(process.pid)
-                run = wrk(url, 16, args.seconds)
-                run["cpu_us"] = (cpu_seconds(process.pid) - before) / max(1, run["requests"]) * 1e6
+        servers = dict(zip(variants, processes[1:], strict=True))
+        for number in range(args.runs):
+            # Back to back, in alternating order (off, on; then on, off), so both variants share
+            # the machine's noise and neither always runs first; each pair is compared on its own.
+            order = list(variants) if number % 2 == 0 else list(reversed(variants))
+            for name in order:
+                c1[name].append(wrk(urls[name], 1, args.seconds))
+            for name in order:
+                before = cpu_seconds(servers[name].pid)
+                run = wrk(urls[name], 16, args.seconds)
+                run["cpu_us"] = (cpu_seconds(servers[name].pid) - before) / max(1, run["requests"]) * 1e6
                 c16[name].append(run)
         headers = {name: overhead_header_median(url) for name, url in urls.items()}
     finally:
@@ -185,8 +190,11 @@ def main() -> None:
 
     p50 = {name: med(runs, "p50_us") / 1000 for name, runs in c1.items()}
     rps = {name: med(runs, "rps") for name, runs in c16.items()}
-    added = p50["on"] - p50["off"]
-    ratio = rps["on"] / rps["off"]
+    # The change is the median over pairs of back-to-back runs: slow drifts of the machine cancel.
+    pair_added = [(on["p50_us"] - off["p50_us"]) / 1000 for off, on in zip(c1["off"], c1["on"], strict=True)]
+    pair_ratio = [on["rps"] / off["rps"] for off, on in zip(c16["off"], c16["on"], strict=True)]
+    added = statistics.median(pair_added)
+    ratio = statistics.median(pair_ratio)
     rows = [
         (
             "Latency c=1, median (ms)",
@@ -219,7 +227,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, off, on, change, target, met in rows:
         print(f"| {name} | {off} | {on} | {change} | {target} | {'' if met is None else ('yes' if met else 'no')} |")
-    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+    print(
+        "\nChange: median over the runs' back-to-back pairs; per pair, c=1 added ms: "
+        + ", ".join(f"{value:+.3f}" for value in pair_added)
+        + "; c=16 ratio: "
+        + ", ".join(f"{value:.2f}" for value in pair_ratio)
+    )
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
     print(f"spans exported to the sink: {exported} bytes; runs: {args.runs} x {args.seconds:g} s each")
 
 
