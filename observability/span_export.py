@@ -346,15 +346,18 @@ def _key_value(key: str, value: Any, tag: int) -> bytes:
     cache_key = (tag, key, value, type(value))  # True and 1 are equal keys, not equal encodings
     try:
         cached = _attribute_cache.get(cache_key)
-    except TypeError:  # a list: encoded every time
-        cached, cache_key = None, None
-    if cached is not None:
-        return cached
+    except TypeError:  # a list: not hashable, encoded every time
+        return _key_value_encode(key, value, tag)
+    if cached is None:
+        cached = _key_value_encode(key, value, tag)
+        if len(_attribute_cache) < _ATTRIBUTE_CACHE_LIMIT:
+            _attribute_cache[cache_key] = cached
+    return cached
+
+
+def _key_value_encode(key: str, value: Any, tag: int) -> bytes:
     body = _field(0x0A, key.encode("utf-8", "replace")) + _field(0x12, _any_value(value))
-    encoded = _varint(tag) + _varint(len(body)) + body
-    if cache_key is not None and len(_attribute_cache) < _ATTRIBUTE_CACHE_LIMIT:
-        _attribute_cache[cache_key] = encoded
-    return encoded
+    return _varint(tag) + _varint(len(body)) + body
 
 
 def _span_name(name: str) -> bytes:

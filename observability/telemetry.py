@@ -192,22 +192,29 @@ def _detach(token: Any) -> None:
         logger.debug("span context token from another context", exc_info=True)
 
 
-def _current() -> SpanContext:
+def _current_span() -> Any:
+    """The current span object (``None`` when there is none): often a ``LeanSpan`` of ours."""
     if _context_var is None:
-        return trace.get_current_span().get_span_context()
-    span_ = _context_var.get().get(_SPAN_KEY)
+        return trace.get_current_span()
+    return _context_var.get().get(_SPAN_KEY)
+
+
+def _current() -> SpanContext:
+    span_ = _current_span()
     return trace.INVALID_SPAN_CONTEXT if span_ is None else span_.get_span_context()
 
 
-class LeanSpan:
+class LeanSpan(NonRecordingSpan):
     """A span of ours while it runs: ids, times and attributes; a record for the sink when it ends.
 
-    Cheaper than an SDK span by an order of magnitude; the official instrumentations see it
-    as the current span through a ``NonRecordingSpan`` carrying its context.
+    Cheaper than an SDK span by an order of magnitude. It is itself the current span in the
+    OpenTelemetry context, so the official instrumentations see it (as a non-recording span
+    whose ``SpanContext`` is built only if someone asks) and parent their spans on it.
     """
 
     __slots__ = (
         "attributes",
+        "built",
         "kind",
         "message",
         "name",
@@ -241,8 +248,15 @@ class LeanSpan:
         self.state = state
         self.status = 0
         self.message = ""
+        self.built: SpanContext | None = None  # the API's form of its context, made when first asked for
         self.start = time.time_ns()
-        self.token = _attach(NonRecordingSpan(SpanContext(trace_id, self.span_id, False, _SAMPLED, state)))
+        self.token = _attach(self)
+
+    def get_span_context(self) -> SpanContext:
+        context = self.built
+        if context is None:
+            context = self.built = SpanContext(self.trace_id, self.span_id, False, _SAMPLED, self.state)
+        return context
 
     def set_attribute(self, key: str, value: Any) -> None:
         self.attributes[key] = value
@@ -250,10 +264,13 @@ class LeanSpan:
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
         self.attributes.update(attributes)
 
+    def __repr__(self) -> str:
+        return f"LeanSpan({self.name!r}, trace_id={self.trace_id:032x}, span_id={self.span_id:016x})"
+
     def fail(self, description: str = "") -> None:
         self.status, self.message = _ERROR, description
 
-    def end(self) -> None:
+    def end(self, end_time: int | None = None) -> None:
         try:
             _detach(self.token)
         finally:
@@ -266,7 +283,7 @@ class LeanSpan:
                     self.name,
                     self.kind,
                     self.start,
-                    time.time_ns(),
+                    end_time or time.time_ns(),
                     self.attributes,
                     self.status,
                     self.message,
@@ -280,7 +297,12 @@ class LeanSpan:
 
 def _child(name: str, attributes: Mapping[str, Any] | None, kind: SpanKind) -> LeanSpan | None:
     """A child of the current span when that one is sampled; a new sampled root when there is none."""
-    parent = _current()
+    current = _current_span()
+    if type(current) is LeanSpan:  # the usual case: a span of ours (always sampled) is current
+        return LeanSpan(
+            name, kind.value, dict(attributes or ()), current.trace_id, current.span_id, False, current.state
+        )
+    parent = trace.INVALID_SPAN_CONTEXT if current is None else current.get_span_context()
     if parent.is_valid:
         if not parent.trace_flags.sampled:
             return None  # an unsampled trace gets no child spans at all
@@ -406,7 +428,13 @@ def inject(headers: dict[str, str]) -> None:
     """Put the current trace context on an outgoing request's headers (``traceparent``, ``tracestate``)."""
     if not _enabled:
         return
-    context = _current()
+    current = _current_span()
+    if type(current) is LeanSpan:
+        headers["traceparent"] = f"00-{current.trace_id:032x}-{current.span_id:016x}-01"
+        if current.state:
+            headers["tracestate"] = current.state.to_header()
+        return
+    context = trace.INVALID_SPAN_CONTEXT if current is None else current.get_span_context()
     if context.is_valid:
         headers["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
         if context.trace_state:
@@ -482,9 +510,14 @@ def model_call_start(
     """
     if not _enabled:
         return None
-    parent = _current()
-    if not parent.is_valid or not parent.trace_flags.sampled:
-        return None  # the model call is always inside a server span; unsampled, nothing is recorded
+    current = _current_span()
+    if type(current) is LeanSpan:
+        trace_id, parent_id, state = current.trace_id, current.span_id, current.state
+    else:
+        parent = trace.INVALID_SPAN_CONTEXT if current is None else current.get_span_context()
+        if not parent.is_valid or not parent.trace_flags.sampled:
+            return None  # the model call is always inside a server span; unsampled, nothing is recorded
+        trace_id, parent_id, state = parent.trace_id, parent.span_id, parent.trace_state
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": operation,
         "gen_ai.system": system,
@@ -509,7 +542,7 @@ def model_call_start(
     if content is not None:
         attributes["gen_ai.input.messages"] = _content_json(content)
     name = f"{operation} {request_model}"
-    return ModelCall(LeanSpan(name, 2, attributes, parent.trace_id, parent.span_id, False, parent.trace_state))
+    return ModelCall(LeanSpan(name, 2, attributes, trace_id, parent_id, False, state))
 
 
 def _content_json(value: Any) -> str:
