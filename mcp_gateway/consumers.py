@@ -52,7 +52,7 @@ from mcp_gateway.streams import (
     sse_accepted,
     sse_frame,
 )
-from observability import metrics
+from observability import metrics, telemetry
 from tenants.auth import KeyContext, key_authenticate_header
 from tenants.errors import PlatformError
 
@@ -76,6 +76,7 @@ class McpConsumer(AsyncHttpConsumer):
         self.size = 0
         self.too_large = False
         self.headers: dict[bytes, bytes] = {}
+        self.status = 0  # of the response, once its headers are sent
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Skip Channels' per-message close_old_connections thread hop: no ORM on the event loop here.
@@ -103,6 +104,9 @@ class McpConsumer(AsyncHttpConsumer):
         if message.get("more_body"):
             return
         self.headers = dict(self.scope["headers"])
+        # A POST is one traced request (continuing the caller's traceparent); a GET stream may
+        # stay open for hours and is not a span.
+        trace = telemetry.server_span(self.route(), "POST", self.headers) if self.scope["method"] == "POST" else None
         keep_open = False
         try:
             keep_open = await self.serve(b"".join(self.body))
@@ -113,8 +117,21 @@ class McpConsumer(AsyncHttpConsumer):
         except Exception:
             logger.exception("MCP request failed")
             await self.reply_error(RpcError(-32603, "Internal error.", status=500))
+        finally:
+            if trace is not None:
+                trace.end(self.status or 500)
         if not keep_open:
             raise StopConsumer()
+
+    def route(self) -> str:
+        """The path with a virtual server's name as ``{bundle}``: span names stay few."""
+        path = self.scope.get("path", "")
+        bundle = self.scope.get("url_route", {}).get("kwargs", {}).get("bundle")
+        return path.replace(f"/{bundle}", "/{bundle}", 1) if bundle else path
+
+    async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
+        self.status = status
+        await super().send_headers(status=status, headers=headers)
 
     @staticmethod
     def _auth_headers(exc: PlatformError) -> list[tuple[bytes, bytes]]:

@@ -260,11 +260,19 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
         except QuotaExceeded as exc:
             outcome, error = AuditEvent.Outcome.DENIED, exc.code or "rate_limited"
             raise RpcError(RATE_LIMITED, exc.message, data={"type": exc.type, "code": exc.code}) from None
-        with telemetry.span("mcp.tool_call", {"llmp.mcp.server": entry.server_name, "llmp.mcp.tool": entry.name}):
+        with telemetry.span("mcp.tool_call", _tool_call_attributes(entry)):
+            # The upstream server continues the trace: W3C trace context in params._meta (SEP-414).
+            meta: dict[str, Any] = {}
+            telemetry.inject(meta)
             result = await _upstream(
                 catalog,
                 entry.server_id,
-                lambda client: client.call_tool(entry.name, arguments, progress_callback=ctx.progress),
+                lambda client: client.call_tool(
+                    entry.name,
+                    arguments,
+                    progress_callback=ctx.progress,
+                    meta=meta or None,  # type: ignore[arg-type]
+                ),
             )
         shaped = _shape(ctx, _dump(result))
         if shaped.get("isError"):
@@ -281,6 +289,17 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
         seconds = time.perf_counter() - started
         _tool_call_audit(ctx, entry, arguments, outcome, error, seconds)
         metrics.tool_call_observe(entry.server_name, TOOL_CALL_OUTCOMES.get(outcome, "error"), seconds)
+
+
+def _tool_call_attributes(entry: Any) -> dict[str, Any]:
+    """The tool call span's attributes: OpenTelemetry's MCP and GenAI conventions, and the platform's own."""
+    return {
+        "mcp.method.name": "tools/call",
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": entry.name,
+        "llmp.mcp.server": entry.server_name,
+        "llmp.mcp.tool": entry.name,
+    }
 
 
 # Audit outcomes as the metric's small fixed label set.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from typing import Any
 
 import uvicorn
@@ -50,6 +51,12 @@ async def count_slowly(steps: int, ctx: Context, pause: float = 0.05) -> str:
     return f"counted to {steps}"
 
 
+def trace_context(ctx: Context) -> str:
+    """The W3C trace context this call arrived with in its ``_meta`` (served with --sse-responses only)."""
+    meta = ctx.request_context.meta or {}
+    return json.dumps({key: meta.get(key) for key in ("traceparent", "tracestate")})
+
+
 @server.resource("memo://readme")
 def readme() -> str:
     """A small text resource."""
@@ -85,6 +92,7 @@ def main() -> None:
     security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
     if options.sse_responses:
         server.add_tool(count_slowly)
+        server.add_tool(trace_context)
     if options.transport == "sse":
         app = server.sse_app(transport_security=security)
     else:
