@@ -290,11 +290,14 @@ class StreamableHttpConsumer(McpConsumer):
         if token is not None and message.method == "tools/call":
             ctx = dataclasses.replace(ctx, progress=progress_relay(token, stream.send))
         try:
-            response = await request_handle(ctx, message)
-        except Exception:  # the headers are sent: the failure must be the stream's last event
-            logger.exception("MCP request failed")
-            response = RpcError(-32603, "Internal error.").response(message.id)
-        await stream.send(response, final=True)
+            try:
+                response = await request_handle(ctx, message)
+            except Exception:  # the headers are sent: the failure must be the stream's last event
+                logger.exception("MCP request failed")
+                response = RpcError(-32603, "Internal error.").response(message.id)
+            await stream.send(response, final=True)
+        finally:
+            stream.close()
 
     async def post_batch(self, payload: list[Any], header_version: str | None, key: KeyContext, bundle: str) -> None:
         session = await self.session_find(self.header(b"mcp-session-id"), key)

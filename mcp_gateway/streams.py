@@ -84,6 +84,8 @@ class ResponseStream:
     With a log, every event gets an id and is kept, so the client can resume the stream
     with a GET and ``Last-Event-ID`` on any process; ``prime`` sends an id-only event first
     (2025-11-25), so even a connection lost before the first notification can be resumed.
+    While the call runs, a comment line goes out every ``MCP_SSE_HEARTBEAT`` seconds, so a
+    proxy does not cut a long, quiet tool call as an idle connection.
     """
 
     def __init__(
@@ -95,9 +97,13 @@ class ResponseStream:
         self.prime = prime
         self.stream_id = session_id_new()
         self.gone = False
+        self.ended = False
+        self._sending = asyncio.Lock()  # a heartbeat never lands between, or after, the answer's frames
+        self._heartbeat: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         await self.consumer.send_headers(status=200, headers=SSE_HEADERS)
+        self._heartbeat = asyncio.ensure_future(self._beat())
         if self.log is None:
             return
         try:
@@ -117,13 +123,38 @@ class ResponseStream:
                 ident = event_id(self.stream_id, await self.log.append(self.stream_id, data, final=final))
             except Exception as exc:
                 logger.warning("MCP event log append failed: %s", exc)
-        if self.gone:
-            return
-        try:
-            await self.consumer.send_body(sse_frame(data, ident), more_body=not final)
-        except Exception as exc:  # the client went away: the request goes on, its events stay in the log
-            logger.info("MCP response stream %s lost its client: %s", self.stream_id[:8], exc)
-            self.gone = True
+        if final:
+            self._stop()
+        async with self._sending:
+            if self.gone or self.ended:
+                return
+            self.ended = final
+            try:
+                await self.consumer.send_body(sse_frame(data, ident), more_body=not final)
+            except Exception as exc:  # the client went away: the request goes on, its events stay in the log
+                logger.info("MCP response stream %s lost its client: %s", self.stream_id[:8], exc)
+                self.gone = True
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(settings.MCP_SSE_HEARTBEAT)
+            async with self._sending:
+                if self.gone or self.ended:
+                    return
+                try:
+                    await self.consumer.send_body(b": ping\n\n", more_body=True)
+                except Exception:  # the client went away; the answer's own send notices and logs it
+                    self.gone = True
+                    return
+
+    def _stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+
+    def close(self) -> None:
+        """Stop the heartbeat (when the request ends without its final message being sent)."""
+        self._stop()
 
 
 def catalog_view(catalog: Catalog, key: KeyContext, bundle: str) -> dict[str, str]:

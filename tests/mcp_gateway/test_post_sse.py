@@ -109,3 +109,21 @@ def test_mcp_post_response_forces_one_kind_of_answer(
     else:
         last = list(sse_events(iter(ping.text.splitlines())))[-1]
         assert json.loads(last["data"]) == {"jsonrpc": "2.0", "id": 9, "result": {}}
+
+
+def test_a_long_quiet_tool_call_answered_as_sse_gets_heartbeats_until_its_answer(
+    gateway: live.Server, streaming_demo: UpstreamServer, owner_key: Issued
+) -> None:
+    # The test gateway beats every 0.5 s; this call stays quiet for ~0.9 s before each progress message.
+    url = f"{gateway.url}/mcp"
+    session = initialize(url, owner_key.secret)
+    body = call("demo.count_slowly", {"steps": 2, "pause": 0.9}, token="slow")
+    with httpx.stream("POST", url, json=body, headers=session, timeout=30) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = list(response.iter_lines())
+
+    pings = [number for number, line in enumerate(lines) if line == ": ping"]
+    assert len(pings) >= 2, lines
+    answer = next(number for number, line in enumerate(lines) if '"counted to 2"' in line)
+    assert all(number < answer for number in pings), "no heartbeat after the answer"
+    assert [line for line in lines[answer + 1 :] if line.strip()] == []
