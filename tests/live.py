@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from django.conf import settings
 from django.db import connection
@@ -19,6 +21,25 @@ from django.db import connection
 from llm_platform.processes import http_wait
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Looked up here, in the parent: the child between fork and exec only calls it.
+_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_the_tests() -> None:
+    """In a child, before exec: SIGTERM when the test process dies, even when it is killed."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(args: list[str], *, out: IO[bytes], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A process for the tests, output to ``out``; it does not outlive a killed test run (Linux)."""
+    return subprocess.Popen(
+        args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_the_tests
+    )
+
+
 # A server that answers in ~2 s on a quiet machine took over 30 s on a heavily loaded one;
 # a slow start is not what these tests are about (a server that never starts still fails).
 START_TIMEOUT = 120.0
@@ -84,7 +105,7 @@ def fake_upstream(tmp: Path, **options: str) -> Iterator[Server]:
     for name, value in options.items():
         args += [f"--{name.replace('_', '-')}", value]
     with log.open("wb") as out:
-        process = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=child_env())
+        process = spawn(args, out=out, env=child_env())
     server = Server(f"http://127.0.0.1:{port}/v1", process, log)
     try:
         http_wait(f"http://127.0.0.1:{port}/healthz", process, timeout=START_TIMEOUT)
@@ -99,7 +120,7 @@ def daphne_server(tmp: Path, **env: str) -> Iterator[Server]:
     log = tmp / f"daphne-{port}.log"
     args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "llm_platform.asgi:application"]
     with log.open("wb") as out:
-        process = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=child_env(**env))
+        process = spawn(args, out=out, env=child_env(**env))
     server = Server(f"http://127.0.0.1:{port}", process, log)
     try:
         http_wait(f"{server.url}/admin/login/", process, timeout=START_TIMEOUT)

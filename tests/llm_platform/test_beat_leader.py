@@ -51,13 +51,7 @@ class Processes:
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = self.tmp / f"{name}.log"
         with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "llm_platform", *args],
-                cwd=live.ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+            process = live.spawn([sys.executable, "-m", "celery", "-A", "llm_platform", *args], out=out, env=self.env)
         self.started.append(process)
         self.logs[process.pid] = log
         return process

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,7 +36,7 @@ def mcp_upstream(
     if sse_responses:
         args.append("--sse-responses")
     with log.open("wb") as out:
-        process = subprocess.Popen(args, cwd=live.ROOT, stdout=out, stderr=subprocess.STDOUT, env=live.child_env())
+        process = live.spawn(args, out=out, env=live.child_env())
     path = "/sse" if transport == "sse" else "/mcp"
     server = live.Server(f"http://127.0.0.1:{port}{path}", process, log)
     try:

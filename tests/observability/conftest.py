@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,7 +38,7 @@ def served(tmp: Path, *, port: int | None = None, **env: str) -> Iterator[live.S
     log = tmp / f"serve-{port}.log"
     args = [sys.executable, "manage.py", "serve", "--bind", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as out:
-        process = subprocess.Popen(args, cwd=live.ROOT, stdout=out, stderr=subprocess.STDOUT, env=live.child_env(**env))
+        process = live.spawn(args, out=out, env=live.child_env(**env))
     server = live.Server(f"http://127.0.0.1:{port}", process, log)
     try:
         http_wait(f"{server.url}/healthz", process)

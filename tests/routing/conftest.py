@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,12 +25,8 @@ def upstreams(session_tmp: Path) -> Iterator[list[live.Server]]:
             port = live.free_port()
             log = session_tmp / f"fake-upstream-{port}.log"
             with log.open("wb") as out:
-                process = subprocess.Popen(
-                    [sys.executable, "manage.py", "fake_upstream", "--port", str(port)],
-                    cwd=live.ROOT,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=live.child_env(),
+                process = live.spawn(
+                    [sys.executable, "manage.py", "fake_upstream", "--port", str(port)], out=out, env=live.child_env()
                 )
             servers.append(live.Server(f"http://127.0.0.1:{port}/v1", process, log))
         for server in servers:
