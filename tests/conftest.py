@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from audit.services import deferred_audit
+from routing.ml.samples import sample_writer
 from routing.models import ModelDeployment
 from routing.services import deployment_save
+from routing.usage import usage_writer
 from tenants import services
 from tenants.models import ApiKey, Tenant
 from tests import live
@@ -30,6 +33,21 @@ def pytest_configure(config: pytest.Config) -> None:
         # Keep this run's cache keys apart from anything else on the same Redis.
         settings.CACHE_KEY_PREFIX = f"test{int(time.time() * 1000)}"
         settings.CACHES["default"]["KEY_PREFIX"] = settings.CACHE_KEY_PREFIX
+
+
+@pytest.fixture(autouse=True)
+def _batch_writers_emptied() -> Iterator[None]:
+    """Rows a test left in the in-process batch writers go with it.
+
+    Otherwise the next flush writes them into a later test's database, or, at interpreter
+    exit, fails against a test database that is gone.
+    """
+    yield
+    for writer in (usage_writer, deferred_audit, sample_writer):
+        writer._take()
+        if writer._timer is not None:
+            writer._timer.cancel()
+            writer._timer = None
 
 
 @pytest.fixture(scope="session")
