@@ -88,8 +88,14 @@ def test_a_deployment_cools_down_after_allowed_fails_and_recovers(client, fakes,
 def test_a_timeout_is_retried_on_another_deployment(client, fakes, route_group):
     slow, fast = fakes[0], fakes[1]
     behave(slow, delay_ms=3000)
+    # Cost-based, the slow deployment the cheaper: it is always tried first (a weighted shuffle
+    # picked the fast one first about one time in a hundred, and then nothing was retried).
     deployments = route_group(
-        "timing", [slow, fast], params=[{"timeout": 0.3, "weight": 100}, {"weight": 1}], num_retries=1
+        "timing",
+        [slow, fast],
+        params=[{"timeout": 0.3, "input_cost_per_token": 1e-9}, {"input_cost_per_token": 1e-6}],
+        routing_strategy="cost-based-routing",
+        num_retries=1,
     )
     response = ask(client, "timing")
     assert response.http_response.status_code == 200
