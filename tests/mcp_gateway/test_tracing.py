@@ -16,6 +16,7 @@ from audit.services import deferred_audit
 from mcp_gateway.consumers import StreamableHttpConsumer
 from mcp_gateway.models import UpstreamServer
 from routing.usage import usage_writer
+from tests.asgi import http_scope
 from tests.conftest import Issued
 from tests.observability.conftest import spans  # noqa: F401 - the fixture
 
@@ -28,30 +29,17 @@ META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontex
 
 async def _post(secret: str, body: dict[str, Any], *, bundle: str | None = None) -> tuple[int, Any]:
     path = f"/mcp/{bundle}" if bundle else "/mcp"
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"localhost"),
-            (b"authorization", f"Bearer {secret}".encode()),
-            (b"content-type", b"application/json"),
-            (b"accept", b"application/json, text/event-stream"),
-            (b"mcp-protocol-version", b"2026-07-28"),
-            (b"mcp-method", body["method"].encode()),
-            (b"mcp-name", body["params"]["name"].encode()),
-            (b"traceparent", f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01".encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("localhost", 80),
-        "url_route": {"args": (), "kwargs": {"bundle": bundle} if bundle else {}},
-    }
+    headers = [
+        (b"authorization", f"Bearer {secret}".encode()),
+        (b"content-type", b"application/json"),
+        (b"accept", b"application/json, text/event-stream"),
+        (b"mcp-protocol-version", b"2026-07-28"),
+        (b"mcp-method", body["method"].encode()),
+        (b"mcp-name", body["params"]["name"].encode()),
+        (b"traceparent", f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01".encode()),
+    ]
+    scope = http_scope("POST", path, headers, host="localhost")
+    scope["url_route"] = {"args": (), "kwargs": {"bundle": bundle} if bundle else {}}
     communicator = ApplicationCommunicator(StreamableHttpConsumer.as_asgi(), scope)
     await communicator.send_input({"type": "http.request", "body": json.dumps(body).encode(), "more_body": False})
     start = await communicator.receive_output(30)

@@ -9,6 +9,8 @@ from django.core.handlers.asgi import ASGIHandler
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from tests.asgi import http_scope
+
 TRACE_ID = "5b8aa5a2d2c872e8321cf37308d69df2"
 CALLER_SPAN_ID = "051581bf3cb55c13"
 
@@ -16,20 +18,7 @@ CALLER_SPAN_ID = "051581bf3cb55c13"
 async def _get(path: str, headers: list[tuple[bytes, bytes]]) -> int:
     # A handler built after setup, as the ASGI entry point builds it: the instrumentation's
     # middleware is in its chain.
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), *headers],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
+    scope = http_scope("GET", path, headers)
     communicator = ApplicationCommunicator(ASGIHandler(), scope)
     await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
     start = await communicator.receive_output(10)
