@@ -124,7 +124,7 @@ class ResponseStream:
             except Exception as exc:
                 logger.warning("MCP event log append failed: %s", exc)
         if final:
-            self._stop()
+            self.close()
         async with self._sending:
             if self.gone or self.ended:
                 return
@@ -147,14 +147,11 @@ class ResponseStream:
                     self.gone = True
                     return
 
-    def _stop(self) -> None:
+    def close(self) -> None:
+        """Stop the heartbeat: at the final message, or when the request ends without one."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
-
-    def close(self) -> None:
-        """Stop the heartbeat (when the request ends without its final message being sent)."""
-        self._stop()
 
 
 def catalog_view(catalog: Catalog, key: KeyContext, bundle: str) -> dict[str, str]:
