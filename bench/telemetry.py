@@ -6,8 +6,9 @@ One fake upstream, one database, and two gateway processes started alike (``mana
 serve``), except that one has tracing on with every request sampled (OTLP/HTTP to a local
 sink that accepts and drops spans) and Prometheus multiprocess mode on. wrk runs against
 them back to back, in alternating order, so both see the same machine noise; the change
-reported is the median over those pairs (the per-pair values are printed too). Metrics are always on in both;
-their own cost per request is measured separately, in process, and printed too.
+reported is the median over those pairs (the per-pair values are printed too). Metrics
+are always on in both; their own cost per request is measured separately, in process,
+and printed too.
 Needs `wrk`. Prints a Markdown table.
 """
 
