@@ -107,12 +107,11 @@ def _apply_deployment(entry: Any, where: str, actor: str, report: ConfigReport) 
         report.unchanged.append(label)
         return model_name
     is_new = deployment is None
-    old_key = deployment.api_key if deployment is not None else ""
     deployment = deployment or ModelDeployment(model_name=model_name, litellm_model=litellm_model, api_base=api_base)
     for name, value in desired.items():
         setattr(deployment, name, value)
     try:
-        deployment_save(deployment=deployment, actor=actor, api_key_changed=old_key != desired["api_key"])
+        deployment_save(deployment=deployment, actor=actor)
     except ValidationError as exc:
         raise _validation(where, exc) from exc
     (report.created if is_new else report.updated).append(label)

@@ -83,12 +83,7 @@ class ModelDeploymentAdmin(admin.ModelAdmin):
         return obj.extra_params.get("tpm", "—")
 
     def save_model(self, request: HttpRequest, obj: ModelDeployment, form: Any, change: bool) -> None:
-        services.deployment_save(
-            deployment=obj,
-            actor=actor_of(request),
-            ip=ip_of(request),
-            api_key_changed="api_key" in form.changed_secrets,
-        )
+        services.deployment_save(deployment=obj, actor=actor_of(request), ip=ip_of(request))
 
     def delete_model(self, request: HttpRequest, obj: ModelDeployment) -> None:
         services.deployment_delete(deployment=obj, actor=actor_of(request), ip=ip_of(request))

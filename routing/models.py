@@ -6,8 +6,9 @@ from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import models
 
+from routing.credentials import params_split, secret_values
 from tenants.models import ApiKey, Tenant
-from tenants.vault import EncryptedTextField
+from tenants.vault import EncryptedJSONField, EncryptedTextField
 
 # Providers that speak OpenAI's wire format: the gateway relays their bytes itself instead
 # of going through litellm's SDK layer (same behaviour, a fraction of the cost per request).
@@ -19,9 +20,12 @@ class ModelDeployment(models.Model):
     """One place a public model name is served: a litellm model string plus its endpoint.
 
     ``litellm_model`` uses litellm's ``<provider>/<model>`` form (``openai/gpt-4o-mini``,
-    ``anthropic/claude-3-5-sonnet``); ``extra_params`` carries any other ``litellm_params``
-    (``api_version``, ``timeout``, ``input_cost_per_token`` ...). The provider key is
-    encrypted at rest.
+    ``anthropic/claude-3-5-sonnet``); ``extra_params`` carries the other plain
+    ``litellm_params`` (``api_version``, ``timeout``, ``input_cost_per_token`` ...).
+    Credentials never sit there: the provider key is ``api_key`` and every other
+    credential-like param (``routing.credentials.is_secret_param``: ``aws_secret_access_key``,
+    ``vertex_credentials``, an ``api-key`` entry of ``extra_headers`` ...) is in
+    ``secret_params``; both are encrypted at rest and written by ``routing.services``.
     """
 
     model_name = models.CharField(max_length=200, db_index=True, help_text="The name clients ask for.")
@@ -29,6 +33,9 @@ class ModelDeployment(models.Model):
     api_base = models.CharField(max_length=500, blank=True, validators=[URLValidator(schemes=["http", "https"])])
     api_key = EncryptedTextField(blank=True, help_text="Provider credential, encrypted at rest.")
     extra_params = models.JSONField(default=dict, blank=True, help_text="Other litellm_params, as JSON.")
+    secret_params = EncryptedJSONField(
+        default=dict, blank=True, help_text="Credential litellm_params, as one encrypted JSON object."
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -49,6 +56,10 @@ class ModelDeployment(models.Model):
             value = params.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
                 problems.append(f"{name} must be a non-negative number, got {value!r}")
+        leaked = params_split(params)[1]
+        if leaked:
+            names = ", ".join(sorted(secret_values(leaked)))
+            problems.append(f"{names}: credentials belong in secret_params (encrypted), not in extra_params")
         if problems:
             raise ValidationError({"extra_params": "; ".join(problems)})
 
