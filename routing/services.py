@@ -9,7 +9,7 @@ from django.db import transaction
 
 from audit.services import audit_record, changes_between
 from routing.credentials import params_merge, params_split, secret_values
-from routing.models import ModelDeployment, RequestLog, RouteGroup
+from routing.models import ModelDeployment, RequestLog, RouteGroup, url_credentials, url_without_credentials
 from routing.selectors import deployment_cache
 from tenants.services import snapshot
 
@@ -27,6 +27,9 @@ def _deployment_snapshot(deployment: ModelDeployment) -> dict[str, Any]:
     values = snapshot(deployment, DEPLOYMENT_AUDIT_FIELDS)
     # Credentials never enter the audit trail: only whether the key is set and which secret params are.
     values["extra_params"], secret = _separated(deployment)
+    if url_credentials(deployment.api_base):
+        # Only a row written before api_base was checked (or around this module) can hold one.
+        values["api_base"] = f"{url_without_credentials(deployment.api_base)} (credential removed)"
     values["api_key_set"] = bool(deployment.api_key)
     values["secret_params"] = sorted(secret_values(secret))
     return values

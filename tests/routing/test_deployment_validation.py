@@ -11,8 +11,10 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
+from audit.models import AuditEvent
 from routing.models import ModelDeployment, RouteGroup
-from routing.services import deployment_save, route_group_save
+from routing.services import deployment_delete, deployment_save, route_group_save
+from tests.routing.secret_params import raw_audit
 
 
 def deployment(**fields: Any) -> ModelDeployment:
@@ -78,3 +80,12 @@ def test_loadconfig_refuses_an_api_base_carrying_a_credential_without_repeating_
         call_command("loadconfig", str(path))
     assert "carries a credential" in str(raised.value) and "pw-0451" not in str(raised.value)
     assert not ModelDeployment.objects.exists()
+
+
+def test_a_stored_api_base_carrying_a_credential_is_audited_without_it(db):
+    # Written before api_base was checked (bulk_create goes around the service, as old rows did).
+    ModelDeployment.objects.bulk_create([deployment(api_base="https://alice:pw-0451@example.openai.azure.com/v1")])
+    deployment_delete(deployment=ModelDeployment.objects.get(), actor="test")
+    event = AuditEvent.objects.get(action="deployment.delete")
+    assert event.details["before"]["api_base"] == "https://example.openai.azure.com/v1 (credential removed)"
+    assert "pw-0451" not in raw_audit()
