@@ -15,6 +15,7 @@ from django.utils.dateparse import parse_datetime
 
 from mcp_gateway import services as mcp_services
 from mcp_gateway.models import ToolGrant, UpstreamServer
+from routing.credentials import params_split
 from routing.ml.config import smart_group_apply
 from routing.models import ROUTING_STRATEGIES, ModelDeployment, RouteGroup
 from routing.services import deployment_save, route_group_save
@@ -51,6 +52,17 @@ def _resolve(value: Any, where: str) -> Any:
     return value
 
 
+def _resolve_params(params: dict[str, Any], where: str) -> dict[str, Any]:
+    """``_resolve`` on every value, also inside mappings such as ``extra_headers`` (LiteLLM resolves only
+    the top level; an ``os.environ/`` string meant literally as a header value is not a use case)."""
+    return {
+        name: _resolve_params(value, f"{where}.{name}")
+        if isinstance(value, dict)
+        else _resolve(value, f"{where}.{name}")
+        for name, value in params.items()
+    }
+
+
 def _mapping(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
@@ -81,15 +93,16 @@ def _validation(where: str, exc: ValidationError) -> ConfigError:
 def _apply_deployment(entry: Any, where: str, actor: str, report: ConfigReport) -> str:
     entry = _mapping(entry, where)
     model_name = _string(entry, "model_name", where)
-    params = {
-        k: _resolve(v, f"{where}.litellm_params.{k}")
-        for k, v in _mapping(entry.get("litellm_params"), f"{where}.litellm_params").items()
-    }
+    params = _resolve_params(
+        _mapping(entry.get("litellm_params"), f"{where}.litellm_params"), f"{where}.litellm_params"
+    )
     litellm_model = _string(params, "model", f"{where}.litellm_params")
     if "/" not in litellm_model:
         raise ConfigError(f"{where}.litellm_params.model must be litellm's <provider>/<model>, got {litellm_model!r}")
     api_base = str(params.get("api_base") or "")
-    extra = {k: v for k, v in params.items() if k not in DEPLOYMENT_COLUMNS}
+    # Credentials (aws_secret_access_key, vertex_credentials, an api-key header ...) go to the encrypted
+    # secret_params; the file is the whole truth for both, so a credential dropped from it is removed.
+    extra, secret = params_split({k: v for k, v in params.items() if k not in DEPLOYMENT_COLUMNS})
     info = entry.get("model_info") or {}
     for cost_key in ("input_cost_per_token", "output_cost_per_token"):
         if isinstance(info, dict) and cost_key in info:
@@ -101,18 +114,19 @@ def _apply_deployment(entry: Any, where: str, actor: str, report: ConfigReport) 
     desired = {
         "api_key": str(params.get("api_key") or ""),
         "extra_params": extra,
+        "secret_params": secret,
         "enabled": entry.get("enabled", True) is not False,
     }
+    # Compared decrypted, so re-running the same file changes (and audits) nothing.
     if deployment is not None and all(getattr(deployment, k) == v for k, v in desired.items()):
         report.unchanged.append(label)
         return model_name
     is_new = deployment is None
-    old_key = deployment.api_key if deployment is not None else ""
     deployment = deployment or ModelDeployment(model_name=model_name, litellm_model=litellm_model, api_base=api_base)
     for name, value in desired.items():
         setattr(deployment, name, value)
     try:
-        deployment_save(deployment=deployment, actor=actor, api_key_changed=old_key != desired["api_key"])
+        deployment_save(deployment=deployment, actor=actor)
     except ValidationError as exc:
         raise _validation(where, exc) from exc
     (report.created if is_new else report.updated).append(label)

@@ -10,7 +10,8 @@ from django import forms
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.forms.fields import InvalidJSONInput
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path
@@ -18,25 +19,117 @@ from django.utils.html import format_html, format_html_join
 
 from routing import charts as charts_svg
 from routing import reports, services
-from routing.models import ModelDeployment, RequestLog, RouteGroup
+from routing.credentials import params_merge, params_split, secret_values
+from routing.models import ModelDeployment, RequestLog, RouteGroup, url_credentials, url_without_credentials
 from tenants.admin import actor_of, ip_of
 from tenants.admin_forms import ClearSecretField, WriteOnlySecretField, WriteOnlySecretForm
+from tenants.errors import InvalidRequest
 from tenants.models import Tenant
+from tenants.request_input import json_body_parse
 from tenants.scoping import TenantScopedAdmin
+
+
+def _json_parse(text: str) -> Any:
+    """JSON typed into the admin, read as the API reads bodies (depth limit, no lone surrogates)."""
+    try:
+        document = json_body_parse(text.encode("utf-8", "surrogatepass"))
+    except InvalidRequest as exc:
+        # The reader's messages speak of a request body; here it is what was typed into a field.
+        message = "Enter valid JSON." if exc.message.startswith("We could not parse") else exc.message
+        raise forms.ValidationError(message.replace("JSON body", "JSON"), code="invalid") from None
+    return document
+
+
+class JSONTextField(forms.JSONField):
+    """The admin's JSON textarea: malformed, too deep or unencodable JSON is a form error, never a server error."""
+
+    def to_python(self, value: Any) -> Any:
+        if self.disabled or not isinstance(value, str):
+            return super().to_python(value)
+        if value.strip() in ("", "null"):
+            return None
+        return _json_parse(value)
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        if self.disabled or not isinstance(data, str):
+            return super().bound_data(data, initial)
+        try:
+            return _json_parse(data)
+        except forms.ValidationError:
+            return InvalidJSONInput(data)
+
+
+class WriteOnlyTextarea(forms.Textarea):
+    """A textarea that never shows a value: what is stored, or was typed, is not in the page."""
+
+    def format_value(self, value: Any) -> None:
+        return None
+
+
+class SecretParamsField(forms.Field):
+    """Credential params to set or remove: a JSON object merged into the stored ones (null removes one)."""
+
+    widget = WriteOnlyTextarea(attrs={"rows": 4, "cols": 60, "autocomplete": "off", "spellcheck": "false"})
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault(
+            "help_text",
+            "Credential litellm_params, encrypted at rest and never shown again: a JSON object such as "
+            '{"aws_secret_access_key": "…", "extra_headers": {"api-key": "…"}}. The names given replace the '
+            "stored ones, null removes one, the others are kept. Leave blank to keep them all.",
+        )
+        super().__init__(required=False, **kwargs)
+
+    def to_python(self, value: Any) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return value
+        if not value or not str(value).strip():
+            return {}
+        document = _json_parse(str(value))
+        if not isinstance(document, dict):
+            raise forms.ValidationError("Secret params must be a JSON object of names and values.", code="invalid")
+        return document
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        return bool(data and str(data).strip())
 
 
 class ModelDeploymentForm(WriteOnlySecretForm):
     api_key = WriteOnlySecretField(help_text="Provider credential, encrypted at rest.")
     clear_api_key = ClearSecretField()
+    extra_params = JSONTextField(
+        required=False,
+        help_text="Other litellm_params, as a JSON object. Credentials go in Secret params, not here.",
+    )
+    secret_params = SecretParamsField()
+    clear_secret_params = ClearSecretField(help_text="Remove every stored secret param.")
 
     class Meta:
         model = ModelDeployment
-        fields = ["model_name", "litellm_model", "api_base", "api_key", "extra_params", "enabled"]
+        fields = ["model_name", "litellm_model", "api_base", "api_key", "extra_params", "secret_params", "enabled"]
 
     def clean_litellm_model(self) -> str:
         value = self.cleaned_data["litellm_model"].strip()
         if "/" not in value:
             raise forms.ValidationError("Use litellm's <provider>/<model> form, e.g. openai/gpt-4o-mini.")
+        return value
+
+    def _show_instead(self, name: str, text: str) -> None:
+        """Re-render field ``name`` with ``text`` instead of what was typed (which held a credential)."""
+        data = self.data.copy() if isinstance(self.data, QueryDict) else dict(self.data)
+        data[self.add_prefix(name)] = text
+        self.data = data
+
+    def clean_api_base(self) -> str:
+        value = self.cleaned_data.get("api_base") or ""
+        found = url_credentials(value)
+        if found:
+            self._show_instead("api_base", url_without_credentials(value))
+            raise forms.ValidationError(
+                f"The URL carries a credential ({found}); it was taken out and nothing was saved. Put it in "
+                'API key, or as a header in Secret params (e.g. {"extra_headers": {"Authorization": "…"}}).',
+                code="credential",
+            )
         return value
 
     def clean_extra_params(self) -> Any:
@@ -45,7 +138,32 @@ class ModelDeploymentForm(WriteOnlySecretForm):
             return {}
         if not isinstance(value, dict):
             raise forms.ValidationError("Extra params must be a JSON object.")
+        plain, secret = params_split(value)
+        if secret:
+            # Refused rather than moved: this field is plain text, shown again with any form error, so a
+            # credential typed here would be rendered back (and silently dropped if the form then failed).
+            # The page shows the field without them, and says where they go.
+            self._show_instead("extra_params", json.dumps(plain, indent=2))
+            names = sorted(secret_values(secret))
+            where = "Secret params" if names != ["api_key"] else "API key"
+            raise forms.ValidationError(
+                f"{', '.join(names)}: credentials are not kept in plain text. Enter them in {where} "
+                "(write-only, encrypted at rest); they were taken out of this field and nothing was saved.",
+                code="credential",
+            )
         return value
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        changes = cleaned.get("secret_params") or {}
+        # The instance is the stored row until the form is saved (construct_instance runs after clean).
+        stored = {} if cleaned.get("clear_secret_params") else self.instance.secret_params or {}
+        merged = params_merge(stored, changes)
+        cleaned["secret_params"] = merged
+        # construct_instance skips a defaulted field whose input is missing and whose value is empty,
+        # which would make "clear" a no-op; set it here so the merged value always applies.
+        self.instance.secret_params = merged
+        return cleaned
 
 
 @admin.register(ModelDeployment)
@@ -64,11 +182,25 @@ class ModelDeploymentAdmin(admin.ModelAdmin):
     ]
     list_filter = ["enabled"]
     search_fields = ["model_name", "litellm_model", "api_base"]
-    readonly_fields = ["created_at", "updated_at"]
+    readonly_fields = ["stored_secret_params", "created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["model_name", "litellm_model", "api_base", "enabled"]}),
+        ("litellm params", {"fields": ["extra_params"]}),
+        (
+            "Credentials (write-only, encrypted at rest)",
+            {"fields": ["api_key", "clear_api_key", "stored_secret_params", "secret_params", "clear_secret_params"]},
+        ),
+        (None, {"fields": ["created_at", "updated_at"]}),
+    ]
 
     @admin.display(description="Credential", boolean=True)
     def credential(self, obj: ModelDeployment) -> bool:
-        return bool(obj.api_key)
+        return bool(obj.api_key or obj.secret_params)
+
+    @admin.display(description="Stored secret params")
+    def stored_secret_params(self, obj: ModelDeployment) -> str:
+        names = sorted(secret_values(obj.secret_params or {})) if obj.pk else []
+        return f"{', '.join(names)} (values hidden)" if names else "none"
 
     @admin.display(description="Weight")
     def weight(self, obj: ModelDeployment) -> Any:
@@ -83,12 +215,7 @@ class ModelDeploymentAdmin(admin.ModelAdmin):
         return obj.extra_params.get("tpm", "—")
 
     def save_model(self, request: HttpRequest, obj: ModelDeployment, form: Any, change: bool) -> None:
-        services.deployment_save(
-            deployment=obj,
-            actor=actor_of(request),
-            ip=ip_of(request),
-            api_key_changed="api_key" in form.changed_secrets,
-        )
+        services.deployment_save(deployment=obj, actor=actor_of(request), ip=ip_of(request))
 
     def delete_model(self, request: HttpRequest, obj: ModelDeployment) -> None:
         services.deployment_delete(deployment=obj, actor=actor_of(request), ip=ip_of(request))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import models
 
+from routing.credentials import is_secret_param, params_split, secret_values
 from tenants.models import ApiKey, Tenant
-from tenants.vault import EncryptedTextField
+from tenants.vault import EncryptedJSONField, EncryptedTextField
 
 # Providers that speak OpenAI's wire format: the gateway relays their bytes itself instead
 # of going through litellm's SDK layer (same behaviour, a fraction of the cost per request).
@@ -19,9 +23,12 @@ class ModelDeployment(models.Model):
     """One place a public model name is served: a litellm model string plus its endpoint.
 
     ``litellm_model`` uses litellm's ``<provider>/<model>`` form (``openai/gpt-4o-mini``,
-    ``anthropic/claude-3-5-sonnet``); ``extra_params`` carries any other ``litellm_params``
-    (``api_version``, ``timeout``, ``input_cost_per_token`` ...). The provider key is
-    encrypted at rest.
+    ``anthropic/claude-3-5-sonnet``); ``extra_params`` carries the other plain
+    ``litellm_params`` (``api_version``, ``timeout``, ``input_cost_per_token`` ...).
+    Credentials never sit there: the provider key is ``api_key`` and every other
+    credential-like param (``routing.credentials.is_secret_param``: ``aws_secret_access_key``,
+    ``vertex_credentials``, an ``api-key`` entry of ``extra_headers`` ...) is in
+    ``secret_params``; both are encrypted at rest and written by ``routing.services``.
     """
 
     model_name = models.CharField(max_length=200, db_index=True, help_text="The name clients ask for.")
@@ -29,6 +36,9 @@ class ModelDeployment(models.Model):
     api_base = models.CharField(max_length=500, blank=True, validators=[URLValidator(schemes=["http", "https"])])
     api_key = EncryptedTextField(blank=True, help_text="Provider credential, encrypted at rest.")
     extra_params = models.JSONField(default=dict, blank=True, help_text="Other litellm_params, as JSON.")
+    secret_params = EncryptedJSONField(
+        default=dict, blank=True, help_text="Credential litellm_params, as one encrypted JSON object."
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -43,14 +53,36 @@ class ModelDeployment(models.Model):
         return f"{self.model_name} → {self.litellm_model}"
 
     def clean(self) -> None:
+        errors: dict[str, str] = {}
         params = self.extra_params if isinstance(self.extra_params, dict) else {}
-        problems = []
+        problems = [] if isinstance(self.extra_params, dict) else ["extra_params must be a JSON object"]
         for name in ("weight", "rpm", "tpm", "input_cost_per_token", "output_cost_per_token"):
             value = params.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
                 problems.append(f"{name} must be a non-negative number, got {value!r}")
+        leaked = params_split(params)[1]
+        if leaked:
+            names = ", ".join(sorted(secret_values(leaked)))
+            problems.append(f"{names}: credentials belong in secret_params (encrypted), not in extra_params")
+        problems.extend(_header_problems(params))
+        unstorable = _unstorable_text(params)
+        if unstorable:
+            problems.append(unstorable)
         if problems:
-            raise ValidationError({"extra_params": "; ".join(problems)})
+            errors["extra_params"] = "; ".join(problems)
+        secret = self.secret_params if isinstance(self.secret_params, dict) else {}
+        header_problems = _header_problems(secret)
+        if header_problems:
+            errors["secret_params"] = "; ".join(header_problems)
+        errors.update(_nul_errors(self, ("model_name", "litellm_model", "api_base")))
+        in_url = url_credentials(self.api_base) if self.api_base else ""
+        if in_url:
+            errors["api_base"] = (
+                f"The URL carries a credential ({in_url}); an audited, plain field cannot hold one. "
+                "Put it in the API key or in secret_params (e.g. extra_headers.Authorization)."
+            )
+        if errors:
+            raise ValidationError(errors)
 
     @property
     def provider(self) -> str:
@@ -63,6 +95,87 @@ class ModelDeployment(models.Model):
     @property
     def is_passthrough(self) -> bool:
         return self.provider in OPENAI_COMPATIBLE_PROVIDERS and self.extra_params.get("passthrough", True) is not False
+
+
+# litellm params that are HTTP headers sent to the provider.
+HEADER_PARAMS = ("extra_headers", "headers")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _header_problems(params: dict[str, object]) -> list[str]:
+    """Header maps must be names and values an HTTP request can carry: a line break would inject a header."""
+    problems = []
+    for param in HEADER_PARAMS:
+        headers = params.get(param)
+        if headers is None:
+            continue
+        if not isinstance(headers, dict):
+            problems.append(f"{param} must be a JSON object of header names and values")
+            continue
+        for name, value in headers.items():
+            if not _HEADER_NAME.fullmatch(name):
+                problems.append(f"{param} has an invalid header name {name!r}")
+            elif not isinstance(value, str | int | float) or isinstance(value, bool):
+                problems.append(f"{param}.{name} must be a string")
+            elif any(char in str(value) for char in "\r\n\0"):
+                problems.append(f"{param}.{name} must not contain line breaks or NUL characters")
+    return problems
+
+
+def _nul_errors(instance: models.Model, names: tuple[str, ...]) -> dict[str, str]:
+    """Text fields holding a NUL character, which PostgreSQL cannot store (a form refuses it; a service
+    caller or a config file may not)."""
+    return {
+        name: "Must not contain NUL characters."
+        for name in names
+        if isinstance(getattr(instance, name), str) and "\x00" in getattr(instance, name)
+    }
+
+
+def _unstorable_text(document: object) -> str:
+    """Why a JSON column cannot store ``document`` (PostgreSQL's jsonb refuses NUL; no database takes a lone
+    surrogate), or ''. Walked without recursion: the document may be deep."""
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                return "text must not contain NUL characters (\\u0000)"
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "text must not contain lone UTF-16 surrogates (such as \\ud800)"
+    return ""
+
+
+def url_credentials(url: str) -> str:
+    """What in ``url`` is a credential (user info, a secret-named query parameter), or ''."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""  # the URL validator reports it
+    if parts.username or parts.password:
+        return "user:password@"
+    names = sorted({name for name, _ in parse_qsl(parts.query, keep_blank_values=True) if is_secret_param(name)})
+    return f"query parameter {', '.join(names)}" if names else ""
+
+
+def url_without_credentials(url: str) -> str:
+    """``url`` with its user info and secret-named query parameters taken out."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return ""
+    netloc = f"[{host}]{port}" if ":" in host else f"{host}{port}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not is_secret_param(k)])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 ROUTING_STRATEGIES = (
@@ -119,10 +232,10 @@ class RouteGroup(models.Model):
         return f"{self.model_name} ({self.routing_strategy})"
 
     def clean(self) -> None:
-        errors = {}
+        errors = _nul_errors(self, ("model_name",))
         for name in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
             value = getattr(self, name)
-            if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+            if not isinstance(value, list) or not all(isinstance(i, str) and i and "\x00" not in i for i in value):
                 errors[name] = "Must be a JSON list of model names."
             elif self.model_name in value:
                 errors[name] = "A group cannot fall back to itself."

@@ -10,6 +10,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
+from routing.credentials import params_merge
 from routing.models import OPENAI_DEFAULT_API_BASE, ModelDeployment, RouteGroup
 from tenants.epoch import SharedEpoch
 from tenants.errors import ServiceUnavailable
@@ -17,7 +18,12 @@ from tenants.errors import ServiceUnavailable
 
 @dataclass(frozen=True, slots=True)
 class DeploymentTarget:
-    """A deployment as the hot path uses it: plain values, the credential already decrypted."""
+    """A deployment as the hot path uses it: plain values, the credentials already decrypted.
+
+    ``extra_params`` holds every litellm param, the decrypted ``secret_params`` merged
+    in (secret headers into ``extra_headers``), as litellm takes them. Neither it nor
+    ``api_key`` appears in ``repr``, so a logged target or a traceback shows no credential.
+    """
 
     id: int
     model_name: str
@@ -25,10 +31,10 @@ class DeploymentTarget:
     provider: str
     upstream_model: str
     api_base: str
-    api_key: str
+    api_key: str = field(repr=False)
     passthrough: bool
     created: int
-    extra_params: dict[str, Any] = field(default_factory=dict)
+    extra_params: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_model(cls, deployment: ModelDeployment) -> DeploymentTarget:
@@ -43,7 +49,7 @@ class DeploymentTarget:
             api_key=deployment.api_key or "",
             passthrough=deployment.is_passthrough,
             created=int(deployment.created_at.timestamp()),
-            extra_params=dict(deployment.extra_params or {}),
+            extra_params=params_merge(deployment.extra_params or {}, deployment.secret_params or {}),
         )
 
 

@@ -8,18 +8,62 @@ from typing import Any
 from django.db import transaction
 
 from audit.services import audit_record, changes_between
-from routing.models import ModelDeployment, RequestLog, RouteGroup
+from routing.credentials import params_merge, params_split, secret_values
+from routing.models import ModelDeployment, RequestLog, RouteGroup, url_credentials, url_without_credentials
 from routing.selectors import deployment_cache
 from tenants.services import snapshot
 
 DEPLOYMENT_AUDIT_FIELDS = ("model_name", "litellm_model", "api_base", "extra_params", "enabled")
 
 
+def _separated(deployment: ModelDeployment) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A deployment's plain params and its credentials, counting any credential still in ``extra_params``
+    (a row written around this module) as a credential."""
+    plain, leaked = params_split(deployment.extra_params if isinstance(deployment.extra_params, dict) else {})
+    return plain, params_merge(deployment.secret_params or {}, leaked)
+
+
 def _deployment_snapshot(deployment: ModelDeployment) -> dict[str, Any]:
     values = snapshot(deployment, DEPLOYMENT_AUDIT_FIELDS)
-    # The credential itself never enters the audit trail; only whether it is set.
+    # Credentials never enter the audit trail: only whether the key is set and which secret params are.
+    values["extra_params"], secret = _separated(deployment)
+    if url_credentials(deployment.api_base):
+        # Only a row written before api_base was checked (or around this module) can hold one.
+        values["api_base"] = f"{url_without_credentials(deployment.api_base)} (credential removed)"
     values["api_key_set"] = bool(deployment.api_key)
+    values["secret_params"] = sorted(secret_values(secret))
     return values
+
+
+def _credentials(deployment: ModelDeployment) -> dict[str, Any]:
+    values = {f"secret_params.{name}": value for name, value in secret_values(_separated(deployment)[1]).items()}
+    if deployment.api_key:
+        values["api_key"] = deployment.api_key
+    return values
+
+
+def _secret_changes(old: ModelDeployment | None, new: ModelDeployment) -> dict[str, dict[str, str]]:
+    """Which credentials were set, changed or removed, by name: "(set)", "(changed)", "(removed)", never values."""
+    before = _credentials(old) if old is not None else {}
+    after = _credentials(new)
+    changes = {}
+    for name in sorted(set(before) | set(after)):
+        if name not in after:
+            changes[name] = {"before": "(set)", "after": "(removed)"}
+        elif name not in before:
+            changes[name] = {"before": "(empty)", "after": "(set)"}
+        elif before[name] != after[name]:
+            changes[name] = {"before": "(set)", "after": "(changed)"}
+    return changes
+
+
+def _credentials_separate(deployment: ModelDeployment) -> None:
+    """Move credential-like params out of ``extra_params`` into the encrypted ``secret_params``.
+
+    Whatever the caller put where, no credential is stored or audited in plain text.
+    """
+    if isinstance(deployment.extra_params, dict):
+        deployment.extra_params, deployment.secret_params = _separated(deployment)
 
 
 def _deployments_changed() -> None:
@@ -28,17 +72,19 @@ def _deployments_changed() -> None:
 
 
 @transaction.atomic
-def deployment_save(
-    *, deployment: ModelDeployment, actor: str, ip: str | None = None, api_key_changed: bool = False
-) -> ModelDeployment:
+def deployment_save(*, deployment: ModelDeployment, actor: str, ip: str | None = None) -> ModelDeployment:
+    """Create or change a deployment; credentials found in ``extra_params`` are moved to ``secret_params``.
+
+    The audit event names the credentials that were set, changed or removed, never their values.
+    """
     old = ModelDeployment.objects.filter(pk=deployment.pk).first() if deployment.pk else None
     before = _deployment_snapshot(old) if old is not None else {}
+    _credentials_separate(deployment)
     deployment.full_clean()
     deployment.save()
     after = _deployment_snapshot(deployment)
     changes = changes_between(before, after)
-    if api_key_changed and old is not None:
-        changes["api_key"] = {"before": "(set)" if old.api_key else "(empty)", "after": "(changed)"}
+    changes.update(_secret_changes(old, deployment))
     audit_record(
         actor=actor,
         action="deployment.change" if old is not None else "deployment.create",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import models
 
 
@@ -73,3 +74,43 @@ class EncryptedTextField(models.TextField):
         if value is None or value == "":
             return value
         return secret_encrypt(value)
+
+
+class EncryptedJSONField(EncryptedTextField):
+    """A JSON object kept as one Fernet token (so no key or value is readable in the database); ``{}`` is stored empty.
+
+    A subclass of ``EncryptedTextField``, so the secret rotation job re-encrypts it like any other credential.
+    """
+
+    # django-stubs reads a field's Python type from these; the base declares str, this one holds a dict.
+    _pyi_private_set_type: dict[str, Any]  # type: ignore[assignment]
+    _pyi_private_get_type: dict[str, Any]  # type: ignore[assignment]
+
+    def from_db_value(self, value: str | None, expression: Any, connection: Any) -> Any:
+        plaintext = super().from_db_value(value, expression, connection)
+        return json.loads(plaintext) if plaintext else {}
+
+    def to_python(self, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value else {}
+            except ValueError:
+                raise ValidationError("Must be a JSON object.", code="invalid") from None
+        return {} if value is None else value
+
+    def validate(self, value: Any, model_instance: models.Model | None) -> None:
+        super().validate(value, model_instance)
+        if not isinstance(value, dict):
+            raise ValidationError("Must be a JSON object.", code="invalid")
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"Must hold JSON values only ({exc}).", code="invalid") from None
+
+    def get_prep_value(self, value: Any) -> Any:
+        if not value:
+            return ""
+        return secret_encrypt(json.dumps(value, separators=(",", ":")))
+
+    def value_to_string(self, obj: models.Model) -> str:
+        return json.dumps(self.value_from_object(obj), sort_keys=True)
