@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import secrets
 import time
@@ -27,12 +26,15 @@ from routing.usage import UsageRow, usage_record
 from tenants.auth import KeyContext, key_authenticate_header
 from tenants.errors import InvalidRequest, PlatformError
 from tenants.quota import QuotaExceeded, Reservation, quota_reserve, quota_settle
+from tenants.request_input import credential_header, json_body_parse
 
 logger = logging.getLogger(__name__)
 
 SendStart = Callable[[int, list[tuple[bytes, bytes]]], Awaitable[None]]
 SendBody = Callable[[bytes, bool], Awaitable[None]]
 
+# Longer names exist nowhere: deployments' public names are at most this long.
+MAX_MODEL_NAME = 200
 MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 ROLES_TEXT = ", ".join(sorted(MESSAGE_ROLES))
 SSE_HEADERS = [
@@ -89,7 +91,8 @@ def chat_request_parse(body: bytes) -> ChatRequest:
         if not isinstance(message, dict):
             raise _type_error(f"messages[{index}]", "an object", message)
         role = message.get("role")
-        if role not in MESSAGE_ROLES:
+        # A list or an object is unhashable: it must not reach the set lookup below.
+        if not isinstance(role, str) or role not in MESSAGE_ROLES:
             raise InvalidRequest(
                 f"Invalid value for 'messages[{index}].role': {role!r}; expected one of {ROLES_TEXT}.",
                 param=f"messages[{index}].role",
@@ -122,6 +125,8 @@ def completion_request_parse(body: bytes) -> ChatRequest:
     _check_number(payload, "n", low=1, high=128, integer=True)
     _check_number(payload, "best_of", low=1, high=20, integer=True)
     _check_number(payload, "max_tokens", low=0, high=10_000_000, integer=True)
+    if (payload.get("best_of") or 1) < (payload.get("n") or 1):
+        raise InvalidRequest("'best_of' must be at least 'n'.", param="best_of", code="invalid_value")
     return ChatRequest(payload, model, stream, include_usage)
 
 
@@ -159,12 +164,7 @@ def embedding_request_parse(body: bytes) -> ChatRequest:
 
 
 def _object_with_model(body: bytes) -> tuple[dict[str, Any], str]:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. The body must be valid JSON.", code="invalid_json"
-        ) from None
+    payload = json_body_parse(body)
     if not isinstance(payload, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     model = payload.get("model")
@@ -172,6 +172,13 @@ def _object_with_model(body: bytes) -> tuple[dict[str, Any], str]:
         raise InvalidRequest("You must provide a model parameter.", param="model", code="missing_required_parameter")
     if not isinstance(model, str) or not model:
         raise _type_error("model", "a non-empty string", model)
+    # The requested name is stored (usage records, audit targets): PostgreSQL text cannot hold NUL.
+    if len(model) > MAX_MODEL_NAME or "\x00" in model:
+        raise InvalidRequest(
+            f"Invalid value for 'model': a model name is at most {MAX_MODEL_NAME} characters, without NUL.",
+            param="model",
+            code="invalid_value",
+        )
     return payload, model
 
 
@@ -230,7 +237,7 @@ class ChatCompletion:
     def __init__(
         self,
         *,
-        headers: dict[bytes, bytes],
+        headers: list[tuple[bytes, bytes]],
         client_ip: str | None,
         send_start: SendStart,
         send_body: SendBody,
@@ -239,7 +246,9 @@ class ChatCompletion:
         self.started = time.perf_counter()
         self.created_at = dt.datetime.now(dt.UTC)
         self.request_id = request_id_new()
-        self.headers = headers
+        # Raw, as received: a repeated header must stay visible (see tenants.request_input).
+        self.raw_headers = headers
+        self.headers = dict(headers)
         self.client_ip = client_ip
         self._send_start = send_start
         self._send_body = send_body
@@ -313,7 +322,7 @@ class ChatCompletion:
 
     async def _serve(self, body: bytes) -> None:
         endpoint = self.endpoint
-        authorization = self.headers.get(b"authorization", b"").decode("latin-1") or None
+        authorization = credential_header(self.raw_headers) or None
         with telemetry.span("key.authenticate"):
             self.key = await key_authenticate_header(authorization, ip=self.client_ip, endpoint=endpoint.name)
         self.key.require_scope(endpoint.scope)
