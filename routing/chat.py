@@ -221,6 +221,42 @@ COMPLETIONS = Endpoint("completions", "chat", upstream.COMPLETIONS_PATH, complet
 EMBEDDINGS = Endpoint("embeddings", "embeddings", upstream.EMBEDDINGS_PATH, embedding_request_parse)
 
 
+def reservation_estimate(endpoint: Endpoint, payload: dict[str, Any], body_size: int) -> tuple[int, int]:
+    """Input and output tokens to reserve before the call: never less than the request can use.
+
+    Output is the per-completion limit times the completions generated: ``n`` for chat,
+    ``max(n, best_of)`` for each prompt of a completion (an array of prompts is answered
+    prompt by prompt). Embeddings generate no output. Input is ~4 bytes of body a token,
+    except token arrays, which count exactly (``[1,2]`` is two tokens in five bytes).
+    """
+    tokens_in = max(1, body_size // 4)
+    if endpoint is EMBEDDINGS:
+        return max(tokens_in, _token_count(payload.get("input"))), 0
+    if endpoint is COMPLETIONS:
+        prompt = payload.get("prompt")
+        tokens_in = max(tokens_in, _token_count(prompt))
+        prompts = len(prompt) if isinstance(prompt, list) and prompt and not _token_list(prompt) else 1
+        per_completion = payload.get("max_tokens")
+        completions = prompts * max(payload.get("n") or 1, payload.get("best_of") or 1)
+    else:
+        per_completion = payload.get("max_completion_tokens")
+        if per_completion is None:
+            per_completion = payload.get("max_tokens")
+        completions = payload.get("n") or 1
+    if per_completion is None:
+        per_completion = settings.QUOTA_DEFAULT_OUTPUT_TOKENS
+    return tokens_in, per_completion * completions
+
+
+def _token_count(value: Any) -> int:
+    """Tokens in a token array or an array of them; 0 for text (the body size estimates that)."""
+    if _token_list(value):
+        return len(value)
+    if isinstance(value, list) and value and all(map(_token_list, value)):
+        return sum(map(len, value))
+    return 0
+
+
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
@@ -439,11 +475,7 @@ class ChatCompletion:
     async def _reserve(self, body: bytes, request: ChatRequest, target: DeploymentTarget) -> None:
         """Reserve against the key's and tenant's quotas before the upstream is called."""
         assert self.key is not None
-        payload = request.payload
-        tokens_in = max(1, len(body) // 4)
-        tokens_out = int(
-            payload.get("max_completion_tokens") or payload.get("max_tokens") or settings.QUOTA_DEFAULT_OUTPUT_TOKENS
-        )
+        tokens_in, tokens_out = reservation_estimate(self.endpoint, request.payload, len(body))
         cost = usage_cost(target.litellm_model, tokens_in, tokens_out, target.extra_params)
         try:
             self.reservation = await quota_reserve(
