@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
@@ -15,11 +16,10 @@ from ninja.security import HttpBearer
 from audit.api import router as audit_router
 from llm_platform.middleware import error_response as platform_error_response
 from routing.api import router as routing_router
-from routing.chat import request_id_new
+from routing.chat import authorization_read, request_id_new
 from routing.ml.api import router as routing_ml_router
 from tenants.auth import KeyContext, key_authenticate_header
 from tenants.errors import AuthenticationFailed, InvalidRequest, NotFound, PayloadTooLarge, PlatformError
-from tenants.request_input import credential_header
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +32,15 @@ class ApiKeyAuth(HttpBearer):
     async def __call__(self, request: HttpRequest) -> KeyContext:  # type: ignore[override]
         # The raw ASGI headers: Django's request.headers joins repeated ones into one value.
         scope = getattr(request, "scope", None)
+        headers: Iterable[tuple[bytes, bytes]]
         if scope is not None:
-            authorization = credential_header(scope.get("headers", ()))
-        else:
-            authorization = request.headers.get("Authorization")
-        return await key_authenticate_header(authorization, ip=request.META.get("REMOTE_ADDR"), endpoint=request.path)
+            headers = scope.get("headers", ())
+        else:  # WSGI (Django's test client): the joined value is all there is
+            value = request.headers.get("Authorization")
+            headers = [(b"authorization", value.encode("latin-1", "replace"))] if value is not None else []
+        return await key_authenticate_header(
+            authorization_read(headers), ip=request.META.get("REMOTE_ADDR"), endpoint=request.path
+        )
 
     def authenticate(self, request: HttpRequest, token: str) -> Any:  # pragma: no cover - __call__ does the work
         raise NotImplementedError

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -47,6 +48,22 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 
 def request_id_new() -> str:
     return "req_" + secrets.token_hex(12)
+
+
+# No API key holds a control character; the audit trail (PostgreSQL text) cannot hold NUL.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def authorization_read(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The request's one Authorization header (two are refused), made safe to record.
+
+    Control characters become U+FFFD: such a credential still fails, and its failure is
+    still audited, but no NUL reaches the audit row written for it.
+    """
+    authorization = credential_header(headers)
+    if authorization and _CONTROL_CHARACTERS.search(authorization):
+        authorization = _CONTROL_CHARACTERS.sub("\ufffd", authorization)
+    return authorization or None
 
 
 @dataclass(slots=True)
@@ -358,7 +375,7 @@ class ChatCompletion:
 
     async def _serve(self, body: bytes) -> None:
         endpoint = self.endpoint
-        authorization = credential_header(self.raw_headers) or None
+        authorization = authorization_read(self.raw_headers)
         with telemetry.span("key.authenticate"):
             self.key = await key_authenticate_header(authorization, ip=self.client_ip, endpoint=endpoint.name)
         self.key.require_scope(endpoint.scope)

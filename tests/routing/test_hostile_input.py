@@ -8,6 +8,8 @@ import json
 import httpx
 import pytest
 
+from audit.models import AuditEvent
+from audit.services import deferred_audit
 from routing import upstream
 from tenants import services
 from tenants.models import Quota
@@ -129,3 +131,15 @@ def test_a_real_client_sending_two_authorization_headers_gets_401_everywhere(
             response = client.request(method, path, headers=headers, json=body)
             assert response.status_code == 401, (path, response.text)
             assert response.json()["error"]["code"] == "ambiguous_credentials", path
+
+
+def test_a_credential_with_a_nul_is_refused_and_its_failure_audited_without_the_nul(owner_key, deployed):
+    secret = owner_key.secret
+    broken = [(b"authorization", f"Bearer {secret[:6]}\x00{secret[6:]}".encode())]
+    assert call("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HELLO}, headers=broken).status == 401
+    models = asyncio.run(asgi_request("GET", "/v1/models", headers=broken))
+    assert_api_answer(models)
+    assert models.status == 401
+    deferred_audit.flush_now()
+    actors = list(AuditEvent.objects.filter(action="auth.failure").values_list("actor", flat=True))
+    assert len(actors) == 2 and all("\ufffd" in actor and "\x00" not in actor for actor in actors), actors
