@@ -27,6 +27,7 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
+from llm_platform.middleware import ApiErrorShape  # noqa: E402
 from mcp_gateway.consumers import (  # noqa: E402
     LegacyMessagesConsumer,
     LegacySseConsumer,
@@ -51,7 +52,7 @@ application = ProtocolTypeRouter(
                 path("mcp/messages", LegacyMessagesConsumer.as_asgi()),
                 re_path(r"^mcp/(?P<bundle>[a-z0-9][a-z0-9_-]{0,62})/sse$", LegacySseConsumer.as_asgi()),
                 re_path(r"^mcp/(?P<bundle>[a-z0-9][a-z0-9_-]{0,62})$", StreamableHttpConsumer.as_asgi()),
-                re_path(r"", django_asgi_app),  # type: ignore[arg-type]  # URLRouter takes ASGI apps
+                re_path(r"", ApiErrorShape(django_asgi_app)),  # type: ignore[arg-type]  # URLRouter takes ASGI apps
             ]
         ),
     }

@@ -1,4 +1,4 @@
-"""The /v1/ contract for Django's view stack: input refused early, every error as JSON, the gateway's headers."""
+"""The /v1/ contract for Django's part of the API: input refused early, every error as JSON, the gateway's headers."""
 
 from __future__ import annotations
 
@@ -117,41 +117,87 @@ def error_response(exc: PlatformError) -> HttpResponse:
     return response
 
 
-def _is_json(response: HttpResponseBase) -> bool:
-    return response.get("Content-Type", "").split(";")[0].strip().lower() == "application/json"
+def _json_type(content_type: bytes | str) -> bool:
+    value = content_type.decode("latin-1") if isinstance(content_type, bytes) else content_type
+    return value.split(";")[0].strip().lower() == "application/json"
 
 
-def api_error_shape(response: HttpResponseBase) -> HttpResponseBase:
-    """The response itself if it is JSON or a success; otherwise the same status as an OpenAI-style error."""
-    status = response.status_code
-    if status < 400 or _is_json(response):
-        return response
+def api_error_body(status: int, allow: str | None = None) -> bytes:
+    """The OpenAI-style error for ``status`` when a layer below the API answered it in its own format."""
     kind, code = _STATUS_ERRORS.get(status, (PlatformError, "api_error" if status >= 500 else "http_error"))
     try:
-        phrase = HTTPStatus(status).phrase
+        message = f"{HTTPStatus(status).phrase}."
     except ValueError:
-        phrase = "Error"
-    message = f"{phrase}."
+        message = "The request failed."
     if status == 405:
-        message = f"Method not allowed; this route accepts: {response.get('Allow', 'other methods')}."
+        message = f"Method not allowed; this route accepts: {allow or 'other methods'}."
     elif status >= 500:
         message = "The platform failed to handle this request."
-    error = kind(message, code=code, status=status)
-    shaped = error_response(error)
-    for name in ("Allow", "Retry-After", "x-request-id", "WWW-Authenticate"):
-        if name in response:
-            shaped[name] = response[name]
-    return shaped
+    return kind(message, code=code, status=status).body_bytes()
+
+
+# Headers of the original answer that still hold for its JSON replacement.
+_KEPT_HEADERS = frozenset({b"allow", b"retry-after", b"www-authenticate", b"x-request-id", b"x-gateway-overhead-ms"})
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class ApiErrorShape:
+    """ASGI wrapper of Django's app: under /v1/ an error answered in any format but JSON leaves as an OpenAI-style
+    error with the same status.
+
+    At the ASGI level, not in Django's middleware chain, because some of Django's own
+    refusals never pass through that chain (a query string that is not UTF-8 is a bare
+    ``400`` from the handler itself); ninja's empty 405 and Django's HTML error pages are
+    reshaped here too. Successful and JSON answers pass through untouched, unbuffered.
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith(API_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        held: Message | None = None
+
+        async def send_shaped(message: Message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start":
+                headers = message.get("headers") or []
+                content_type = next((value for name, value in headers if name.lower() == b"content-type"), b"")
+                if message["status"] >= 400 and not _json_type(content_type):
+                    held = message
+                    return
+            elif held is not None and message["type"] == "http.response.body":
+                if message.get("more_body"):
+                    return  # the original body is dropped whole
+                start, held = held, None
+                original = [(bytes(name).lower(), bytes(value)) for name, value in start.get("headers") or []]
+                kept = [(name, value) for name, value in original if name in _KEPT_HEADERS]
+                if not any(name == b"x-request-id" for name, _ in kept):
+                    kept.append((b"x-request-id", request_id_new().encode()))
+                allow = next((value.decode("latin-1") for name, value in original if name == b"allow"), None)
+                body = api_error_body(start["status"], allow)
+                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *kept]
+                await send({"type": "http.response.start", "status": start["status"], "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await send(message)
+
+        await self.app(scope, receive, send_shaped)
 
 
 class RequestIdMiddleware:
     """The /v1/ contract on Django's view stack (the ninja API, unknown /v1/ routes).
 
-    Input no route can use is refused before any view (``api_input_check``); an error any
-    layer below answered in its own format (an HTML page, ninja's empty 405) leaves as an
-    OpenAI-style JSON error with the same status; ``x-request-id`` and
-    ``x-gateway-overhead-ms`` are added where missing. Everything served here is the
-    gateway's own work, so the overhead is the whole time.
+    Input no route can use is refused before any view (``api_input_check``), and
+    ``x-request-id`` and ``x-gateway-overhead-ms`` are added where missing (errors in other
+    formats are reshaped by ``ApiErrorShape`` around the whole app). Everything served here
+    is the gateway's own work, so the overhead is the whole time.
     """
 
     async_capable = True
@@ -165,7 +211,6 @@ class RequestIdMiddleware:
 
     @staticmethod
     def _stamp(response: HttpResponseBase, started: float) -> HttpResponseBase:
-        response = api_error_shape(response)
         if "x-request-id" not in response:
             response["x-request-id"] = request_id_new()
         response["x-gateway-overhead-ms"] = f"{(time.perf_counter() - started) * 1000:.3f}"

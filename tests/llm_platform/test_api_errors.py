@@ -117,3 +117,15 @@ def test_two_authorization_headers_on_a_ninja_route_are_refused_as_ambiguous(own
 def test_a_bad_host_header_on_v1_is_a_json_400(owner_key):
     answer = call("GET", "/v1/models", owner_key.secret, headers=[(b"host", b"evil..example")])
     assert answer.status == 400
+
+
+@pytest.mark.parametrize("query", [b"\x80", b"actor=\xff\xfe", b"limit=1&\xc3\x28=x"])
+def test_a_query_string_that_is_not_utf8_is_a_json_400(auditor, query):
+    answer = call("GET", "/v1/audit/events", auditor.secret, query=query)
+    assert answer.status == 400
+    assert b"x-request-id" in answer.headers
+
+
+def test_a_post_to_a_ninja_page_without_a_route_is_json_not_a_csrf_page(owner_key):
+    answer = call("POST", "/v1/", owner_key.secret)
+    assert answer.status in (403, 404, 405)
