@@ -87,6 +87,10 @@ def api_input_check(request: HttpRequest) -> None:
         body = request.body
     except RequestDataTooBig:
         body = None
+    except ValueError:  # Django reads CONTENT_LENGTH with int(): repeated headers arrive joined ("0,0")
+        raise InvalidRequest(
+            "The Content-Length header is not one non-negative integer.", code="invalid_content_length"
+        ) from None
     if body is None or len(body) > settings.MAX_REQUEST_BYTES:
         raise PayloadTooLarge(f"The request body exceeds {settings.MAX_REQUEST_BYTES} bytes.")
     try:

@@ -129,3 +129,9 @@ def test_a_query_string_that_is_not_utf8_is_a_json_400(auditor, query):
 def test_a_post_to_a_ninja_page_without_a_route_is_json_not_a_csrf_page(owner_key):
     answer = call("POST", "/v1/", owner_key.secret)
     assert answer.status in (403, 404, 405)
+
+
+def test_repeated_content_length_headers_are_a_400_not_a_500(owner_key):
+    headers = [(b"content-length", b"0"), (b"content-length", b"0")]
+    answer = call("GET", "/v1/models", owner_key.secret, headers=headers)
+    assert answer.status == 400 and answer.error["code"] == "invalid_content_length"
