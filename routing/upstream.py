@@ -54,12 +54,31 @@ class Usage:
     estimated: bool = False
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> Usage | None:
+    def from_dict(cls, data: Any) -> Usage | None:
+        """The provider's usage, or None when it sent none or counts that are not numbers."""
         if not isinstance(data, dict):
             return None
-        prompt = int(data.get("prompt_tokens") or 0)
-        completion = int(data.get("completion_tokens") or 0)
-        return cls(prompt, completion, int(data.get("total_tokens") or prompt + completion))
+        try:
+            prompt = _token_count(data.get("prompt_tokens"))
+            completion = _token_count(data.get("completion_tokens"))
+            total = _token_count(data.get("total_tokens")) or prompt + completion
+        except (TypeError, ValueError, OverflowError):
+            return None
+        return cls(prompt, completion, total)
+
+
+# More than any request can use; a larger count is a provider's bug, not usage to bill.
+MAX_TOKEN_COUNT = 1_000_000_000
+
+
+def _token_count(value: Any) -> int:
+    """A count from a provider's JSON: a non-negative whole number (12.0 is 12) or nothing."""
+    if value is None or isinstance(value, bool):
+        return 0
+    count = int(value)  # a string such as "many" or a list raises: the caller drops the usage
+    if count != value or not 0 <= count <= MAX_TOKEN_COUNT:
+        raise ValueError(f"not a token count: {value!r}")
+    return count
 
 
 def prompt_of(payload: dict[str, Any]) -> Any:
@@ -380,6 +399,8 @@ class StreamRelay:
             try:
                 chunk = json.loads(data)
             except ValueError:
+                return True
+            if not isinstance(chunk, dict):
                 return True
             usage = Usage.from_dict(chunk.get("usage"))
             if usage is not None:
