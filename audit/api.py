@@ -47,6 +47,18 @@ def _bad(param: str, message: str) -> ValidationError:
     return ValidationError([{"loc": ("query", param), "msg": message}])
 
 
+def _utc(name: str, value: dt.datetime | None) -> dt.datetime | None:
+    """``value`` in UTC, or a 400 when it has no timezone or its UTC time is outside what can be stored."""
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise _bad(name, f"'{name}' needs a timezone, e.g. 2026-01-31T00:00:00Z.")
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is in year 0 in UTC, 9999-12-31T23:00-02:00 in year 10000
+        raise _bad(name, f"'{name}' is outside the supported range (years 1 to 9999 in UTC).") from None
+
+
 def cursor_encode(last_id: int) -> str:
     return base64.urlsafe_b64encode(json.dumps({"after": last_id}).encode()).decode().rstrip("=")
 
@@ -84,9 +96,7 @@ async def audit_events_list(
 ) -> AuditEventPage:
     key = request.auth  # type: ignore[attr-defined]
     key.require_scope("audit", explicit=True)
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise _bad(name, f"'{name}' needs a timezone, e.g. 2026-01-31T00:00:00Z.")
+    since, until = _utc("since", since), _utc("until", until)
     if since and until and since >= until:
         raise _bad("since", "'since' must be before 'until'.")
     after = cursor_decode(cursor) if cursor else 0

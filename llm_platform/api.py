@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
 
 from audit.api import router as audit_router
+from llm_platform.middleware import error_response as platform_error_response
 from routing.api import router as routing_router
-from routing.chat import request_id_new
+from routing.chat import authorization_read, request_id_new
 from routing.ml.api import router as routing_ml_router
 from tenants.auth import KeyContext, key_authenticate_header
-from tenants.errors import AuthenticationFailed, InvalidRequest, NotFound, PlatformError
+from tenants.errors import AuthenticationFailed, InvalidRequest, NotFound, PayloadTooLarge, PlatformError
+
+logger = logging.getLogger(__name__)
 
 
 class ApiKeyAuth(HttpBearer):
@@ -23,8 +30,16 @@ class ApiKeyAuth(HttpBearer):
     is_async = True
 
     async def __call__(self, request: HttpRequest) -> KeyContext:  # type: ignore[override]
+        # The raw ASGI headers: Django's request.headers joins repeated ones into one value.
+        scope = getattr(request, "scope", None)
+        headers: Iterable[tuple[bytes, bytes]]
+        if scope is not None:
+            headers = scope.get("headers", ())
+        else:  # WSGI (Django's test client): the joined value is all there is
+            value = request.headers.get("Authorization")
+            headers = [(b"authorization", value.encode("latin-1", "replace"))] if value is not None else []
         return await key_authenticate_header(
-            request.headers.get("Authorization"), ip=request.META.get("REMOTE_ADDR"), endpoint=request.path
+            authorization_read(headers), ip=request.META.get("REMOTE_ADDR"), endpoint=request.path
         )
 
     def authenticate(self, request: HttpRequest, token: str) -> Any:  # pragma: no cover - __call__ does the work
@@ -45,10 +60,8 @@ api.add_router("/", routing_ml_router)
 
 
 def error_response(request: HttpRequest, exc: PlatformError) -> HttpResponse:
-    response = HttpResponse(exc.body_bytes(), status=exc.status, content_type="application/json")
+    response = platform_error_response(exc)
     response["x-request-id"] = request_id_new()
-    for name, value in exc.headers.items():
-        response[name] = value
     return response
 
 
@@ -77,9 +90,12 @@ def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return error_response(request, error)
 
 
+@api.exception_handler(RequestDataTooBig)
+def request_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return error_response(request, PayloadTooLarge(f"The request body exceeds {settings.MAX_REQUEST_BYTES} bytes."))
+
+
 @api.exception_handler(Exception)
 def unexpected_error(request: HttpRequest, exc: Exception) -> HttpResponse:
-    import logging
-
-    logging.getLogger(__name__).exception("unhandled API error on %s", request.path)
+    logger.exception("unhandled API error on %s", request.path)
     return error_response(request, PlatformError("The platform failed to handle this request."))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
+import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -27,12 +27,15 @@ from routing.usage import UsageRow, usage_record
 from tenants.auth import KeyContext, key_authenticate_header
 from tenants.errors import InvalidRequest, PlatformError
 from tenants.quota import QuotaExceeded, Reservation, quota_reserve, quota_settle
+from tenants.request_input import credential_header, json_body_parse
 
 logger = logging.getLogger(__name__)
 
 SendStart = Callable[[int, list[tuple[bytes, bytes]]], Awaitable[None]]
 SendBody = Callable[[bytes, bool], Awaitable[None]]
 
+# Longer names exist nowhere: deployments' public names are at most this long.
+MAX_MODEL_NAME = 200
 MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 ROLES_TEXT = ", ".join(sorted(MESSAGE_ROLES))
 SSE_HEADERS = [
@@ -45,6 +48,22 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 
 def request_id_new() -> str:
     return "req_" + secrets.token_hex(12)
+
+
+# No API key holds a control character; the audit trail (PostgreSQL text) cannot hold NUL.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def authorization_read(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The request's one Authorization header (two are refused), made safe to record.
+
+    Control characters become U+FFFD: such a credential still fails, and its failure is
+    still audited, but no NUL reaches the audit row written for it.
+    """
+    authorization = credential_header(headers)
+    if authorization and _CONTROL_CHARACTERS.search(authorization):
+        authorization = _CONTROL_CHARACTERS.sub("\ufffd", authorization)
+    return authorization or None
 
 
 @dataclass(slots=True)
@@ -89,7 +108,8 @@ def chat_request_parse(body: bytes) -> ChatRequest:
         if not isinstance(message, dict):
             raise _type_error(f"messages[{index}]", "an object", message)
         role = message.get("role")
-        if role not in MESSAGE_ROLES:
+        # A list or an object is unhashable: it must not reach the set lookup below.
+        if not isinstance(role, str) or role not in MESSAGE_ROLES:
             raise InvalidRequest(
                 f"Invalid value for 'messages[{index}].role': {role!r}; expected one of {ROLES_TEXT}.",
                 param=f"messages[{index}].role",
@@ -122,6 +142,8 @@ def completion_request_parse(body: bytes) -> ChatRequest:
     _check_number(payload, "n", low=1, high=128, integer=True)
     _check_number(payload, "best_of", low=1, high=20, integer=True)
     _check_number(payload, "max_tokens", low=0, high=10_000_000, integer=True)
+    if (payload.get("best_of") or 1) < (payload.get("n") or 1):
+        raise InvalidRequest("'best_of' must be at least 'n'.", param="best_of", code="invalid_value")
     return ChatRequest(payload, model, stream, include_usage)
 
 
@@ -159,12 +181,7 @@ def embedding_request_parse(body: bytes) -> ChatRequest:
 
 
 def _object_with_model(body: bytes) -> tuple[dict[str, Any], str]:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. The body must be valid JSON.", code="invalid_json"
-        ) from None
+    payload = json_body_parse(body)
     if not isinstance(payload, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     model = payload.get("model")
@@ -172,6 +189,13 @@ def _object_with_model(body: bytes) -> tuple[dict[str, Any], str]:
         raise InvalidRequest("You must provide a model parameter.", param="model", code="missing_required_parameter")
     if not isinstance(model, str) or not model:
         raise _type_error("model", "a non-empty string", model)
+    # The requested name is stored (usage records, audit targets): PostgreSQL text cannot hold NUL.
+    if len(model) > MAX_MODEL_NAME or "\x00" in model:
+        raise InvalidRequest(
+            f"Invalid value for 'model': a model name is at most {MAX_MODEL_NAME} characters, without NUL.",
+            param="model",
+            code="invalid_value",
+        )
     return payload, model
 
 
@@ -214,6 +238,42 @@ COMPLETIONS = Endpoint("completions", "chat", upstream.COMPLETIONS_PATH, complet
 EMBEDDINGS = Endpoint("embeddings", "embeddings", upstream.EMBEDDINGS_PATH, embedding_request_parse)
 
 
+def reservation_estimate(endpoint: Endpoint, payload: dict[str, Any], body_size: int) -> tuple[int, int]:
+    """Input and output tokens to reserve before the call: never less than the request can use.
+
+    Output is the per-completion limit times the completions generated: ``n`` for chat,
+    ``max(n, best_of)`` for each prompt of a completion (an array of prompts is answered
+    prompt by prompt). Embeddings generate no output. Input is ~4 bytes of body a token,
+    except token arrays, which count exactly (``[1,2]`` is two tokens in five bytes).
+    """
+    tokens_in = max(1, body_size // 4)
+    if endpoint is EMBEDDINGS:
+        return max(tokens_in, _token_count(payload.get("input"))), 0
+    if endpoint is COMPLETIONS:
+        prompt = payload.get("prompt")
+        tokens_in = max(tokens_in, _token_count(prompt))
+        prompts = len(prompt) if isinstance(prompt, list) and prompt and not _token_list(prompt) else 1
+        per_completion = payload.get("max_tokens")
+        completions = prompts * max(payload.get("n") or 1, payload.get("best_of") or 1)
+    else:
+        per_completion = payload.get("max_completion_tokens")
+        if per_completion is None:
+            per_completion = payload.get("max_tokens")
+        completions = payload.get("n") or 1
+    if per_completion is None:
+        per_completion = settings.QUOTA_DEFAULT_OUTPUT_TOKENS
+    return tokens_in, per_completion * completions
+
+
+def _token_count(value: Any) -> int:
+    """Tokens in a token array or an array of them; 0 for text (the body size estimates that)."""
+    if _token_list(value):
+        return len(value)
+    if isinstance(value, list) and value and all(map(_token_list, value)):
+        return sum(map(len, value))
+    return 0
+
+
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
@@ -230,7 +290,7 @@ class ChatCompletion:
     def __init__(
         self,
         *,
-        headers: dict[bytes, bytes],
+        headers: list[tuple[bytes, bytes]],
         client_ip: str | None,
         send_start: SendStart,
         send_body: SendBody,
@@ -239,7 +299,9 @@ class ChatCompletion:
         self.started = time.perf_counter()
         self.created_at = dt.datetime.now(dt.UTC)
         self.request_id = request_id_new()
-        self.headers = headers
+        # Raw, as received: a repeated header must stay visible (see tenants.request_input).
+        self.raw_headers = headers
+        self.headers = dict(headers)
         self.client_ip = client_ip
         self._send_start = send_start
         self._send_body = send_body
@@ -313,7 +375,7 @@ class ChatCompletion:
 
     async def _serve(self, body: bytes) -> None:
         endpoint = self.endpoint
-        authorization = self.headers.get(b"authorization", b"").decode("latin-1") or None
+        authorization = authorization_read(self.raw_headers)
         with telemetry.span("key.authenticate"):
             self.key = await key_authenticate_header(authorization, ip=self.client_ip, endpoint=endpoint.name)
         self.key.require_scope(endpoint.scope)
@@ -430,11 +492,7 @@ class ChatCompletion:
     async def _reserve(self, body: bytes, request: ChatRequest, target: DeploymentTarget) -> None:
         """Reserve against the key's and tenant's quotas before the upstream is called."""
         assert self.key is not None
-        payload = request.payload
-        tokens_in = max(1, len(body) // 4)
-        tokens_out = int(
-            payload.get("max_completion_tokens") or payload.get("max_tokens") or settings.QUOTA_DEFAULT_OUTPUT_TOKENS
-        )
+        tokens_in, tokens_out = reservation_estimate(self.endpoint, request.payload, len(body))
         cost = usage_cost(target.litellm_model, tokens_in, tokens_out, target.extra_params)
         try:
             self.reservation = await quota_reserve(

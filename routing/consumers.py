@@ -61,7 +61,7 @@ class ChatCompletionsConsumer(AsyncHttpConsumer):
     async def _serve(self, body: bytes) -> None:
         client = self.scope.get("client")
         self.completion = completion = ChatCompletion(
-            headers=dict(self.scope["headers"]),
+            headers=self.scope["headers"],
             client_ip=client[0] if client else None,
             send_start=self._start,
             send_body=self._body,

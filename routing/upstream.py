@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from django.conf import settings
@@ -16,6 +19,8 @@ from django.conf import settings
 from observability import telemetry
 from routing.selectors import DeploymentTarget
 from tenants.errors import InvalidRequest, PlatformError, RateLimited, UpstreamError
+
+logger = logging.getLogger(__name__)
 
 # litellm_params that configure the connection or the gateway, never sent as request fields.
 _CONNECTION_PARAMS = frozenset(
@@ -49,12 +54,31 @@ class Usage:
     estimated: bool = False
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> Usage | None:
+    def from_dict(cls, data: Any) -> Usage | None:
+        """The provider's usage, or None when it sent none or counts that are not numbers."""
         if not isinstance(data, dict):
             return None
-        prompt = int(data.get("prompt_tokens") or 0)
-        completion = int(data.get("completion_tokens") or 0)
-        return cls(prompt, completion, int(data.get("total_tokens") or prompt + completion))
+        try:
+            prompt = _token_count(data.get("prompt_tokens"))
+            completion = _token_count(data.get("completion_tokens"))
+            total = _token_count(data.get("total_tokens")) or prompt + completion
+        except (TypeError, ValueError, OverflowError):
+            return None
+        return cls(prompt, completion, total)
+
+
+# More than any request can use; a larger count is a provider's bug, not usage to bill.
+MAX_TOKEN_COUNT = 1_000_000_000
+
+
+def _token_count(value: Any) -> int:
+    """A count from a provider's JSON: a non-negative whole number (12.0 is 12) or nothing."""
+    if value is None or isinstance(value, bool):
+        return 0
+    count = int(value)  # a string such as "many" or a list raises: the caller drops the usage
+    if count != value or not 0 <= count <= MAX_TOKEN_COUNT:
+        raise ValueError(f"not a token count: {value!r}")
+    return count
 
 
 def prompt_of(payload: dict[str, Any]) -> Any:
@@ -128,14 +152,85 @@ def upstream_payload(target: DeploymentTarget, payload: dict[str, Any], *, strea
 
 
 def _error_message(body: bytes) -> str:
+    """The provider's own explanation, whole (for the server log; clients get ``provider_message_clean``)."""
     try:
         data = json.loads(body)
         error = data.get("error", data)
         if isinstance(error, dict):
-            return str(error.get("message") or error)[:500]
-        return str(error)[:500]
+            return str(error.get("message") or error)[:2000]
+        return str(error)[:2000]
     except (ValueError, AttributeError):
-        return body[:300].decode("utf-8", "replace") or "no body"
+        return body[:2000].decode("utf-8", "replace") or "no body"
+
+
+# What a provider's error text may carry that identifies our credentials, accounts or hosts.
+# Each is replaced, never the whole message: "max_tokens is too large" or a context-window
+# explanation is what lets a client fix its request.
+_REDACTIONS = (
+    (re.compile(r"\bBearer\s+\S+", re.IGNORECASE), "Bearer [redacted]"),
+    (
+        re.compile(r"\b((?:api[_-]?key|key|token|access_token|secret|password|sig|signature)=)[^&\s'\"]+", re.I),
+        r"\1[redacted]",
+    ),
+    (re.compile(r"https?://[^\s'\"<>]+", re.IGNORECASE), "[url]"),
+    (re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-*]{8,}"), "[redacted key]"),
+    (re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{12,}\b"), "[redacted key]"),
+    (re.compile(r"\bAIza[A-Za-z0-9_\-]{20,}"), "[redacted key]"),
+    (re.compile(r"\b(?:gh[pousr]|xox[abpr]|glpat)[_-][A-Za-z0-9_\-]{10,}"), "[redacted key]"),
+    (re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"), "[redacted token]"),
+    (re.compile(r"\b(?:org|proj|user|acct)[-_](?=[A-Za-z]{0,64}\d)[A-Za-z0-9]{8,}\b"), "[redacted account]"),
+    (
+        re.compile(r"\b(?:req|request|trace|chatcmpl|resp)[-_](?=[A-Za-z]{0,64}\d)[A-Za-z0-9]{8,}\b", re.IGNORECASE),
+        "[redacted id]",
+    ),
+    (
+        re.compile(r"\b((?:x-)?(?:request|trace|correlation|apim-request)[ _-]?id\b[\s:=#'\"]*)[\w\-]{6,}", re.I),
+        r"\1[redacted]",
+    ),
+    (re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"), "[redacted id]"),
+    (re.compile(r"\b[0-9a-fA-F]{24,}\b"), "[redacted]"),
+    # Long runs of base64/url-safe characters mixing letters and digits: tokens, signatures.
+    (
+        re.compile(r"(?<![\w/+=-])(?=[A-Za-z0-9+/_\-]*\d)(?=[A-Za-z0-9+/_\-]*[A-Za-z])[A-Za-z0-9+/_\-]{32,}={0,2}"),
+        "[redacted]",
+    ),
+)
+PUBLIC_MESSAGE_CHARS = 500
+
+
+def provider_message_clean(target: DeploymentTarget, message: str) -> str:
+    """A provider's error text with our internals taken out, for the client.
+
+    The deployment's own secret, its provider-side model names and its host are replaced
+    first (by exact text, whatever they look like), then anything shaped like a key, an
+    account or request id, or a URL; what remains is the provider's explanation.
+    """
+    text = message
+    if target.api_key and len(target.api_key) >= 4:
+        text = text.replace(target.api_key, "[redacted key]")
+    host = urlsplit(target.api_base).hostname if target.api_base else None
+    for internal in sorted(
+        {target.litellm_model, target.upstream_model, target.api_base, host or ""}, key=len, reverse=True
+    ):
+        if internal and internal != target.model_name and len(internal) >= 3:
+            text = text.replace(internal, "[provider]" if internal in (target.api_base, host) else target.model_name)
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    if len(text) > PUBLIC_MESSAGE_CHARS:
+        text = text[: PUBLIC_MESSAGE_CHARS - 1] + "…"
+    return text
+
+
+def _provider_failure_log(target: DeploymentTarget, what: str, message: str) -> None:
+    """The provider's message whole, for operators: the client's copy is cleaned."""
+    logger.warning(
+        "provider error on deployment %s (%s, model %s): %s: %s",
+        target.id,
+        target.litellm_model,
+        target.model_name,
+        what,
+        message,
+    )
 
 
 _CONTEXT_WINDOW_HINTS = (
@@ -159,11 +254,13 @@ def _rejection_code(body: bytes, message: str) -> str:
 
 
 def upstream_status_error(target: DeploymentTarget, status: int, body: bytes, retry_after: str | None) -> PlatformError:
-    """Map a provider's error status to what the client should see."""
-    message = _error_message(body)
-    where = f"deployment '{target.litellm_model}' of model '{target.model_name}'"
+    """Map a provider's error status to what the client should see (the full message goes to the log)."""
+    raw = _error_message(body)
+    _provider_failure_log(target, f"status {status}", raw)
+    message = provider_message_clean(target, raw)
+    where = f"model '{target.model_name}'"
     if status in (400, 413, 422):
-        return InvalidRequest(message, status=status, code=_rejection_code(body, message))
+        return InvalidRequest(message, status=status, code=_rejection_code(body, raw))
     if status == 429:
         headers = {"Retry-After": retry_after} if retry_after else {}
         return RateLimited(
@@ -183,6 +280,7 @@ def upstream_status_error(target: DeploymentTarget, status: int, body: bytes, re
 
 
 def _connection_error(target: DeploymentTarget, exc: BaseException) -> PlatformError:
+    _provider_failure_log(target, "connection", f"{exc.__class__.__name__}: {exc}")
     if isinstance(exc, asyncio.TimeoutError):
         return UpstreamError(
             f"The provider did not answer in time for model '{target.model_name}'.", status=504, code="upstream_timeout"
@@ -282,12 +380,27 @@ class StreamRelay:
             self._response.close()
             self._response = None
 
+    def _error_event(self, data: bytes) -> bytes:
+        """An error event the provider sent inside its stream, with its message cleaned like any other."""
+        try:
+            event = json.loads(data)
+            error = event["error"]
+            if isinstance(error, dict) and isinstance(error.get("message"), str):
+                _provider_failure_log(self.target, "stream error event", error["message"])
+                error["message"] = provider_message_clean(self.target, error["message"])
+                return json.dumps(event).encode()
+        except (ValueError, KeyError, TypeError):
+            pass
+        return b'{"error": {"message": "The provider sent an error in its stream.", "type": "upstream_error"}}'
+
     def _keep(self, data: bytes) -> bool:
         """Note usage carried by an event; False for the usage-only event the client did not ask for."""
         if b'"usage"' in data and b'"usage":null' not in data and b'"usage": null' not in data:
             try:
                 chunk = json.loads(data)
             except ValueError:
+                return True
+            if not isinstance(chunk, dict):
                 return True
             usage = Usage.from_dict(chunk.get("usage"))
             if usage is not None:
@@ -326,8 +439,15 @@ class StreamRelay:
                 self.error.message = f"The upstream stream broke off: {self.error.message}"
                 yield b"data: " + self.error.body_bytes() + b"\n\n"
                 return
+            except Exception as exc:  # litellm's own exceptions, raised mid-stream by its iterator
+                self.error = _litellm_error(self.target, exc)
+                self.error.message = f"The upstream stream broke off: {self.error.message}"
+                yield b"data: " + self.error.body_bytes() + b"\n\n"
+                return
             finally:
                 self.wait_s += time.perf_counter() - started
+            if data.startswith(b'{"error"'):
+                data = self._error_event(data)
             if self._keep(data):
                 yield b"data: " + data + b"\n\n"
 
@@ -404,16 +524,20 @@ def _litellm_error(target: DeploymentTarget, exc: Exception) -> PlatformError:
         return exc
     name = exc.__class__.__name__
     status = getattr(exc, "status_code", None)
-    message = str(getattr(exc, "message", None) or exc)[:500]
+    message = str(getattr(exc, "message", None) or exc)[:2000]
     if name in ("Timeout", "APITimeoutError") or isinstance(exc, asyncio.TimeoutError):
         return _connection_error(target, TimeoutError())
-    if name == "APIConnectionError":
-        return UpstreamError(
-            f"The provider for model '{target.model_name}' cannot be reached: {message}", code="upstream_unreachable"
-        )
-    if isinstance(status, int):
+    if isinstance(status, int) and name != "APIConnectionError":
         return upstream_status_error(target, status, json.dumps({"error": {"message": message}}).encode(), None)
-    return UpstreamError(f"The provider call failed for model '{target.model_name}': {name}: {message}")
+    _provider_failure_log(target, name, message)
+    if name == "APIConnectionError":
+        reason = provider_message_clean(target, message)
+        return UpstreamError(
+            f"The provider for model '{target.model_name}' cannot be reached: {reason}", code="upstream_unreachable"
+        )
+    return UpstreamError(
+        f"The provider call failed for model '{target.model_name}': {name}: {provider_message_clean(target, message)}"
+    )
 
 
 async def _litellm_complete(target: DeploymentTarget, payload: dict[str, Any], path: str) -> Completion:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
@@ -12,6 +10,7 @@ from pydantic import ValidationError
 from routing.ml.services import FeedbackTargetMissing, feedback_record
 from tenants.auth import KeyContext
 from tenants.errors import InvalidRequest, NotFound
+from tenants.request_input import json_body_parse
 
 router = Router(tags=["feedback"])
 
@@ -31,12 +30,7 @@ class FeedbackOut(Schema):
 
 def _feedback_parse(raw: bytes) -> FeedbackIn:
     """The body as ``FeedbackIn``, or an OpenAI-style 400 that names the offending field."""
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. The body must be valid JSON.", code="invalid_json"
-        ) from None
+    data = json_body_parse(raw)
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     try:

@@ -33,10 +33,10 @@ async def _complete(
     async def body(chunk: bytes, more: bool) -> None:
         sent["body"] = sent["body"] + chunk  # type: ignore[operator]
 
-    headers = {
-        b"authorization": f"Bearer {secret}".encode(),
-        b"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01".encode(),
-    }
+    headers = [
+        (b"authorization", f"Bearer {secret}".encode()),
+        (b"traceparent", f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01".encode()),
+    ]
     payload = {
         "model": "gpt-4o-mini",
         "stream": stream,
