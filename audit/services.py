@@ -8,7 +8,9 @@ backstop. On SQLite the project's IMMEDIATE transactions serialise writers anywa
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import ipaddress
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from django.utils import timezone
 
 from audit.chain import chain_for, event_hash
 from audit.models import AuditChainHead, AuditEvent
-from audit.writer import BatchWriter
+from audit.writer import BatchWriter, Codec, json_writable, text_writable
 
 _IP_FIELD = AuditEvent._meta.get_field("ip")
 
@@ -38,18 +40,52 @@ class AuditEntry:
     created_at: dt.datetime = field(default_factory=timezone.now)
 
     def to_model(self) -> AuditEvent:
-        """The unsaved event with its values as the database will return them (so the hash holds)."""
+        """The unsaved event with its values as the database will return them (so the hash holds).
+
+        Text no database stores (NUL, lone surrogates) becomes U+FFFD and an address that is
+        not one is moved into ``details``: the event is written, never refused, and its hash
+        covers exactly what the database holds.
+        """
+        details = json_writable(json.loads(json.dumps(self.details or {})))
+        ip = _ip_writable(self.ip)
+        if ip is None and self.ip:
+            details["ip_unparsed"] = text_writable(str(self.ip))[:100]
         return AuditEvent(
             created_at=self.created_at,
-            actor=self.actor[:200],
-            action=self.action,
-            target=self.target[:300],
+            actor=text_writable(self.actor)[:200],
+            action=text_writable(self.action)[:100],
+            target=text_writable(self.target)[:300],
             tenant_id=None if self.tenant_id is None else int(self.tenant_id),
             outcome=self.outcome,
-            ip=_IP_FIELD.get_prep_value(self.ip) or None,
+            ip=ip,
             # A JSON round trip: tuples become lists, keys strings — what the column will hold.
-            details=json.loads(json.dumps(self.details or {})),
+            details=details,
         )
+
+
+def _ip_writable(value: str | None) -> str | None:
+    """The address as the column stores it (IPv4-mapped IPv6 unpacked), or None if it is not an address."""
+    if not value:
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    return _IP_FIELD.get_prep_value(value) or None
+
+
+def _entry_dump(entry: AuditEntry) -> dict[str, Any]:
+    return dataclasses.asdict(entry) | {"created_at": entry.created_at.isoformat()}
+
+
+def _entry_load(document: dict[str, Any]) -> AuditEntry:
+    names = {item.name for item in dataclasses.fields(AuditEntry)}
+    values = {name: value for name, value in document.items() if name in names}
+    values["created_at"] = dt.datetime.fromisoformat(document["created_at"])
+    return AuditEntry(**values)
+
+
+AUDIT_CODEC = Codec[AuditEntry](dump=_entry_dump, load=_entry_load)
 
 
 def _head_lock(chain: str) -> AuditChainHead:
@@ -103,6 +139,7 @@ deferred_audit = BatchWriter[AuditEntry](
     _write_entries,
     interval=settings.USAGE_FLUSH_INTERVAL,
     batch_size=settings.USAGE_FLUSH_BATCH,
+    codec=AUDIT_CODEC,
 )
 
 
