@@ -270,6 +270,11 @@ if AUDIT_EXPORT_S3_BUCKET and bool(AUDIT_EXPORT_S3_ACCESS_KEY_ID) != bool(AUDIT_
         "(then boto3's default credential chain is used)."
     )
 
+# Refusals (bad keys, denied scopes, quota refusals) are audited in bounded space: per
+# interval the first of each kind is written, the rest as one summary with a count.
+AUDIT_DENIAL_INTERVAL = env_float("AUDIT_DENIAL_INTERVAL", 60.0, minimum=0.01)
+AUDIT_DENIAL_MAX_BUCKETS = env_int("AUDIT_DENIAL_MAX_BUCKETS", 1000, minimum=1)
+
 # --- scheduler leader, periodic jobs and secret rotation ---
 BEAT_LEASE_BACKEND = env_str("BEAT_LEASE_BACKEND", "redis" if REDIS_URL else "database").lower()
 if BEAT_LEASE_BACKEND not in ("redis", "database"):
