@@ -52,22 +52,47 @@ _SQLITE_DATABASE_MESSAGES = (
 _UNWRITABLE = re.compile("[\x00\ud800-\udfff]")
 
 
+def _unwritable(value: str) -> bool:
+    # Most text is ASCII: one C-speed scan decides, and the regex is for the rest.
+    return ("\x00" in value) if value.isascii() else _UNWRITABLE.search(value) is not None
+
+
 def text_writable(value: str) -> str:
     """``value`` with NUL and lone surrogates replaced by U+FFFD, so any database stores it."""
-    return _UNWRITABLE.sub("\ufffd", value) if _UNWRITABLE.search(value) else value
+    return _UNWRITABLE.sub("\ufffd", value) if _unwritable(value) else value
 
 
-def json_writable(value: Any) -> Any:
-    """A JSON value with every string (keys too) made writable; other values unchanged."""
+def _json_unwritable(value: Any) -> bool:
+    # Loops rather than any(generator): this runs for every JSON value a batch writer stores.
+    if isinstance(value, str):
+        return _unwritable(value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if (isinstance(key, str) and _unwritable(key)) or _json_unwritable(item):
+                return True
+        return False
+    if isinstance(value, list | tuple):
+        for item in value:
+            if _json_unwritable(item):
+                return True
+    return False
+
+
+def _json_rebuilt(value: Any) -> Any:
     if isinstance(value, str):
         return text_writable(value)
     if isinstance(value, dict):
         return {
-            (text_writable(key) if isinstance(key, str) else key): json_writable(item) for key, item in value.items()
+            (text_writable(key) if isinstance(key, str) else key): _json_rebuilt(item) for key, item in value.items()
         }
     if isinstance(value, list | tuple):
-        return [json_writable(item) for item in value]
+        return [_json_rebuilt(item) for item in value]
     return value
+
+
+def json_writable(value: Any) -> Any:
+    """A JSON value with every string (keys too) made writable; returned as it is when nothing needs it."""
+    return _json_rebuilt(value) if _json_unwritable(value) else value
 
 
 def database_condition(exc: BaseException) -> bool:

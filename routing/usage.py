@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.db.models import F
 
-from audit.writer import BatchWriter, Codec, json_writable, text_writable
+from audit.writer import BatchWriter, Codec
 from llm_platform.bulk import bulk_insert
 from routing.models import LATENCY_BUCKETS_MS, ModelDeployment, RequestLog, UsageRollup
 from routing.pricing import usage_cost
@@ -79,22 +79,20 @@ def _write_usage(rows: list[UsageRow]) -> None:
     tenants = _existing(Tenant, {row.tenant_id for row in rows})
     keys = _existing(ApiKey, {row.api_key_id for row in rows})
     deployments = _existing(ModelDeployment, {row.deployment_id for row in rows})
-    # Text no database stores (NUL, lone surrogates) is replaced, not refused: the rollups
-    # group by model_requested, so it is made writable here rather than only in bulk_insert.
     logs = [
         RequestLog(
-            request_id=text_writable(row.request_id),
+            request_id=row.request_id,
             created_at=row.created_at,
             tenant_id=row.tenant_id if row.tenant_id in tenants else None,
             api_key_id=row.api_key_id if row.api_key_id in keys else None,
-            key_prefix=text_writable(row.key_prefix)[:16],
-            endpoint=text_writable(row.endpoint)[:40],
-            model_requested=text_writable(row.model_requested)[:200],
+            key_prefix=row.key_prefix,
+            endpoint=row.endpoint,
+            model_requested=row.model_requested[:200],
             deployment_id=row.deployment_id if row.deployment_id in deployments else None,
-            model_served=text_writable(row.model_served)[:300],
+            model_served=row.model_served,
             stream=row.stream,
             status_code=row.status_code,
-            error_type=text_writable(row.error_type)[:60],
+            error_type=row.error_type[:60],
             prompt_tokens=row.prompt_tokens,
             completion_tokens=row.completion_tokens,
             total_tokens=row.total_tokens,
@@ -104,7 +102,7 @@ def _write_usage(rows: list[UsageRow]) -> None:
             ttfb_ms=None if row.ttfb_ms is None else round(row.ttfb_ms, 3),
             overhead_ms=round(row.overhead_ms, 3),
             client_disconnected=row.client_disconnected,
-            route_decision=json_writable(_decision(row)),
+            route_decision=_decision(row),
         )
         for row in rows
     ]
@@ -113,6 +111,8 @@ def _write_usage(rows: list[UsageRow]) -> None:
         if row.api_key_id in keys:
             last_used[row.api_key_id] = max(row.created_at, last_used.get(row.api_key_id, row.created_at))
     with transaction.atomic():
+        # bulk_insert makes the logs' text writable (NUL, lone surrogates) in place, so the
+        # rollups below group by the same model names the logs hold.
         bulk_insert(RequestLog, logs)
         for key_id, when in last_used.items():
             ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gt=when).update(last_used_at=when)
