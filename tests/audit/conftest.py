@@ -66,3 +66,9 @@ def no_deferred_leftovers() -> Iterator[None]:
 
     yield
     deferred_audit._take()
+
+
+@pytest.fixture(autouse=True)
+def export_store_of_its_own(settings, tmp_path: Path) -> None:
+    """audit_verify compares with the export store: never with one left by another test or a local run."""
+    settings.AUDIT_EXPORT_DIR = tmp_path / "audit-export"
