@@ -29,8 +29,8 @@ Row = TypeVar("Row")
 # read-only after a failover (25), serialization failure or deadlock (40), disk or memory
 # full (53), lock not available (55), shut down or cancelled (57), I/O error (58), internal
 # (XX); no privilege on the table (42501), a table or column missing (42P01, 42703: a
-# migration not applied). Rows that met one of these are kept and
-# tried again, never set aside as refused.
+# migration not applied). Rows that met one of these are kept and tried again, never set
+# aside as refused.
 _DATABASE_CLASSES = frozenset({"08", "25", "40", "53", "55", "57", "58", "XX"})
 _DATABASE_SQLSTATES = frozenset({"42501", "42P01", "42703"})
 # SQLite reports the same conditions only in its messages.

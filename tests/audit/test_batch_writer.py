@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import stat
 
 from django.db import DataError, OperationalError
 
-from audit.writer import BatchWriter
+from audit.writer import BatchWriter, database_condition
 from observability import metrics
 
 
@@ -294,3 +295,24 @@ def test_rows_refused_while_a_replay_runs_are_kept_beside_the_replayed_ones(sett
     result = writer.replay()
     assert result.refused == 1
     assert sorted(letter["row"] for letter in letters(tmp_path)) == [3, 99]
+
+
+def test_errors_about_the_database_are_told_from_errors_about_rows():
+    class Driver(Exception):
+        def __init__(self, sqlstate: str) -> None:
+            super().__init__(sqlstate)
+            self.sqlstate = sqlstate
+
+    def wrapped(cause: BaseException) -> OperationalError:
+        error = OperationalError(str(cause))
+        error.__cause__ = cause
+        return error
+
+    for sqlstate in ("08006", "25006", "40001", "40P01", "53100", "55P03", "57P01", "58030", "42501", "42P01"):
+        assert database_condition(wrapped(Driver(sqlstate))), sqlstate
+    for message in ("database is locked", "disk I/O error", "attempt to write a readonly database", "no such table: x"):
+        assert database_condition(wrapped(sqlite3.OperationalError(message))), message
+    for sqlstate in ("22021", "22P05", "23505", "23514", "22001", "54000"):
+        assert not database_condition(wrapped(Driver(sqlstate))), sqlstate
+    assert not database_condition(UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"))
+    assert not database_condition(sqlite3.OperationalError('near "x": syntax error'))
