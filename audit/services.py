@@ -168,7 +168,8 @@ class DenialAggregator:
 
     ``record`` is for the event loop (microseconds, no I/O: events go to the deferred audit
     writer). An interval ends on a timer of the loop that opened it, at the next refusal
-    after it, or at ``flush`` (the drain and interpreter exit call it).
+    after it, or at ``flush`` (called at interpreter exit, before the deferred audit
+    writer's own exit flush, so the summaries are written too).
     """
 
     def __init__(self, *, interval: float, max_buckets: int, write: Callable[[AuditEntry], None]) -> None:

@@ -131,3 +131,18 @@ async def test_against_redis_a_key_of_another_type_holds_no_other_counter_back()
     finally:
         await client.delete(f"{prefix}:a", f"{prefix}:text", f"{prefix}:hash")
         await client.aclose()
+
+
+def test_without_redis_a_replay_keeps_the_dead_letters(store, monkeypatch, var_dir):
+    store.refused = {"k"}
+    batch = SettleBatch()
+
+    async def first() -> None:
+        batch.add([("k", -1, 600_000)])
+        await batch.flush()
+
+    asyncio.run(first())
+    monkeypatch.setattr(quota, "_counters", quota.LocalCounters())  # a command run without REDIS_URL
+    result = batch.replay()
+    assert (result.records, result.kept, result.written) == (1, 1, 0)
+    assert len(letters(var_dir)) == 1
