@@ -315,7 +315,8 @@ def _segment_export(store: SegmentStore, chain: str, limit: int, result: ExportR
         AuditExportCheckpoint.objects.bulk_create([AuditExportCheckpoint(chain=chain)], ignore_conflicts=True)
         checkpoint = AuditExportCheckpoint.objects.select_for_update().get(chain=chain)
         segments = anchored_segments(store, chain)
-        anchored = segments[-1].last_seq if segments else 0
+        newest = max(segments, key=lambda segment: segment.last_seq) if segments else None
+        anchored = newest.last_seq if newest else 0
         if checkpoint.last_seq < anchored:
             segment = next(segment for segment in segments if segment.last_seq > checkpoint.last_seq)
             adopted = segment.last_seq - max(segment.first_seq, checkpoint.last_seq + 1) + 1
@@ -336,10 +337,10 @@ def _segment_export(store: SegmentStore, chain: str, limit: int, result: ExportR
         if not rows:
             return False
         prev_hash = GENESIS_HASH
-        if segments:
-            last = _stored_last(store, segments[-1])
+        if newest is not None:
+            last = _stored_last(store, newest)
             if last is None:
-                return _refuse(result, chain, f"{segments[-1].name} cannot be read back")
+                return _refuse(result, chain, f"{newest.name} cannot be read back")
             prev_hash = last[1]
             now = AuditEvent.objects.filter(chain=chain, seq=anchored).values_list("hash", flat=True).first()
             if now != prev_hash:
@@ -427,8 +428,9 @@ def anchor_read(store: SegmentStore, chain: str) -> Anchor:
     segments = anchored_segments(store, chain)
     anchor = Anchor(chain, segments, store)
     if segments:
-        anchor.last_seq = segments[-1].last_seq
-        manifest = store.read(manifest_name(segments[-1].name))
+        newest = max(segments, key=lambda segment: segment.last_seq)
+        anchor.last_seq = newest.last_seq
+        manifest = store.read(manifest_name(newest.name))
         if manifest is not None:
             document = json.loads(manifest)
             anchor.last_created_at = (document.get("time_range") or {}).get("last")

@@ -217,3 +217,13 @@ def test_the_export_stops_when_the_database_no_longer_continues_the_stored_chain
         )
     else:
         assert "event 4, the last one stored, has another hash" in result.refused[0]
+
+
+def test_the_export_continues_after_the_segment_that_ends_last_even_when_segments_overlap(export_dir):
+    record(10)
+    audit_export_run()
+    folder = export_dir / "tenant-4"
+    whole = (folder / "tenant-4-000000000001-000000000010.jsonl").read_bytes().splitlines(keepends=True)
+    (folder / "tenant-4-000000000002-000000000005.jsonl").write_bytes(b"".join(whole[1:5]))  # an extra copy
+    record(2)
+    assert audit_export_run().segments == ["tenant-4/tenant-4-000000000011-000000000012.jsonl"]
