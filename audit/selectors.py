@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +24,72 @@ class ChainReport:
     broken_seq: int | None = None
     broken_id: int | None = None
     reason: str = ""
+    # Against the export anchor (when one was given):
+    last_seq: int = 0  # the database's last event of the chain
+    anchored: int = 0  # stored (seq, hash) pairs compared
+    changed: tuple[int, ...] = ()  # seqs whose hash differs from the stored one (the first few)
+    changed_count: int = 0
+    missing: tuple[tuple[int, int], ...] = ()  # ranges of stored seqs the database no longer has (the first few)
+    missing_count: int = 0
+    anchor_last_seq: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.broken_seq is None and not self.reason
+        return self.broken_seq is None and not self.reason and self.anchor_ok
+
+    @property
+    def anchor_ok(self) -> bool:
+        return not self.changed_count and not self.missing_count
+
+    @property
+    def truncated(self) -> bool:
+        """The chain ends before the last event the anchor holds."""
+        return self.last_seq < self.anchor_last_seq
+
+
+class _AnchorComparison:
+    """A merge of the database's (seq, hash) with the stored ones, both in seq order."""
+
+    REPORTED = 20
+
+    def __init__(self, anchored: Iterable[tuple[int, str]]) -> None:
+        self._stored = iter(anchored)
+        self._next: tuple[int, str] | None = next(self._stored, None)
+        self.compared = 0
+        self.last_seq = 0
+        self.changed: list[int] = []
+        self.changed_count = 0
+        self.missing: list[list[int]] = []
+        self.missing_count = 0
+
+    def _advance(self) -> None:
+        assert self._next is not None
+        self.compared += 1
+        self.last_seq = self._next[0]
+        self._next = next(self._stored, None)
+
+    def _missing(self, seq: int) -> None:
+        self.missing_count += 1
+        if self.missing and self.missing[-1][1] == seq - 1:
+            self.missing[-1][1] = seq
+        elif len(self.missing) < self.REPORTED:
+            self.missing.append([seq, seq])
+
+    def row(self, seq: int, digest: str) -> None:
+        while self._next is not None and self._next[0] < seq:
+            self._missing(self._next[0])
+            self._advance()
+        if self._next is not None and self._next[0] == seq:
+            if self._next[1] != digest:
+                self.changed_count += 1
+                if len(self.changed) < self.REPORTED:
+                    self.changed.append(seq)
+            self._advance()
+
+    def finish(self) -> None:
+        while self._next is not None:
+            self._missing(self._next[0])
+            self._advance()
 
 
 @dataclass(frozen=True)
@@ -101,35 +163,55 @@ def audit_chain_names(tenant_id: int | None = None, *, platform: bool = True) ->
     return sorted(chain for chain in chains if platform or chain != chain_for(None))
 
 
-def audit_chain_verify(chain: str, *, chunk_size: int = 5000) -> ChainReport:
-    """Walk one chain from its first event and report the first broken link (or that it holds)."""
+def audit_chain_verify(
+    chain: str, *, chunk_size: int = 5000, anchored: Iterable[tuple[int, str]] | None = None
+) -> ChainReport:
+    """Walk one chain from its first event: report the first broken link, and with ``anchored`` (the
+    (seq, hash) pairs an export stored, in seq order) every stored event the database changed or lost."""
     expected_seq, expected_prev, count = 1, GENESIS_HASH, 0
+    broken: dict[str, Any] = {}
+    comparison = _AnchorComparison(anchored if anchored is not None else ())
     base = AuditEvent.objects.filter(chain=chain).order_by("seq").values(*ROW_FIELDS)
-    last_seq = 0
+    last_seq = db_last = 0
     while True:
         page = list(base.filter(seq__gt=last_seq)[:chunk_size])
         for values in page:
             row = event_row(values)
+            db_last = row["seq"]
+            comparison.row(row["seq"], row["hash"])
+            if broken:
+                continue  # past the first broken link the walk only compares with the anchor
             problem = link_error(row, expected_seq=expected_seq, expected_prev=expected_prev)
             if problem:
-                return ChainReport(chain, count, broken_seq=expected_seq, broken_id=row["id"], reason=problem)
+                broken = {"broken_seq": expected_seq, "broken_id": row["id"], "reason": problem}
+                continue
             count += 1
             expected_seq, expected_prev = row["seq"] + 1, row["hash"]
         if len(page) < chunk_size:
             break
         last_seq = page[-1]["seq"]
+    comparison.finish()
     head = AuditChainHead.objects.filter(chain=chain).values("seq", "hash").first()
-    if head is not None and (head["seq"], head["hash"]) != (expected_seq - 1, expected_prev):
-        return ChainReport(
-            chain,
-            count,
-            broken_seq=expected_seq if head["seq"] >= expected_seq else head["seq"],
-            reason=(
+    if not broken and head is not None and (head["seq"], head["hash"]) != (expected_seq - 1, expected_prev):
+        broken = {
+            "broken_seq": expected_seq if head["seq"] >= expected_seq else head["seq"],
+            "reason": (
                 f"the chain head records event {head['seq']} ({head['hash'][:16]}…) but the events end at "
                 f"{expected_seq - 1} ({expected_prev[:16]}…): events at the end were removed or the head was altered"
             ),
-        )
-    return ChainReport(chain, count)
+        }
+    return ChainReport(
+        chain,
+        count,
+        **broken,
+        last_seq=db_last,
+        anchored=comparison.compared,
+        changed=tuple(comparison.changed),
+        changed_count=comparison.changed_count,
+        missing=tuple((first, last) for first, last in comparison.missing),
+        missing_count=comparison.missing_count,
+        anchor_last_seq=comparison.last_seq,
+    )
 
 
 def audit_export_lag_seconds(now: dt.datetime | None = None) -> float:

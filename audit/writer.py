@@ -6,23 +6,198 @@ import asyncio
 import atexit
 import dataclasses
 import datetime as dt
-import json
 import logging
+import re
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, TypeVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from django.conf import settings
-from django.db import DataError, IntegrityError, close_old_connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections, connections
 
-# Errors that blame the rows, not the database's availability: the batch is split and only
-# the refused rows are set aside. Anything else (connection lost, database down) keeps the
-# whole batch for the next flush.
-REFUSED_ROW_ERRORS: tuple[type[Exception], ...] = (DataError, IntegrityError, ValueError, TypeError)
+from audit.dead_letters import DeadLetterFile, record_line
+from observability import metrics
 
 logger = logging.getLogger(__name__)
 Row = TypeVar("Row")
+
+# SQLSTATE classes that describe the database, not the rows sent to it: connection lost (08),
+# read-only after a failover (25), serialization failure or deadlock (40), disk or memory
+# full (53), lock not available (55), shut down or cancelled (57), I/O error (58), internal
+# (XX); no privilege on the table (42501), a table or column missing (42P01, 42703: a
+# migration not applied). Rows that met one of these are kept and tried again, never set
+# aside as refused.
+_DATABASE_CLASSES = frozenset({"08", "25", "40", "53", "55", "57", "58", "XX"})
+_DATABASE_SQLSTATES = frozenset({"42501", "42P01", "42703"})
+# SQLite reports the same conditions only in its messages.
+_SQLITE_DATABASE_MESSAGES = (
+    "locked",
+    "busy",
+    "disk",
+    "full",
+    "readonly",
+    "read-only",
+    "unable to open",
+    "no such table",
+    "no such column",
+    "has no column",
+)
+
+# Text neither database stores: NUL (PostgreSQL text and jsonb refuse it) and lone
+# surrogates (no UTF-8 encoding; both drivers raise UnicodeEncodeError on them).
+_UNWRITABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _unwritable(value: str) -> bool:
+    # Most text is ASCII: one C-speed scan decides, and the regex is for the rest.
+    return ("\x00" in value) if value.isascii() else _UNWRITABLE.search(value) is not None
+
+
+def text_writable(value: str) -> str:
+    """``value`` with NUL and lone surrogates replaced by U+FFFD, so any database stores it."""
+    return _UNWRITABLE.sub("\ufffd", value) if _unwritable(value) else value
+
+
+def _json_unwritable(value: Any) -> bool:
+    # Loops rather than any(generator): this runs for every JSON value a batch writer stores.
+    if isinstance(value, str):
+        return _unwritable(value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if (isinstance(key, str) and _unwritable(key)) or _json_unwritable(item):
+                return True
+        return False
+    if isinstance(value, list | tuple):
+        for item in value:
+            if _json_unwritable(item):
+                return True
+    return False
+
+
+def _json_rebuilt(value: Any) -> Any:
+    if isinstance(value, str):
+        return text_writable(value)
+    if isinstance(value, dict):
+        return {
+            (text_writable(key) if isinstance(key, str) else key): _json_rebuilt(item) for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_json_rebuilt(item) for item in value]
+    return value
+
+
+def json_writable(value: Any) -> Any:
+    """A JSON value with every string (keys too) made writable; returned as it is when nothing needs it."""
+    return _json_rebuilt(value) if _json_unwritable(value) else value
+
+
+def database_condition(exc: BaseException) -> bool:
+    """Whether ``exc`` says something about the database (down, full, locked, read-only) rather than the rows."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # the chain of causes, not an unbounded walk
+        if seen is None:
+            break
+        sqlstate = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if isinstance(sqlstate, str) and (sqlstate in _DATABASE_SQLSTATES or sqlstate[:2] in _DATABASE_CLASSES):
+            return True
+        if isinstance(seen, sqlite3.OperationalError) and any(
+            word in str(seen).lower() for word in _SQLITE_DATABASE_MESSAGES
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def database_reachable(alias: str = DEFAULT_DB_ALIAS) -> bool:
+    """One ``SELECT 1`` (reconnecting if the last connection broke): does the database answer?"""
+    connection = connections[alias]
+    try:
+        connection.close_if_unusable_or_obsolete()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except DatabaseError:
+        connection.close()
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Codec(Generic[Row]):
+    """How a writer's rows are kept as dead letters: ``dump`` leaves out secrets and raw prompts, ``load`` revives."""
+
+    dump: Callable[[Row], Any]
+    load: Callable[[Any], Row]
+
+
+def _plain_dump(row: Any) -> Any:
+    return dataclasses.asdict(row) if dataclasses.is_dataclass(row) and not isinstance(row, type) else row
+
+
+PLAIN_CODEC: Codec[Any] = Codec(dump=_plain_dump, load=lambda document: document)
+
+
+@dataclass
+class WriteOutcome(Generic[Row]):
+    """What one attempt at a list of rows came to."""
+
+    written: int = 0
+    refused: list[tuple[Row, BaseException]] = field(default_factory=list)  # the database took the rest
+    unwritten: list[Row] = field(default_factory=list)  # the database was unavailable: try again later
+    error: BaseException | None = None  # why ``unwritten`` is not empty
+
+
+@dataclass
+class ReplayResult:
+    writer: str
+    records: int = 0
+    written: int = 0
+    refused: int = 0
+    kept: int = 0  # the database was unavailable, or the record could not be read back
+    unreadable: int = 0
+    expired: int = 0  # nothing left to write (a quota counter whose window has ended)
+
+
+_UNBOUNDED = 1 << 62
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+Item = TypeVar("Item")
+
+
+def _write_isolating(
+    items: list[Item], write: Callable[[list[Item]], None], rows_to_blame: Callable[[BaseException], bool]
+) -> WriteOutcome[Item]:
+    outcome: WriteOutcome[Item] = WriteOutcome()
+    parts = [items]
+    close_old_connections()
+    try:
+        while parts:
+            part = parts.pop(0)
+            try:
+                write(part)
+            except Exception as exc:
+                if not rows_to_blame(exc):
+                    outcome.unwritten = [item for chunk in (part, *parts) for item in chunk]
+                    outcome.error = exc
+                    return outcome
+                if len(part) == 1:
+                    outcome.refused.append((part[0], exc))
+                else:
+                    middle = len(part) // 2
+                    parts[:0] = [part[:middle], part[middle:]]
+            else:
+                outcome.written += len(part)
+    finally:
+        close_old_connections()
+    return outcome
 
 
 class BatchWriter(Generic[Row]):
@@ -32,14 +207,33 @@ class BatchWriter(Generic[Row]):
     event loop. A flush runs when ``batch_size`` rows are waiting or ``interval`` seconds
     after the first waiting row, and once more at interpreter exit; a crash (SIGKILL, power
     loss) can lose at most the rows of one interval.
+
+    A write that fails is the rows' fault when the database still answers (``reachable``,
+    one ``SELECT 1``) and the error is not about the database itself (``database_condition``):
+    the batch is halved until the refused rows stand alone, the others are written, and the
+    refused ones become dead letters (``audit.dead_letters``, counted in
+    ``llmp_writer_dead_letters_total``). Only while the database is unavailable are rows
+    kept for the next flush, at most ``max_pending`` of them.
     """
 
-    def __init__(self, name: str, write: Callable[[list[Row]], None], *, interval: float, batch_size: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        write: Callable[[list[Row]], None],
+        *,
+        interval: float,
+        batch_size: int,
+        codec: Codec[Row] | None = None,
+        reachable: Callable[[], bool] = database_reachable,
+    ) -> None:
         self.name = name
         self._write = write
         self.interval = interval
         self.batch_size = batch_size
         self.max_pending = max(batch_size * 200, 100_000)
+        self.codec: Codec[Row] = codec or PLAIN_CODEC
+        self.dead_letters = DeadLetterFile(name)
+        self._reachable = reachable
         self._rows: list[Row] = []
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"writer-{name}")
@@ -79,53 +273,118 @@ class BatchWriter(Generic[Row]):
         rows = self._take()
         if not rows:
             return 0
-        close_old_connections()
-        written = 0
-        parts = [rows]
-        try:
-            while parts:
-                part = parts.pop(0)
-                try:
-                    self._write(part)
-                except REFUSED_ROW_ERRORS as exc:
-                    # The database answered and refused something in this batch. Halve it
-                    # until the refused rows stand alone, write the rest, and set those
-                    # aside where an operator can see and replay them: one bad row must not
-                    # stall every record behind it.
-                    if len(part) == 1:
-                        self._dead_letter(part[0], exc)
-                    else:
-                        middle = len(part) // 2
-                        parts[:0] = [part[:middle], part[middle:]]
-                else:
-                    written += len(part)
-        except Exception:
-            # Keep the rows for the next flush rather than lose accepted records.
-            unwritten = [row for chunk in (part, *parts) for row in chunk]
-            logger.exception("%s writer failed to write %d rows; will retry", self.name, len(unwritten))
-            with self._lock:
-                self._rows[:0] = unwritten
-                overflow = len(self._rows) - self.max_pending
-                if overflow > 0:
-                    # Bound memory while the database stays down: drop the oldest, loudly.
-                    del self._rows[:overflow]
-                    logger.error("%s writer dropped %d rows: database unavailable too long", self.name, overflow)
-        finally:
-            close_old_connections()
-        return written
+        outcome = self.write_isolating(rows)
+        if outcome.refused:
+            self._dead_letter([(row, exc, 1) for row, exc in outcome.refused])
+        if outcome.unwritten:
+            logger.error(
+                "%s writer: database unavailable (%s); %d rows kept for the next flush",
+                self.name,
+                _error_text(outcome.error) if outcome.error else "?",
+                len(outcome.unwritten),
+            )
+            self._keep(outcome.unwritten)
+        return outcome.written
 
-    def _dead_letter(self, row: Row, exc: Exception) -> None:
-        path = settings.VAR_DIR / "dead-letter" / f"{self.name}.jsonl"
-        record = {
-            "time": dt.datetime.now(dt.UTC).isoformat(),
-            "writer": self.name,
-            "error": f"{type(exc).__name__}: {exc}",
-            "row": dataclasses.asdict(row) if dataclasses.is_dataclass(row) else row,  # type: ignore[arg-type]
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as file:
-            file.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
-        logger.error("%s writer: the database refused a row (%s); kept in %s", self.name, record["error"], path)
+    def write_isolating(self, rows: list[Row]) -> WriteOutcome[Row]:
+        """Write ``rows``, isolating the ones the database refuses; stop at the first sign it is unavailable."""
+        return _write_isolating(rows, self._write, self._rows_to_blame)
+
+    def _rows_to_blame(self, exc: BaseException) -> bool:
+        if database_condition(exc):
+            return False
+        try:
+            return self._reachable()
+        except Exception:
+            logger.exception("%s writer: the database probe failed", self.name)
+            return False
+
+    def _keep(self, rows: list[Row]) -> None:
+        """Put rows back at the front of the queue, dropping the oldest beyond ``max_pending``."""
+        with self._lock:
+            self._rows[:0] = rows
+            overflow = len(self._rows) - self.max_pending
+            if overflow > 0:
+                del self._rows[:overflow]
+        if overflow > 0:
+            metrics.writer_dropped_observe(self.name, "backlog", overflow)
+            logger.error("%s writer dropped %d rows: database unavailable too long", self.name, overflow)
+
+    def _dead_letter(self, refused: list[tuple[Row, BaseException, int]]) -> int:
+        """Keep refused rows in the writer's dead-letter file; returns how many were stored."""
+        return self._store(self._letters(refused), refused[0][1] if refused else None)
+
+    def _letters(self, refused: list[tuple[Row, BaseException, int]]) -> list[bytes]:
+        now = dt.datetime.now(dt.UTC).isoformat()
+        lines = []
+        for row, exc, attempts in refused:
+            record: dict[str, Any] = {"time": now, "writer": self.name, "error": _error_text(exc), "attempts": attempts}
+            try:
+                lines.append(record_line({**record, "row": self.codec.dump(row)}))
+            except Exception as dump_error:  # the row cannot even be described: say so, keep the rest
+                lines.append(record_line({**record, "row": None, "unserialisable": _error_text(dump_error)}))
+        return lines
+
+    def _store(self, lines: list[bytes], example: BaseException | None) -> int:
+        try:
+            stored = self.dead_letters.append(lines, max_bytes=settings.DEAD_LETTER_MAX_BYTES)
+        except OSError:
+            logger.exception("%s writer: the dead-letter file cannot be written; %d rows lost", self.name, len(lines))
+            metrics.writer_dropped_observe(self.name, "dead_letter_unwritable", len(lines))
+            return 0
+        if stored:
+            metrics.writer_dead_letter_observe(self.name, stored)
+            logger.error(
+                "%s writer: the database refused %d rows (e.g. %s); kept in %s (manage.py dead_letters)",
+                self.name,
+                stored,
+                _error_text(example) if example else "?",
+                self.dead_letters.path,
+            )
+        if stored < len(lines):
+            metrics.writer_dropped_observe(self.name, "dead_letter_full", len(lines) - stored)
+            logger.error(
+                "%s writer: the dead-letter file is full (DEAD_LETTER_MAX_BYTES); %d refused rows lost",
+                self.name,
+                len(lines) - stored,
+            )
+        return stored
+
+    def replay(self) -> ReplayResult:
+        """Write the dead letters again through the same write function; what still fails stays a dead letter."""
+        result = ReplayResult(self.name)
+        for path in self.dead_letters.set_aside():
+            self._replay_file(path, result)
+            path.unlink()
+        return result
+
+    def _replay_file(self, path: Path, result: ReplayResult) -> None:
+        records = list(self.dead_letters.records(path))
+        result.records += len(records)
+        rows: list[Row] = []
+        origins: list[dict[str, Any]] = []
+        kept: list[bytes] = []
+        for record in records:
+            try:
+                rows.append(self.codec.load(record["row"]))
+            except Exception:
+                kept.append(record_line(record))
+                continue
+            origins.append(record)
+        result.unreadable += len(kept)
+        # Positions rather than rows go through the isolating write, so each row maps back to its record.
+        outcome = _write_isolating(
+            list(range(len(rows))), lambda part: self._write([rows[i] for i in part]), self._rows_to_blame
+        )
+        result.written += outcome.written
+        result.refused += len(outcome.refused)
+        # The database was unavailable, or the record could not be read back: put back as it was.
+        kept += [record_line(origins[i]) for i in outcome.unwritten]
+        result.kept += len(kept)
+        again = [(rows[i], exc, int(origins[i].get("attempts", 1)) + 1) for i, exc in outcome.refused]
+        # Accepted as dead letters once already: never dropped for size here. An error raises,
+        # and the file set aside stays for the next replay.
+        self.dead_letters.append([*self._letters(again), *kept], max_bytes=_UNBOUNDED)
 
     async def flush(self) -> int:
         loop = asyncio.get_running_loop()

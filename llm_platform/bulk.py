@@ -7,15 +7,22 @@ psycopg's C adapters instead. Conflicting rows are skipped, as ``ignore_conflict
 by copying into a per-connection staging table first and inserting from it with
 ``ON CONFLICT DO NOTHING``, so a batch retried after a lost commit acknowledgement never
 duplicates or fails.
+
+Before either, text the database would refuse is made writable: NUL and lone surrogates
+become U+FFFD (in JSON values too), and text longer than its column is cut, except in a
+unique column, where a cut could make two rows collide and one be skipped as a conflict
+(such a row is refused and the batch writer sets it aside).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import connections, models, router, transaction
 from django.db.models.fields import AutoFieldMixin
+
+from audit.writer import json_writable, text_writable
 
 # Field classes whose Python values psycopg adapts as they are: skipping Django's per-value
 # preparation halves the CPU of a batch. Anything else (JSON, decimals, encrypted or custom
@@ -52,18 +59,59 @@ def _plain(field: models.Field[Any, Any]) -> bool:
     return True
 
 
+def _cleaner(field: models.Field[Any, Any]) -> Callable[[Any], Any] | None:
+    if isinstance(field, models.JSONField):
+        return json_writable
+    if isinstance(field, models.CharField | models.TextField):
+        limit = None if field.unique or field.primary_key else field.max_length
+
+        def clean(value: Any) -> Any:
+            if not isinstance(value, str):
+                return value
+            value = text_writable(value)
+            return value[:limit] if limit is not None else value
+
+        return clean
+    return None
+
+
+def _objs_writable(fields: list[models.Field[Any, Any]], objs: Sequence[models.Model]) -> None:
+    cleaners = [(field.attname, cleaner) for field in fields if (cleaner := _cleaner(field)) is not None]
+    for obj in objs:
+        for name, cleaner in cleaners:
+            value = getattr(obj, name)
+            if value is not None:
+                setattr(obj, name, cleaner(value))
+
+
 def bulk_insert(model: type[models.Model], objs: Sequence[models.Model], *, ignore_conflicts: bool = True) -> None:
-    """Insert ``objs`` in one round trip (two statements on PostgreSQL); primary keys are not set."""
+    """Insert ``objs`` in one round trip (two statements on PostgreSQL); primary keys are not set.
+
+    With ``ignore_conflicts`` a row that duplicates a unique value is skipped; any other
+    constraint a row breaks fails the insert, on every database.
+    """
     if not objs:
         return
     alias = router.db_for_write(model)
     connection = connections[alias]
+    fields = _insert_fields(model)
+    _objs_writable(fields, objs)
+    table = connection.ops.quote_name(model._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(str(field.column)) for field in fields)
+    if connection.vendor == "sqlite" and ignore_conflicts:
+        # Django's ignore_conflicts is INSERT OR IGNORE on SQLite, which also skips rows that
+        # break a CHECK or NOT NULL constraint: a refused row would vanish without a trace.
+        # ON CONFLICT DO NOTHING skips duplicates only, as on PostgreSQL.
+        sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))}) ON CONFLICT DO NOTHING"
+        values = [
+            tuple(field.get_db_prep_save(field.pre_save(obj, True), connection) for field in fields) for obj in objs
+        ]
+        with transaction.atomic(using=alias, savepoint=False), connection.cursor() as cursor:
+            cursor.executemany(sql, values)
+        return
     if connection.vendor != "postgresql":
         model._default_manager.using(alias).bulk_create(objs, ignore_conflicts=ignore_conflicts)
         return
-    fields = _insert_fields(model)
-    table = connection.ops.quote_name(model._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(str(field.column)) for field in fields)
     getters = [(field.attname, None if _plain(field) else field.get_db_prep_save) for field in fields]
     rows = (
         tuple(getattr(obj, name) if prep is None else prep(getattr(obj, name), connection) for name, prep in getters)

@@ -200,6 +200,16 @@ UPSTREAM_CONNECT_TIMEOUT = env_float("UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0
 USAGE_FLUSH_INTERVAL = env_float("USAGE_FLUSH_INTERVAL", 1.0, minimum=0.01)
 USAGE_RETENTION_DAYS = env_int("USAGE_RETENTION_DAYS", 30, minimum=0)
 USAGE_FLUSH_BATCH = env_int("USAGE_FLUSH_BATCH", 500, minimum=1)
+# Rows the database refuses are kept per writer in VAR_DIR/dead-letter/<writer>.jsonl, each
+# file up to this size (beyond it they are counted in llmp_writer_rows_dropped_total and lost).
+DEAD_LETTER_MAX_BYTES = env_int("DEAD_LETTER_MAX_MB", 100, minimum=1) * 1024 * 1024
+# The batch writers, by dotted path (manage.py dead_letters replays through them).
+BATCH_WRITERS = [
+    "routing.usage.usage_writer",
+    "audit.services.deferred_audit",
+    "routing.ml.samples.sample_writer",
+    "tenants.quota.settle_batch",
+]
 MAX_REQUEST_BYTES = env_int("MAX_REQUEST_BYTES", 20 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 
@@ -259,6 +269,11 @@ if AUDIT_EXPORT_S3_BUCKET and bool(AUDIT_EXPORT_S3_ACCESS_KEY_ID) != bool(AUDIT_
         "Set both AUDIT_EXPORT_S3_ACCESS_KEY_ID and AUDIT_EXPORT_S3_SECRET_ACCESS_KEY, or neither "
         "(then boto3's default credential chain is used)."
     )
+
+# Refusals (bad keys, denied scopes, quota refusals) are audited in bounded space: per
+# interval the first of each kind is written, the rest as one summary with a count.
+AUDIT_DENIAL_INTERVAL = env_float("AUDIT_DENIAL_INTERVAL", 60.0, minimum=0.01)
+AUDIT_DENIAL_MAX_BUCKETS = env_int("AUDIT_DENIAL_MAX_BUCKETS", 1000, minimum=1)
 
 # --- scheduler leader, periodic jobs and secret rotation ---
 BEAT_LEASE_BACKEND = env_str("BEAT_LEASE_BACKEND", "redis" if REDIS_URL else "database").lower()

@@ -164,6 +164,19 @@ CELERY_JOB_DURATION = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600),
     registry=REGISTRY,
 )
+WRITER_DEAD_LETTERS = Counter(
+    "llmp_writer_dead_letters",
+    "Rows a batch writer could not write (the database refused them) and kept as dead letters, by writer.",
+    ["writer"],
+    registry=REGISTRY,
+)
+WRITER_ROWS_DROPPED = Counter(
+    "llmp_writer_rows_dropped",
+    "Rows a batch writer dropped, by writer and reason: backlog (database unavailable too long), "
+    "dead_letter_full, dead_letter_unwritable.",
+    ["writer", "reason"],
+    registry=REGISTRY,
+)
 DRAINING = Gauge(
     "llmp_draining",
     "1 while this process drains after SIGTERM.",
@@ -241,6 +254,15 @@ def celery_job_observe(task: str, outcome: str, seconds: float | None = None) ->
     CELERY_JOBS.labels(task, outcome).inc()
     if seconds is not None:
         CELERY_JOB_DURATION.labels(task).observe(seconds)
+
+
+def writer_dead_letter_observe(writer: str, rows: int) -> None:
+    """``rows`` refused rows of a batch writer were kept as dead letters (``writer`` is a code-defined name)."""
+    WRITER_DEAD_LETTERS.labels(writer).inc(rows)
+
+
+def writer_dropped_observe(writer: str, reason: str, rows: int) -> None:
+    WRITER_ROWS_DROPPED.labels(writer, reason).inc(rows)
 
 
 class Active:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -15,7 +16,7 @@ from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.db.models import F
 
-from audit.writer import BatchWriter
+from audit.writer import BatchWriter, Codec
 from llm_platform.bulk import bulk_insert
 from routing.models import LATENCY_BUCKETS_MS, ModelDeployment, RequestLog, UsageRollup
 from routing.pricing import usage_cost
@@ -57,9 +58,14 @@ def _decision(row: UsageRow) -> dict[str, Any] | None:
         return None
     decision = dict(row.route_decision)
     if row.prompt is not None:
-        text = json.dumps(row.prompt, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        decision["prompt_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+        decision["prompt_sha256"] = prompt_sha256(row.prompt)
     return decision
+
+
+def prompt_sha256(prompt: Any) -> str:
+    """SHA-256 of the prompt's canonical JSON; defined for any text (a lone surrogate too, encoded as is)."""
+    text = json.dumps(prompt, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _existing(model: type[models.Model], ids: set[int | None]) -> set[int]:
@@ -105,6 +111,8 @@ def _write_usage(rows: list[UsageRow]) -> None:
         if row.api_key_id in keys:
             last_used[row.api_key_id] = max(row.created_at, last_used.get(row.api_key_id, row.created_at))
     with transaction.atomic():
+        # bulk_insert makes the logs' text writable (NUL, lone surrogates) in place, so the
+        # rollups below group by the same model names the logs hold.
         bulk_insert(RequestLog, logs)
         for key_id, when in last_used.items():
             ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gt=when).update(last_used_at=when)
@@ -153,8 +161,39 @@ def _rollups_add(logs: list[RequestLog]) -> None:
             bucket.update(**increments)
 
 
+# The only deployment parameters a usage row needs (for its price): the deployment's other
+# litellm_params may hold provider credentials and never go into a dead letter.
+PRICE_PARAMS = ("input_cost_per_token", "output_cost_per_token")
+
+
+def _usage_dump(row: UsageRow) -> dict[str, Any]:
+    """A usage row as a dead letter: the prompt only as its SHA-256 (in the decision), no credentials."""
+    document = {
+        item.name: getattr(row, item.name)
+        for item in dataclasses.fields(UsageRow)
+        if item.name not in ("prompt", "cost_overrides", "route_decision")
+    }
+    document["created_at"] = row.created_at.isoformat()
+    overrides = row.cost_overrides or {}
+    document["cost_overrides"] = {name: overrides[name] for name in PRICE_PARAMS if name in overrides} or None
+    document["route_decision"] = _decision(row)
+    return document
+
+
+def _usage_load(document: dict[str, Any]) -> UsageRow:
+    names = {item.name for item in dataclasses.fields(UsageRow)}
+    values = {name: value for name, value in document.items() if name in names}
+    values["created_at"] = dt.datetime.fromisoformat(document["created_at"])
+    # A dead letter of an older version may hold the raw prompt: it is hashed when written.
+    return UsageRow(**values)
+
+
 usage_writer = BatchWriter[UsageRow](
-    "usage", _write_usage, interval=settings.USAGE_FLUSH_INTERVAL, batch_size=settings.USAGE_FLUSH_BATCH
+    "usage",
+    _write_usage,
+    interval=settings.USAGE_FLUSH_INTERVAL,
+    batch_size=settings.USAGE_FLUSH_BATCH,
+    codec=Codec(dump=_usage_dump, load=_usage_load),
 )
 
 

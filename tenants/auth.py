@@ -16,7 +16,7 @@ from django.db import DatabaseError, close_old_connections, models
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from audit.services import AuditEntry, audit_record_deferred
+from audit.services import AuditEntry, audit_denial_record
 from tenants.epoch import SharedEpoch
 from tenants.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 from tenants.quota import MICROS, QuotaRule
@@ -56,8 +56,8 @@ class KeyContext:
             )
 
     def denied(self, message: str, *, code: str, target: str, param: str | None = None) -> PermissionDenied:
-        """An authorisation refusal for this key, audited off the hot path; the caller raises it."""
-        audit_record_deferred(
+        """An authorisation refusal for this key, audited off the hot path (bounded); the caller raises it."""
+        audit_denial_record(
             AuditEntry(
                 actor=f"key:{self.prefix}",
                 action="authz.denied",
@@ -225,9 +225,13 @@ def key_mask(secret: str) -> str:
     return f"{secret[:8]}…{secret[-4:]}" if len(secret) > 16 else "****"
 
 
-async def key_authenticate(secret: str, secret_hash: str) -> KeyContext:
-    """Return the key's context, or raise the error the client should see."""
-    context = await key_cache.lookup(secret_hash)
+def secret_hash_of(secret: str) -> str:
+    """SHA-256 of a presented secret (any text: a lone surrogate is hashed as is, not an error)."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def key_check(context: KeyContext | None, secret: str) -> KeyContext:
+    """The context of a usable key, or the error the client should see."""
     if context is None:
         raise AuthenticationFailed(f"Incorrect API key provided: {key_mask(secret)}.")
     if context.revoked:
@@ -241,18 +245,35 @@ async def key_authenticate(secret: str, secret_hash: str) -> KeyContext:
     return context
 
 
+async def key_authenticate(secret: str, secret_hash: str) -> KeyContext:
+    """Return the key's context, or raise the error the client should see."""
+    return key_check(await key_cache.lookup(secret_hash), secret)
+
+
 async def key_authenticate_header(authorization: str | None, *, ip: str | None, endpoint: str) -> KeyContext:
-    """Authenticate an ``Authorization`` header; a refusal is audited (off the hot path) and raised."""
+    """Authenticate an ``Authorization`` header; a refusal is audited (off the hot path, bounded) and raised.
+
+    A refused key the platform knows (revoked, expired, of an inactive tenant) is audited
+    in its tenant's chain under its own prefix, so the tenant's auditors see attempts with
+    their dead keys; an unknown one in the platform chain under what was presented.
+    """
     secret = ""
+    context: KeyContext | None = None
     try:
         secret = bearer_secret(authorization)
-        return await key_authenticate(secret, hashlib.sha256(secret.encode()).hexdigest())
+        context = await key_cache.lookup(secret_hash_of(secret))
+        return key_check(context, secret)
     except (AuthenticationFailed, PermissionDenied) as exc:
-        audit_record_deferred(
+        if context is not None:
+            actor, tenant_id = f"key:{context.prefix}", context.tenant_id
+        else:
+            actor, tenant_id = (f"key:{secret[:12]}" if secret else "anonymous"), None
+        audit_denial_record(
             AuditEntry(
-                actor=f"key:{secret[:12]}" if secret else "anonymous",
+                actor=actor,
                 action="auth.failure",
                 target=f"api:{endpoint}",
+                tenant_id=tenant_id,
                 outcome=AuditEvent.Outcome.DENIED,
                 ip=ip,
                 details={"reason": exc.code, "message": exc.message},

@@ -19,9 +19,13 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from redis.exceptions import ResponseError
 
+from audit.dead_letters import DeadLetterFile, record_line
+from audit.writer import ReplayResult
+from observability import metrics
 from tenants.errors import PlatformError, RateLimited, ServiceUnavailable
-from tenants.quota_redis import Script, ScriptConnection, script_connection_for
+from tenants.quota_redis import RedisReplyError, Script, ScriptConnection, script_connection_for
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +76,21 @@ end
 return out
 """
 
-# KEYS: counters. ARGV: delta, ttl_ms for each; a counter never drops below zero.
+# KEYS: counters. ARGV: delta, ttl_ms for each; a counter never drops below zero. Each counter
+# is settled on its own (pcall): one the script cannot change (a key holding something else,
+# an overflow) is left as it is and its position returned, and every other one is settled.
 SETTLE_LUA = """
+local refused = {}
 for i = 1, #KEYS do
-  local value = redis.call('INCRBY', KEYS[i], ARGV[2 * i - 1])
-  if value < 0 then redis.call('SET', KEYS[i], 0, 'KEEPTTL') end
-  if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[2 * i]) end
+  local value = redis.pcall('INCRBY', KEYS[i], ARGV[2 * i - 1])
+  if type(value) == 'table' then
+    refused[#refused + 1] = i
+  else
+    if value < 0 then redis.call('SET', KEYS[i], 0, 'KEEPTTL') end
+    if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[2 * i]) end
+  end
 end
-return 1
+return refused
 """
 
 _RESERVE, _SETTLE = Script(RESERVE_LUA), Script(SETTLE_LUA)
@@ -298,13 +309,14 @@ class LocalCounters:
         now = time.monotonic()
         return [self._get(key, now) for key in keys]
 
-    async def settle(self, adjustments: list[tuple[str, int, int]]) -> None:
+    async def settle(self, adjustments: list[tuple[str, int, int]]) -> list[int]:
         now = time.monotonic()
         for key, delta, ttl_ms in adjustments:
             value, expires = self._values.get(key, (0, 0.0))
             if expires <= now:
                 value, expires = 0, now + ttl_ms / 1000
             self._values[key] = (max(0, value + delta), expires)
+        return []
 
 
 class RedisCounters:
@@ -391,11 +403,13 @@ class RedisCounters:
     async def values(self, keys: list[str]) -> list[int]:
         return [int(value or 0) for value in await self._client().mget(keys)] if keys else []
 
-    async def settle(self, adjustments: list[tuple[str, int, int]]) -> None:
+    async def settle(self, adjustments: list[tuple[str, int, int]]) -> list[int]:
+        """Apply the adjustments; returns the (1-based) positions of those Redis refused."""
         args: list[int] = []
         for _, delta, ttl_ms in adjustments:
             args += [delta, ttl_ms]
-        await self._script(_SETTLE, [key for key, _, _ in adjustments], args)
+        reply = await self._script(_SETTLE, [key for key, _, _ in adjustments], args)
+        return [int(position) for position in reply or ()]
 
 
 _counters: LocalCounters | RedisCounters | None = None
@@ -549,22 +563,44 @@ class SettleBatch:
     Each request would otherwise pay a second Redis round trip after its response; batched,
     the cost is shared. A released concurrency slot or a refunded reservation becomes
     visible to other requests at most ``SETTLE_INTERVAL`` later.
+
+    A counter Redis cannot change (it holds something else, or would overflow) is refused
+    alone; the others are settled, and the refused adjustment becomes a dead letter
+    (``manage.py dead_letters``; counted in ``llmp_writer_dead_letters_total``). While
+    Redis is unreachable, adjustments are kept (added up per counter, at most
+    ``MAX_PENDING`` counters) and sent again every ``SETTLE_RETRY_INTERVAL``.
     """
+
+    name = "settlements"
+    MAX_PENDING = 100_000
 
     def __init__(self) -> None:
         self._pending: dict[str, list[int]] = {}  # key -> [delta, ttl_ms]
         # The loop a flush is scheduled on; a flush scheduled on a loop that has since closed
         # (one loop per test, say) must not block every later one.
         self._scheduled: asyncio.AbstractEventLoop | None = None
+        self.dead_letters = DeadLetterFile(self.name)
 
     def add(self, adjustments: list[tuple[str, int, int]]) -> None:
-        for key, delta, ttl_ms in adjustments:
-            entry = self._pending.setdefault(key, [0, ttl_ms])
-            entry[0] += delta
+        self._merge(adjustments)
         loop = asyncio.get_running_loop()
         if self._scheduled is not loop:
             self._scheduled = loop
             loop.call_later(SETTLE_INTERVAL, self._flush_soon)
+
+    def _merge(self, adjustments: list[tuple[str, int, int]]) -> None:
+        dropped = 0
+        for key, delta, ttl_ms in adjustments:
+            entry = self._pending.get(key)
+            if entry is None:
+                if len(self._pending) >= self.MAX_PENDING:
+                    dropped += 1
+                    continue
+                entry = self._pending[key] = [0, ttl_ms]
+            entry[0] += delta
+        if dropped:
+            metrics.writer_dropped_observe(self.name, "backlog", dropped)
+            logger.error("quota settlements: %d dropped, Redis unreachable too long", dropped)
 
     def _flush_soon(self) -> None:
         task = asyncio.ensure_future(self.flush())
@@ -577,14 +613,104 @@ class SettleBatch:
         adjustments = [(key, delta, ttl) for key, (delta, ttl) in pending.items() if delta]
         if not adjustments:
             return
+        unsent, refused = await _settle_isolating(adjustments)
+        if refused:
+            self._dead_letter(refused)
+        if unsent:
+            self._merge(unsent)
+            loop = asyncio.get_running_loop()
+            if self._scheduled is not loop:
+                self._scheduled = loop
+                loop.call_later(SETTLE_RETRY_INTERVAL, self._flush_soon)
+
+    def _dead_letter(self, refused: list[tuple[tuple[str, int, int], str]]) -> None:
+        now = dt.datetime.now(dt.UTC).isoformat()
+        lines = [
+            record_line({"time": now, "writer": self.name, "error": error, "attempts": 1, "row": list(adjustment)})
+            for adjustment, error in refused
+        ]
         try:
-            await counters().settle(adjustments)
-        except Exception as exc:
-            logger.warning("quota settle failed (%s); counters heal when their window ends", exc)
+            stored = self.dead_letters.append(lines, max_bytes=settings.DEAD_LETTER_MAX_BYTES)
+        except OSError:
+            logger.exception("quota settlements: the dead-letter file cannot be written")
+            stored = 0
+        metrics.writer_dead_letter_observe(self.name, stored)
+        if stored < len(lines):
+            metrics.writer_dropped_observe(self.name, "dead_letter_full", len(lines) - stored)
+        logger.error(
+            "quota settlements: Redis refused %d counters (e.g. %s); kept as dead letters", len(refused), refused[0][1]
+        )
+
+    def replay(self) -> ReplayResult:
+        """Send the dead letters again; what Redis refuses stays, one whose window has ended is dropped."""
+        if isinstance(counters(), LocalCounters):
+            # In-process counters belong to the server processes: nothing here to settle into.
+            held = self.dead_letters.count()
+            return ReplayResult(self.name, records=held, kept=held)
+        return asyncio.run(self._replay())
+
+    async def _replay(self) -> ReplayResult:
+        result = ReplayResult(self.name)
+        now = dt.datetime.now(dt.UTC)
+        for path in self.dead_letters.set_aside():
+            kept: list[bytes] = []
+            live: list[tuple[str, int, int]] = []
+            origin: dict[int, dict[str, Any]] = {}  # id of an adjustment -> its record
+            for record in self.dead_letters.records(path):
+                result.records += 1
+                try:
+                    key, delta, ttl_ms = record["row"]
+                    ends = dt.datetime.fromisoformat(record["time"]) + dt.timedelta(milliseconds=int(ttl_ms))
+                except (KeyError, TypeError, ValueError):
+                    result.unreadable += 1
+                    kept.append(record_line(record))
+                    continue
+                if ends <= now:
+                    result.expired += 1  # the counter ended with its window: nothing left to settle
+                    continue
+                adjustment = (str(key), int(delta), max(1, int((ends - now).total_seconds() * 1000)))
+                live.append(adjustment)
+                origin[id(adjustment)] = record
+            unsent, refused = await _settle_isolating(live) if live else ([], [])
+            result.written += len(live) - len(unsent) - len(refused)
+            result.refused += len(refused)
+            result.kept += len(kept) + len(unsent)
+            kept += [record_line(origin[id(adjustment)]) for adjustment in unsent]
+            for adjustment, error in refused:
+                record = origin[id(adjustment)]
+                kept.append(record_line(record | {"error": error, "attempts": int(record.get("attempts", 1)) + 1}))
+            self.dead_letters.append(kept, max_bytes=1 << 62)  # accepted once already: never dropped here
+            path.unlink()
+        return result
+
+
+async def _settle_isolating(
+    adjustments: list[tuple[str, int, int]],
+) -> tuple[list[tuple[str, int, int]], list[tuple[tuple[str, int, int], str]]]:
+    """Settle; returns what could not be sent (Redis unreachable) and what Redis refused, with why."""
+    try:
+        refused_at = await counters().settle(adjustments)
+    except (RedisReplyError, ResponseError) as exc:
+        # Redis answered, but refused the call as a whole (the script settles nothing then):
+        # halve it until the adjustment it refuses stands alone.
+        if len(adjustments) == 1:
+            return [], [(adjustments[0], f"{type(exc).__name__}: {exc}"[:500])]
+        middle = len(adjustments) // 2
+        first, second = await _settle_isolating(adjustments[:middle]), await _settle_isolating(adjustments[middle:])
+        return first[0] + second[0], first[1] + second[1]
+    except Exception as exc:  # unreachable, timed out: keep for the next attempt
+        logger.warning("quota settle failed (%s); %d counters kept to send again", exc, len(adjustments))
+        return adjustments, []
+    return [], [
+        (adjustments[position - 1], "refused by Redis (the counter holds a non-integer or would overflow)")
+        for position in refused_at
+    ]
 
 
 SETTLE_INTERVAL = 0.02
+SETTLE_RETRY_INTERVAL = 1.0
 _settle_batch = SettleBatch()
+settle_batch = _settle_batch  # by name in settings.BATCH_WRITERS
 _flushing: set[asyncio.Task[None]] = set()
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from audit.services import deferred_audit
+from audit.services import deferred_audit, denial_aggregator
 from routing.ml.samples import sample_writer
 from routing.models import ModelDeployment
 from routing.services import deployment_save
@@ -43,6 +43,7 @@ def _batch_writers_emptied() -> Iterator[None]:
     exit, fails against a test database that is gone.
     """
     yield
+    denial_aggregator._end_interval()  # refusals counted for a summary not yet written
     for writer in (usage_writer, deferred_audit, sample_writer):
         writer._take()
         if writer._timer is not None:

@@ -46,11 +46,11 @@ def link_existing(apps, schema_editor):
 
 
 def guard_install(apps, schema_editor):
-    guard.guard_install(schema_editor.connection.cursor(), schema_editor.connection.vendor)
+    guard.guard_install(schema_editor.connection.cursor(), schema_editor.connection.vendor, versions=(1,))
 
 
 def guard_remove(apps, schema_editor):
-    guard.guard_remove(schema_editor.connection.cursor(), schema_editor.connection.vendor)
+    guard.guard_remove(schema_editor.connection.cursor(), schema_editor.connection.vendor, versions=(1,))
 
 
 class Migration(migrations.Migration):

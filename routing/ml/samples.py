@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
-from audit.writer import BatchWriter
+from audit.writer import BatchWriter, Codec
 from llm_platform.bulk import bulk_insert
 from routing.ml.models import RouterSample, SmartGroup
 from tenants.models import Tenant
@@ -57,8 +57,46 @@ def _write_samples(rows: list[SampleRow]) -> None:
     bulk_insert(RouterSample, samples)
 
 
+def _sample_dump(row: SampleRow) -> dict[str, Any]:
+    """A sample as a dead letter: the prompt only as its SHA-256 (its text is left out, even where kept)."""
+    return {
+        "request_id": row.request_id,
+        "tenant_id": row.tenant_id,
+        "group_id": row.group_id,
+        "prompt_sha256": row.prompt_sha256,
+        "prompt_chars": row.prompt_chars,
+        "created_at": row.created_at.isoformat(),
+        "outcome": {
+            "group": row.outcome.group,
+            "served": row.outcome.served,
+            "router": row.outcome.router,
+            "record": row.outcome.record,
+        },
+    }
+
+
+def _sample_load(document: dict[str, Any]) -> SampleRow:
+    from routing.ml.decide import Outcome
+
+    outcome = document["outcome"]
+    return SampleRow(
+        request_id=document["request_id"],
+        tenant_id=document["tenant_id"],
+        group_id=document["group_id"],
+        prompt_sha256=document["prompt_sha256"],
+        prompt_text="",
+        prompt_chars=document["prompt_chars"],
+        outcome=Outcome(outcome["group"], outcome["served"], outcome["router"], outcome["record"], ()),
+        created_at=dt.datetime.fromisoformat(document["created_at"]),
+    )
+
+
 sample_writer = BatchWriter[SampleRow](
-    "router-samples", _write_samples, interval=settings.USAGE_FLUSH_INTERVAL, batch_size=settings.USAGE_FLUSH_BATCH
+    "router-samples",
+    _write_samples,
+    interval=settings.USAGE_FLUSH_INTERVAL,
+    batch_size=settings.USAGE_FLUSH_BATCH,
+    codec=Codec(dump=_sample_dump, load=_sample_load),
 )
 
 

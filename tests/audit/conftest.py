@@ -18,20 +18,18 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "verify_audit_export.
 
 @contextmanager
 def guard_lifted() -> Iterator[None]:
-    """What a DBA with table-owner rights can do: switch the append-only trigger off, then on again."""
+    """What a DBA with table-owner rights can do: switch the guard's triggers off, then on again."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_event_append_only")
+            cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER USER")
+            cursor.execute("ALTER TABLE audit_auditchainhead DISABLE TRIGGER USER")
         else:
             guard_remove(cursor, connection.vendor)
     try:
         yield
     finally:
         with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_append_only")
-            else:
-                guard_install(cursor, connection.vendor)
+            guard_install(cursor, connection.vendor)
 
 
 @pytest.fixture
@@ -68,3 +66,9 @@ def no_deferred_leftovers() -> Iterator[None]:
 
     yield
     deferred_audit._take()
+
+
+@pytest.fixture(autouse=True)
+def export_store_of_its_own(settings, tmp_path: Path) -> None:
+    """audit_verify compares with the export store: never with one left by another test or a local run."""
+    settings.AUDIT_EXPORT_DIR = tmp_path / "audit-export"

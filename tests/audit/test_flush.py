@@ -17,6 +17,7 @@ def _deadlocked() -> CommandError:
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite flushes by DELETE; no TRUNCATE deadlock")
+@pytest.mark.django_db(transaction=True)  # the guard is lifted around each attempt
 def test_flush_tries_again_after_a_deadlock_and_not_after_other_errors(monkeypatch):
     calls = []
 

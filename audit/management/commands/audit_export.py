@@ -1,10 +1,11 @@
-"""``manage.py audit_export``: run the durable audit export now (same service as the Celery task)."""
+"""``manage.py audit_export``: run the durable audit export now (same service as the Celery task);
+exit status 1 when a chain is refused because the database no longer matches the store."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from audit.durable import audit_export_run
 from audit.selectors import audit_export_lag_seconds
@@ -23,3 +24,11 @@ class Command(BaseCommand):
             f"{result.events} events exported in {len(result.segments) + len(result.adopted)} segments; "
             f"export lag {audit_export_lag_seconds():.1f} s"
         )
+        for problem in result.refused:
+            self.stderr.write(f"REFUSED {problem}")
+        if result.refused:
+            raise CommandError(
+                f"{len(result.refused)} chain(s) not exported: the database no longer matches what the store holds; "
+                "run manage.py audit_verify.",
+                returncode=1,
+            )

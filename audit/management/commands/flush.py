@@ -1,9 +1,9 @@
-"""``flush`` that also empties the append-only audit table on SQLite, and survives a
-concurrent writer on PostgreSQL.
+"""``flush`` that also empties the guarded audit tables, and survives a concurrent writer on PostgreSQL.
 
-On PostgreSQL ``flush`` truncates, which row triggers do not see; on SQLite it deletes
-row by row, which the audit guard refuses. A deliberate wipe of the whole database
-should work the same on both, so on SQLite the guard is lifted for the flush only.
+The audit tables refuse TRUNCATE (PostgreSQL) and row deletion (both databases). A
+deliberate wipe of the whole database should still work the same on both, so the guard
+is lifted for the flush only (``audit.guard.guard_suspended``: on PostgreSQL in the same
+transaction as the TRUNCATE, so a failed flush leaves the guard on).
 
 A TRUNCATE of every table can deadlock with a server process that is writing its batched
 usage and audit records at that moment (the test suite flushes while live servers run);
@@ -19,7 +19,7 @@ from django.core.management.base import CommandError
 from django.core.management.commands import flush
 from django.db import OperationalError, connections
 
-from audit.guard import guard_install, guard_remove
+from audit.guard import guard_suspended
 
 DEADLOCK_RETRIES = 5
 
@@ -35,22 +35,10 @@ def _is_deadlock(exc: BaseException) -> bool:
 class Command(flush.Command):
     def handle(self, **options: Any) -> None:
         connection = connections[options["database"]]
-        if connection.vendor != "sqlite":
-            self._flush_retrying(**options)
-            return
-        with connection.cursor() as cursor:
-            guard_remove(cursor, connection.vendor)
-        try:
-            super().handle(**options)
-        finally:
-            with connection.cursor() as cursor:
-                if "audit_auditevent" in connection.introspection.table_names(cursor):
-                    guard_install(cursor, connection.vendor)
-
-    def _flush_retrying(self, **options: Any) -> None:
         for attempt in range(DEADLOCK_RETRIES + 1):
             try:
-                super().handle(**options)
+                with guard_suspended(connection):
+                    super().handle(**options)
                 return
             except (CommandError, OperationalError) as exc:
                 if attempt == DEADLOCK_RETRIES or not _is_deadlock(exc):

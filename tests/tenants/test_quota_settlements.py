@@ -1,0 +1,148 @@
+"""Quota settlements: a counter Redis refuses is set aside alone, an unreachable Redis loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from observability import metrics
+from tenants import quota
+from tenants.quota import RedisCounters, SettleBatch
+from tenants.quota_redis import RedisReplyError
+
+
+@pytest.fixture(autouse=True)
+def var_dir(settings, tmp_path) -> Path:
+    settings.VAR_DIR = tmp_path
+    return tmp_path
+
+
+def letters(var_dir: Path) -> list[dict]:
+    path = var_dir / "dead-letter" / "settlements.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class Store:
+    """A counter store that refuses some keys (as Redis does a key of another type) or is unreachable."""
+
+    def __init__(self, refused: set[str] = frozenset(), *, whole_call: bool = False) -> None:  # type: ignore[assignment]
+        self.values: dict[str, int] = {}
+        self.refused = set(refused)
+        self.whole_call = whole_call  # refuse the call as a whole, as a script error would
+        self.down = False
+        self.calls = 0
+
+    async def settle(self, adjustments: list[tuple[str, int, int]]) -> list[int]:
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("Redis connection lost")
+        refused = [position for position, (key, _, _) in enumerate(adjustments, start=1) if key in self.refused]
+        if refused and self.whole_call:
+            raise RedisReplyError("ERR value is not an integer or out of range")
+        for position, (key, delta, _) in enumerate(adjustments, start=1):
+            if position not in refused:
+                self.values[key] = max(0, self.values.get(key, 0) + delta)
+        return refused
+
+
+@pytest.fixture
+def store(monkeypatch) -> Store:
+    store = Store()
+    monkeypatch.setattr(quota, "_counters", store)
+    return store
+
+
+@pytest.mark.parametrize("whole_call", [False, True], ids=["per-counter", "whole-call"])
+async def test_a_counter_the_store_refuses_is_set_aside_and_the_others_are_settled(store, var_dir, whole_call):
+    store.refused, store.whole_call = {"bad"}, whole_call
+    before = metrics.REGISTRY.get_sample_value("llmp_writer_dead_letters_total", {"writer": "settlements"}) or 0
+    batch = SettleBatch()
+    batch.add([("a", -1, 60_000), ("bad", -1, 60_000), ("b", 5, 60_000)])
+    await batch.flush()
+    assert store.values == {"a": 0, "b": 5}
+    assert [letter["row"] for letter in letters(var_dir)] == [["bad", -1, 60_000]]
+    after = metrics.REGISTRY.get_sample_value("llmp_writer_dead_letters_total", {"writer": "settlements"})
+    assert after == before + 1
+
+
+async def test_settlements_are_kept_while_the_store_is_unreachable_and_sent_when_it_is_back(store, monkeypatch):
+    monkeypatch.setattr(quota, "SETTLE_RETRY_INTERVAL", 0.05)
+    store.values = {"parallel": 3}
+    store.down = True
+    batch = SettleBatch()
+    batch.add([("parallel", -1, 60_000)])
+    await batch.flush()
+    batch.add([("parallel", -1, 60_000)])  # another request ends meanwhile: added to the kept one
+    assert batch._pending == {"parallel": [-2, 60_000]}
+    store.down = False
+    await asyncio.sleep(0.2)  # the retry scheduled by the failed flush
+    assert store.values == {"parallel": 1}
+    assert batch._pending == {}
+
+
+async def test_kept_settlements_are_bounded(store):
+    store.down = True
+    batch = SettleBatch()
+    batch.MAX_PENDING = 2
+    batch.add([("a", 1, 1000), ("b", 1, 1000), ("c", 1, 1000)])
+    assert sorted(batch._pending) == ["a", "b"]
+
+
+def test_replay_settles_what_redis_now_takes_and_drops_what_has_expired(store, var_dir):
+    store.refused = {"still-bad", "fixed"}
+    batch = SettleBatch()
+
+    async def first() -> None:
+        batch.add([("fixed", -1, 600_000), ("still-bad", -1, 600_000), ("old", -1, 1)])
+        store.refused.add("old")
+        await batch.flush()
+
+    asyncio.run(first())
+    assert len(letters(var_dir)) == 3
+    store.refused = {"still-bad"}
+    result = batch.replay()
+    assert (result.records, result.written, result.refused, result.expired) == (3, 1, 1, 1)
+    assert store.values == {"fixed": 0}
+    assert [(letter["row"][0], letter["attempts"]) for letter in letters(var_dir)] == [("still-bad", 2)]
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="needs Redis (REDIS_URL)")
+async def test_against_redis_a_key_of_another_type_holds_no_other_counter_back():
+    import redis.asyncio as redis
+
+    prefix = f"{settings.CACHE_KEY_PREFIX}:settle-test:{uuid.uuid4().hex}"
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        await client.set(f"{prefix}:a", 5)
+        await client.set(f"{prefix}:text", "not a number")
+        await client.hset(f"{prefix}:hash", "field", 1)
+        counters = RedisCounters(settings.REDIS_URL)
+        refused = await counters.settle(
+            [(f"{prefix}:text", 1, 60_000), (f"{prefix}:a", -2, 60_000), (f"{prefix}:hash", 1, 60_000)]
+        )
+        assert refused == [1, 3]
+        assert int(await client.get(f"{prefix}:a")) == 3
+        assert 0 < await client.pttl(f"{prefix}:a") <= 60_000  # a counter without a TTL gets one
+    finally:
+        await client.delete(f"{prefix}:a", f"{prefix}:text", f"{prefix}:hash")
+        await client.aclose()
+
+
+def test_without_redis_a_replay_keeps_the_dead_letters(store, monkeypatch, var_dir):
+    store.refused = {"k"}
+    batch = SettleBatch()
+
+    async def first() -> None:
+        batch.add([("k", -1, 600_000)])
+        await batch.flush()
+
+    asyncio.run(first())
+    monkeypatch.setattr(quota, "_counters", quota.LocalCounters())  # a command run without REDIS_URL
+    result = batch.replay()
+    assert (result.records, result.kept, result.written) == (1, 1, 0)
+    assert len(letters(var_dir)) == 1
