@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 
 from audit.models import AuditEvent
-from audit.services import AuditEntry, audit_record_deferred
+from audit.services import AuditEntry, audit_denial_record
 from observability import logs, metrics, telemetry
 from routing import upstream
 from routing.pricing import usage_cost
@@ -500,7 +500,8 @@ class ChatCompletion:
             )
         except QuotaExceeded as exc:
             metrics.quota_refusal_observe(self.key.tenant_slug, exc.code)
-            audit_record_deferred(
+            # A key hammering its limit must not grow the trail per request: counted per interval.
+            audit_denial_record(
                 AuditEntry(
                     actor=f"key:{self.key.prefix}",
                     action="quota.refused",

@@ -69,6 +69,24 @@ def test_key_rpm_limit_admits_exactly_the_limit_then_429_with_headers(server, de
         time.sleep(0.05)
 
 
+def test_a_key_hammering_its_limit_adds_counts_not_a_row_per_refusal(server, deployed, owner, key_factory):
+    issued = key_factory(owner, "hammer")
+    quota(api_key=issued.key, rpm_limit=1)
+    away_from_a_minute_boundary()
+    client = sdk(server, issued.secret)
+    client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    for _ in range(100):
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    deadline = time.monotonic() + 10
+    while not AuditEvent.objects.filter(action="quota.refused", tenant_id=owner.pk).exists():
+        assert time.monotonic() < deadline, "quota refusal not audited"
+        time.sleep(0.05)
+    time.sleep(1)  # several flush intervals of the server's writer
+    # The first refusal is written as it happened; the other 99 wait as one count for the interval's end.
+    assert AuditEvent.objects.filter(action="quota.refused", tenant_id=owner.pk).count() == 1
+
+
 def test_tenant_limit_holds_across_its_keys_and_the_tighter_limit_wins(server, deployed, owner, key_factory):
     first, second = key_factory(owner, "first"), key_factory(owner, "second")
     quota(tenant=owner, rpm_limit=3)
