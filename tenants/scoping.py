@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Model, Q, QuerySet
 from django.http import HttpRequest
 
@@ -86,8 +86,15 @@ class TenantScopedAdmin(admin.ModelAdmin):
 
     def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Any:
         obj = super().get_object(request, object_id, from_field)
-        if obj is None and self.model._default_manager.filter(pk=object_id).exists():
-            raise PermissionDenied("That object belongs to a tenant you are not a member of.")
+        if obj is None:
+            # The id comes from the URL: one that is no valid key of this model is simply not found.
+            field = self.model._meta.pk if from_field is None else self.model._meta.get_field(from_field)
+            try:
+                key = field.to_python(object_id)
+            except (ValidationError, ValueError, TypeError, OverflowError):
+                return None
+            if self.model._default_manager.filter(**{field.name: key}).exists():
+                raise PermissionDenied("That object belongs to a tenant you are not a member of.")
         return obj
 
     def has_view_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
