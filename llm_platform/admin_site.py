@@ -11,9 +11,13 @@ from django.contrib.admin import AdminSite, ModelAdmin
 from django.contrib.admin.apps import AdminConfig
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models.base import ModelBase
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
+
+from tenants.admin_forms import JsonWithoutNulField
 
 View = TypeVar("View", bound=Callable[..., HttpResponseBase])
 _INTEGER = re.compile(r"[+-]?\d+")
@@ -60,7 +64,16 @@ def selection_problem(model_admin: ModelAdmin, request: HttpRequest) -> str | No
 
 
 class PlatformAdminSite(AdminSite):
-    """Every admin view (the models', the custom ones, the site's) first checks the input from its URL."""
+    """Every admin view (the models', the custom ones, the site's) first checks the input from its URL,
+    and every JSON field a registered admin edits refuses what PostgreSQL cannot store."""
+
+    def register(self, model_or_iterable: Any, admin_class: Any = None, **options: Any) -> None:
+        super().register(model_or_iterable, admin_class, **options)
+        for model in [model_or_iterable] if isinstance(model_or_iterable, ModelBase) else model_or_iterable:
+            model_admin = self._registry[cast(type[models.Model], model)]
+            overrides = dict(model_admin.formfield_overrides)
+            overrides[models.JSONField] = {**overrides.get(models.JSONField, {}), "form_class": JsonWithoutNulField}
+            model_admin.formfield_overrides = overrides  # type: ignore[misc]  # ModelAdmin.__init__ sets it per instance too
 
     def admin_view(self, view: View, cacheable: bool = False) -> View:
         protected = super().admin_view(view, cacheable)

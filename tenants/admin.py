@@ -45,6 +45,8 @@ class ModelNamesField(forms.CharField):
         for name in names:
             if len(name) > 200:
                 raise forms.ValidationError("A model name is at most 200 characters.")
+            if "\x00" in name:
+                raise forms.ValidationError("A model name cannot hold the NUL character.")
         return list(dict.fromkeys(names))
 
 
