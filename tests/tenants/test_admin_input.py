@@ -7,6 +7,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
+from mcp_gateway.models import UpstreamServer
 from routing.models import ModelDeployment
 from tenants.models import ApiKey
 
@@ -42,3 +43,38 @@ def test_a_nul_escaped_in_a_deployments_json_is_a_form_error(root):
     assert response.status_code == 200, response.status_code
     assert "extra_params" in response.context["adminform"].form.errors
     assert not ModelDeployment.objects.exists()
+
+
+def server_form(**fields: str) -> dict[str, str]:
+    return {
+        "name": "metadata",
+        "url": "http://169.254.169.254/latest/mcp",
+        "transport": "streamable_http",
+        "command": "",
+        "credential_header": "Authorization",
+        "credential": "",
+        "enabled": "on",
+        "tools-TOTAL_FORMS": "0",
+        "tools-INITIAL_FORMS": "0",
+        **fields,
+    }
+
+
+def test_an_upstream_url_the_ssrf_check_refuses_is_a_form_error_keeping_what_was_typed(root):
+    response = root.post(reverse("admin:mcp_upstreamserver_add"), server_form())
+    assert response.status_code == 200
+    form = response.context["adminform"].form
+    assert "link-local, metadata or private address" in form.errors["url"][0]
+    page = response.content.decode()
+    assert 'value="http://169.254.169.254/latest/mcp"' in page and 'value="metadata"' in page
+    assert not UpstreamServer.objects.exists()
+
+
+def test_changing_a_server_to_a_refused_url_is_a_form_error_and_keeps_the_stored_one(root):
+    server = UpstreamServer.objects.create(name="docs", url="https://93.184.215.14/mcp")
+    url = reverse("admin:mcp_upstreamserver_change", args=[server.pk])
+    response = root.post(url, server_form(name="docs", url="http://127.0.0.1:6379/"))
+    assert response.status_code == 200 and "loopback" in response.context["adminform"].form.errors["url"][0]
+    assert 'value="http://127.0.0.1:6379/"' in response.content.decode()
+    server.refresh_from_db()
+    assert server.url == "https://93.184.215.14/mcp"
