@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "routing",
     "mcp_gateway",
     "llm_platform",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -76,6 +77,13 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a login refused for a lockout into the lockout page (llm_platform.login_throttle).
+    "axes.middleware.AxesMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    "llm_platform.login_throttle.ThrottledLoginBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "llm_platform.urls"
@@ -143,6 +151,28 @@ if REDIS_URL:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "KEY_PREFIX": CACHE_KEY_PREFIX}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- admin login throttling (django-axes; counted in the database, so shared by every process) ---
+# After ADMIN_LOGIN_FAILURE_LIMIT failures, a username is locked out from that client address for
+# ADMIN_LOGIN_COOLOFF seconds, doubled for each lockout that follows the previous one within a day,
+# up to ADMIN_LOGIN_COOLOFF_MAX. Failures, lockouts and admin logins are audited (platform chain).
+ADMIN_LOGIN_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+ADMIN_LOGIN_COOLOFF = env_float("ADMIN_LOGIN_COOLOFF", 900.0, minimum=1)
+ADMIN_LOGIN_COOLOFF_MAX = env_float("ADMIN_LOGIN_COOLOFF_MAX", 86400.0, minimum=1)
+AXES_HANDLER = "llm_platform.login_throttle.LoginThrottleHandler"
+AXES_FAILURE_LIMIT = ADMIN_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = "llm_platform.login_throttle.cooloff"
+# By username and address together: someone elsewhere cannot lock the real admin out.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_USERNAME_CALLABLE = "llm_platform.login_throttle.login_username"
+AXES_CLIENT_IP_CALLABLE = "llm_platform.login_throttle.client_ip"
+AXES_LOCKOUT_CALLABLE = "llm_platform.login_throttle.lockout_response"
+# Attempts during a lockout neither extend it nor count as a new lockout (the backoff counts lockouts).
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+AXES_RESET_ON_SUCCESS = True
+AXES_DISABLE_ACCESS_LOG = True  # successful logins are in the audit trail
+AXES_VERBOSE = False
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
