@@ -190,9 +190,25 @@ STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))
 SERVE_STATIC = env_bool("SERVE_STATIC", True)
 
-SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
-CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY", False) else None
+# --- deployment security: behind a TLS-terminating proxy (BEHIND_TLS_PROXY=true) ---
+# The proxy says how the client connected in X-Forwarded-Proto; it must set (not pass on) that header.
+BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY", False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if BEHIND_TLS_PROXY else None
+# Behind TLS the session and CSRF cookies never travel in clear, a plain-HTTP page request is
+# redirected to HTTPS, and browsers are told (HSTS) never to try plain HTTP again.
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", BEHIND_TLS_PROXY)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", BEHIND_TLS_PROXY)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", BEHIND_TLS_PROXY)
+# Load balancers probe these over plain HTTP; they carry nothing a redirect would protect.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 31_536_000 if BEHIND_TLS_PROXY else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HSTS_INCLUDE_SUBDOMAINS", True)
+# Preloading commits the whole domain to HTTPS in browsers for good: the domain owner's decision.
+# Stating it either way (HSTS_PRELOAD=true or false) is that decision, so check --deploy's
+# reminder (security.W021) is then silenced.
+SECURE_HSTS_PRELOAD = env_bool("HSTS_PRELOAD", False)
+SILENCED_SYSTEM_CHECKS = ["security.W021"] if "HSTS_PRELOAD" in os.environ and not SECURE_HSTS_PRELOAD else []
+SESSION_COOKIE_HTTPONLY = True
 
 
 def _fernet_keys() -> list[str]:
