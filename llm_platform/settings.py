@@ -12,10 +12,16 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from llm_platform.env import env_bool, env_commands, env_float, env_int, env_list, env_secret, env_str
+from llm_platform.private_files import PRIVATE_UMASK, private_dir, private_secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# Everything the platform writes under VAR_DIR (the SQLite database with its sessions, the
+# generated secrets, logs, broker files, dead letters, audit exports) is for the service's user
+# alone: every process that loads these settings (web, worker, beat, manage.py) creates files
+# 0600 and directories 0700, and VAR_DIR is made (or tightened to) 0700.
+os.umask(PRIVATE_UMASK)
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+private_dir(VAR_DIR)
 
 # litellm downloads its price map at import time unless told not to; a gateway must not
 # phone home (or stall for seconds offline) when it starts.
@@ -38,11 +44,7 @@ def _secret_key() -> str:
             "SECRET_KEY is not set. Set SECRET_KEY (or SECRET_KEY_FILE) to a long random string; "
             "it is only generated automatically in the embedded mode (DATABASE_URL unset)."
         )
-    path = VAR_DIR / "secret_key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return private_secret(VAR_DIR / "secret_key", secrets.token_urlsafe(50))
 
 
 SECRET_KEY = _secret_key()
@@ -188,6 +190,14 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # The admin's CSS and JS are public: readable by a proxy that serves STATIC_ROOT, whatever the umask.
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage",
+        "OPTIONS": {"file_permissions_mode": 0o644, "directory_permissions_mode": 0o755},
+    },
+}
 SERVE_STATIC = env_bool("SERVE_STATIC", True)
 
 # --- deployment security: behind a TLS-terminating proxy (BEHIND_TLS_PROXY=true) ---
