@@ -112,3 +112,20 @@ def test_an_existing_world_readable_var_dir_and_database_are_tightened(tmp_path)
     assert stat.S_IMODE(var.stat().st_mode) == 0o700
     assert stat.S_IMODE(database.stat().st_mode) == 0o600
     assert stat.S_IMODE((var / "secret_key").stat().st_mode) == 0o600
+
+
+def test_static_files_stay_readable_by_a_proxy_that_serves_them(tmp_path):
+    static = tmp_path / "static"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
+        cwd=live.ROOT,
+        env={**embedded_env(tmp_path / "var"), "STATIC_ROOT": str(static)},
+        preexec_fn=loose_umask,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    css = static / "admin" / "css" / "base.css"
+    assert stat.S_IMODE(css.stat().st_mode) == 0o644
+    assert stat.S_IMODE(css.parent.stat().st_mode) == 0o755
