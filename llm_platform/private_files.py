@@ -17,10 +17,14 @@ def private_dir(path: Path) -> None:
     other local users; files an older version left world-readable are tightened too.
     """
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for entry in (path, *(child for child in path.iterdir() if child.is_file() and not child.is_symlink())):
-        info = entry.stat()
-        if info.st_uid == os.getuid() and info.st_mode & 0o077:
-            entry.chmod(stat.S_IMODE(info.st_mode) & 0o700)
+    try:
+        for entry in (path, *(child for child in path.iterdir() if child.is_file() and not child.is_symlink())):
+            info = entry.stat()
+            if info.st_uid == os.getuid() and info.st_mode & 0o077:
+                entry.chmod(stat.S_IMODE(info.st_mode) & 0o700)
+    except OSError:
+        # A directory the operator prepared and this user cannot list or change: theirs to keep.
+        pass
 
 
 def private_secret(path: Path, make: str) -> str:
