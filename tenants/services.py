@@ -122,7 +122,8 @@ def _stored_key_check(acting_user: Any, api_key: ApiKey, action: str, what: str)
     """The key as stored (the permission is judged on it, not on edited values); refuses if not allowed."""
     stored = ApiKey.objects.filter(pk=api_key.pk).first() if api_key.pk else None
     if stored is not None and not api_key_may(acting_user, stored, action):
-        raise NotAllowed(f"Your role may not {what} this key: developers may only {what} the keys they created.")
+        who = "tenant admins do" if action == "delete" else f"developers may only {what} the keys they created"
+        raise NotAllowed(f"Your role may not {what} this key: {who}.")
     return stored
 
 
