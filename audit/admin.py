@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django import forms
@@ -13,15 +14,18 @@ from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
+from audit.chain import chain_for
 from audit.exports import export_archive, export_base_name
-from audit.models import AuditEvent
+from audit.models import AuditChainHead, AuditEvent
 from audit.selectors import EventFilters, event_rows
 from audit.services import audit_record
 from audit.streaming import streaming_download
 
 
 class AuditExportForm(forms.Form):
-    tenant = forms.IntegerField(required=False, min_value=1, label="Tenant id")
+    """The export's filters; ``tenant_allowed`` says which tenant ids this exporter may name."""
+
+    tenant = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1, label="Tenant id")
     since = forms.DateTimeField(
         required=False, label="From", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
     )
@@ -34,6 +38,17 @@ class AuditExportForm(forms.Form):
     )
     outcome = forms.ChoiceField(required=False, choices=[("", "Any"), *AuditEvent.Outcome.choices])
     format = forms.ChoiceField(choices=[("jsonl", "JSON Lines"), ("csv", "CSV")], initial="jsonl")
+
+    def __init__(self, *args: Any, tenant_allowed: Callable[[int], bool], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tenant_allowed = tenant_allowed
+
+    def clean_tenant(self) -> int | None:
+        tenant = self.cleaned_data.get("tenant")
+        # One answer for "not yours" and "does not exist": the form must not reveal other tenants.
+        if tenant is not None and not self.tenant_allowed(tenant):
+            raise forms.ValidationError(f"Tenant {tenant} is not one whose events you may export.")
+        return tenant
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -92,6 +107,27 @@ class AuditEventAdmin(admin.ModelAdmin):
         """The events this user may export (tenant-scoped admins narrow it)."""
         return self.get_queryset(request)
 
+    def export_tenant_allowed(self, request: HttpRequest, tenant_id: int) -> bool:
+        """May this user name ``tenant_id`` in the export's filter? Here: a tenant that has a chain."""
+        return AuditChainHead.objects.filter(chain=chain_for(tenant_id)).exists()
+
+    def export_audit_tenants(
+        self, request: HttpRequest, filters: EventFilters, covered: QuerySet[AuditEvent] | None = None
+    ) -> list[int | None]:
+        """The chains (tenant ids; None: the platform) that record an export.
+
+        An export is recorded in the chain of each tenant whose events it covers, as the
+        exporter sees them: the filtered tenant, the tenants of the selected events
+        (``covered``), or here, for an export of everything, the platform chain.
+        """
+        if filters.tenant_id is not None:
+            return [filters.tenant_id]
+        if covered is not None:
+            tenants = sorted(set(covered.values_list("tenant_id", flat=True)), key=lambda t: (t is not None, t or 0))
+            if tenants:
+                return tenants
+        return [None]
+
     def get_urls(self) -> list[URLPattern]:
         export = path("export/", self.admin_site.admin_view(self.export_view), name="audit_auditevent_export")
         return [export, *super().get_urls()]
@@ -104,7 +140,10 @@ class AuditEventAdmin(admin.ModelAdmin):
         """The export page: filters, then a streamed ZIP of the data file and its manifest."""
         if not self.has_export_permission(request):
             raise PermissionDenied
-        form = AuditExportForm(request.GET if "format" in request.GET else None)
+        form = AuditExportForm(
+            request.GET if "format" in request.GET else None,
+            tenant_allowed=lambda tenant_id: self.export_tenant_allowed(request, tenant_id),
+        )
         if form.is_bound and form.is_valid():
             return self.export_response(
                 request, self.export_queryset(request), form.filters(), form.cleaned_data["format"]
@@ -125,20 +164,24 @@ class AuditEventAdmin(admin.ModelAdmin):
         file_format: str,
         *,
         selected: int | None = None,
+        audit_tenants: Sequence[int | None] | None = None,
     ) -> HttpResponseBase:
         # Bound the export by the newest id now: the file is then fixed (rows are immutable)
-        # and the export's own audit event, written next, is not part of it.
+        # and the export's own audit events, written next, are not part of it.
         up_to_id = AuditEvent.objects.aggregate(top=Max("id"))["top"] or 0
         queryset = filters.apply(queryset).filter(id__lte=up_to_id)
         description = filters.describe()
-        audit_record(
-            actor=f"user:{request.user.get_username()}",
-            action="audit.export",
-            target=f"export:{file_format}",
-            tenant_id=filters.tenant_id,
-            ip=request.META.get("REMOTE_ADDR"),
-            details={"filters": description, "format": file_format, "up_to_id": up_to_id, "selected": selected},
-        )
+        if audit_tenants is None:
+            audit_tenants = self.export_audit_tenants(request, filters)
+        for tenant_id in audit_tenants:
+            audit_record(
+                actor=f"user:{request.user.get_username()}",
+                action="audit.export",
+                target=f"export:{file_format}",
+                tenant_id=tenant_id,
+                ip=request.META.get("REMOTE_ADDR"),
+                details={"filters": description, "format": file_format, "up_to_id": up_to_id, "selected": selected},
+            )
         base_name = export_base_name()
         chunks = export_archive(
             event_rows(queryset), file_format=file_format, base_name=base_name, filters=description, up_to_id=up_to_id
@@ -150,7 +193,15 @@ class AuditEventAdmin(admin.ModelAdmin):
     ) -> HttpResponseBase:
         ids = list(queryset.values_list("pk", flat=True))
         chosen = self.export_queryset(request).filter(pk__in=ids)
-        return self.export_response(request, chosen, EventFilters(), file_format, selected=len(ids))
+        filters = EventFilters()
+        return self.export_response(
+            request,
+            chosen,
+            filters,
+            file_format,
+            selected=len(ids),
+            audit_tenants=self.export_audit_tenants(request, filters, covered=chosen),
+        )
 
     @admin.action(description="Export selected events as JSON Lines (ZIP with manifest)", permissions=["export"])
     def export_selected_jsonl(self, request: HttpRequest, queryset: QuerySet[AuditEvent]) -> HttpResponseBase:

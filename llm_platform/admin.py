@@ -1,12 +1,15 @@
-"""Read-only admin for the scheduler: who leads, and every periodic job run with its outcome."""
+"""Read-only admin for the scheduler (who leads, every periodic job run) and for the admin login throttle's counts."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from axes import admin as axes_admin  # registers axes' admins now, so the one below can replace its own
+from axes.models import AccessAttempt
 from django.contrib import admin
 from django.http import HttpRequest
 
+from llm_platform.login_throttle import LoginThrottleHandler
 from llm_platform.models import JobRun, SchedulerLease
 
 
@@ -32,3 +35,15 @@ class JobRunAdmin(ReadOnlyAdmin):
 @admin.register(SchedulerLease)
 class SchedulerLeaseAdmin(ReadOnlyAdmin):
     list_display = ["name", "holder", "token", "expires_at"]
+
+
+class AccessAttemptAdmin(axes_admin.AccessAttemptAdmin):
+    """Axes' failed-login counts; "clean up expired" uses the platform's handler, whose cool-offs differ per client."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handler = LoginThrottleHandler()
+
+
+admin.site.unregister(AccessAttempt)
+admin.site.register(AccessAttempt, AccessAttemptAdmin)

@@ -12,10 +12,16 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from llm_platform.env import env_bool, env_commands, env_float, env_int, env_list, env_secret, env_str
+from llm_platform.private_files import PRIVATE_UMASK, private_dir, private_secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# Everything the platform writes under VAR_DIR (the SQLite database with its sessions, the
+# generated secrets, logs, broker files, dead letters, audit exports) is for the service's user
+# alone: every process that loads these settings (web, worker, beat, manage.py) creates files
+# 0600 and directories 0700, and VAR_DIR is made (or tightened to) 0700.
+os.umask(PRIVATE_UMASK)
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+private_dir(VAR_DIR)
 
 # litellm downloads its price map at import time unless told not to; a gateway must not
 # phone home (or stall for seconds offline) when it starts.
@@ -38,11 +44,7 @@ def _secret_key() -> str:
             "SECRET_KEY is not set. Set SECRET_KEY (or SECRET_KEY_FILE) to a long random string; "
             "it is only generated automatically in the embedded mode (DATABASE_URL unset)."
         )
-    path = VAR_DIR / "secret_key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return private_secret(VAR_DIR / "secret_key", secrets.token_urlsafe(50))
 
 
 SECRET_KEY = _secret_key()
@@ -51,7 +53,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "llm_platform.admin_site.PlatformAdminConfig",  # django.contrib.admin, guarded (llm_platform.admin_site)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -65,6 +67,7 @@ INSTALLED_APPS = [
     "routing",
     "mcp_gateway",
     "llm_platform",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -76,6 +79,13 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a login refused for a lockout into the lockout page (llm_platform.login_throttle).
+    "axes.middleware.AxesMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    "llm_platform.login_throttle.ThrottledLoginBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "llm_platform.urls"
@@ -144,6 +154,28 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "KEY_PREFIX": CACHE_KEY_PREFIX}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# --- admin login throttling (django-axes; counted in the database, so shared by every process) ---
+# After ADMIN_LOGIN_FAILURE_LIMIT failures, a username is locked out from that client address for
+# ADMIN_LOGIN_COOLOFF seconds, doubled for each lockout that follows the previous one within a day,
+# up to ADMIN_LOGIN_COOLOFF_MAX. Failures, lockouts and admin logins are audited (platform chain).
+ADMIN_LOGIN_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+ADMIN_LOGIN_COOLOFF = env_float("ADMIN_LOGIN_COOLOFF", 900.0, minimum=1)
+ADMIN_LOGIN_COOLOFF_MAX = env_float("ADMIN_LOGIN_COOLOFF_MAX", 86400.0, minimum=1)
+AXES_HANDLER = "llm_platform.login_throttle.LoginThrottleHandler"
+AXES_FAILURE_LIMIT = ADMIN_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = "llm_platform.login_throttle.cooloff"
+# By username and address together: someone elsewhere cannot lock the real admin out.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_USERNAME_CALLABLE = "llm_platform.login_throttle.login_username"
+AXES_CLIENT_IP_CALLABLE = "llm_platform.login_throttle.client_ip"
+AXES_LOCKOUT_CALLABLE = "llm_platform.login_throttle.lockout_response"
+# Attempts during a lockout neither extend it nor count as a new lockout (the backoff counts lockouts).
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+AXES_RESET_ON_SUCCESS = True
+AXES_DISABLE_ACCESS_LOG = True  # successful logins are in the audit trail
+AXES_VERBOSE = False
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -158,11 +190,35 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # The admin's CSS and JS are public: readable by a proxy that serves STATIC_ROOT, whatever the umask.
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage",
+        "OPTIONS": {"file_permissions_mode": 0o644, "directory_permissions_mode": 0o755},
+    },
+}
 SERVE_STATIC = env_bool("SERVE_STATIC", True)
 
-SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
-CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY", False) else None
+# --- deployment security: behind a TLS-terminating proxy (BEHIND_TLS_PROXY=true) ---
+# The proxy says how the client connected in X-Forwarded-Proto; it must set (not pass on) that header.
+BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY", False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if BEHIND_TLS_PROXY else None
+# Behind TLS the session and CSRF cookies never travel in clear, a plain-HTTP page request is
+# redirected to HTTPS, and browsers are told (HSTS) never to try plain HTTP again.
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", BEHIND_TLS_PROXY)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", BEHIND_TLS_PROXY)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", BEHIND_TLS_PROXY)
+# Load balancers probe these over plain HTTP; they carry nothing a redirect would protect.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 31_536_000 if BEHIND_TLS_PROXY else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HSTS_INCLUDE_SUBDOMAINS", True)
+# Preloading commits the whole domain to HTTPS in browsers for good: the domain owner's decision.
+# Stating it either way (HSTS_PRELOAD=true or false) is that decision, so check --deploy's
+# reminder (security.W021) is then silenced.
+SECURE_HSTS_PRELOAD = env_bool("HSTS_PRELOAD", False)
+SILENCED_SYSTEM_CHECKS = ["security.W021"] if "HSTS_PRELOAD" in os.environ and not SECURE_HSTS_PRELOAD else []
+SESSION_COOKIE_HTTPONLY = True
 
 
 def _fernet_keys() -> list[str]:

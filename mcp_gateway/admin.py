@@ -10,7 +10,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest
 
-from mcp_gateway import services
+from mcp_gateway import services, ssrf
 from mcp_gateway.models import SsrfAllowEntry, ToolCallEvent, ToolGrant, UpstreamServer, UpstreamTool, VirtualServer
 from mcp_gateway.selectors import servers_grantable_by
 from tenants.admin import actor_of, ip_of
@@ -59,6 +59,19 @@ class UpstreamServerForm(WriteOnlySecretForm):
         choice_field = self.fields["command"]
         assert isinstance(choice_field, forms.ChoiceField)
         choice_field.choices = [("", "—"), *((name, name) for name in names)]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        url = cleaned.get("url")
+        if url and cleaned.get("transport") != UpstreamServer.Transport.STDIO and not self.has_error("url"):
+            # The same check services.server_save makes, here so a refusal is a form error that keeps
+            # what was typed (raised from save_model it was a 500).
+            allowlist = list(SsrfAllowEntry.objects.values_list("value", flat=True))
+            try:
+                ssrf.url_check(url, allowlist, ssrf.resolve_sync(url))
+            except ssrf.SsrfBlocked as exc:
+                self.add_error("url", exc.message)
+        return cleaned
 
 
 class UpstreamToolInline(admin.TabularInline):

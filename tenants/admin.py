@@ -18,7 +18,7 @@ from audit.admin import AuditEventAdmin
 from audit.models import AuditEvent
 from tenants import rotation, services
 from tenants.models import KEY_SCOPES, ApiKey, Membership, Quota, Tenant
-from tenants.roles import tenant_ids_for
+from tenants.roles import is_platform_admin, scopes_grantable, tenant_ids_for
 from tenants.rotation_admin import KeyRotationAdminMixin
 from tenants.scoping import TenantScopedAdmin
 
@@ -45,10 +45,14 @@ class ModelNamesField(forms.CharField):
         for name in names:
             if len(name) > 200:
                 raise forms.ValidationError("A model name is at most 200 characters.")
+            if "\x00" in name:
+                raise forms.ValidationError("A model name cannot hold the NUL character.")
         return list(dict.fromkeys(names))
 
 
 class ApiKeyForm(forms.ModelForm):
+    acting_user: Any = None  # set per request by ApiKeyAdmin.get_form
+
     allowed_models = ModelNamesField(
         required=False,
         help_text="Comma-separated public model names this key may use; leave empty to allow every model.",
@@ -59,18 +63,57 @@ class ApiKeyForm(forms.ModelForm):
         required=False,
         choices=[(scope, scope) for scope in KEY_SCOPES],
         widget=forms.CheckboxSelectMultiple,
-        help_text="Endpoints this key may call; none ticked means all.",
+        help_text="Endpoints this key may call; none ticked means all but audit.",
     )
 
     class Meta:
         model = ApiKey
         fields = ["tenant", "name", "allowed_models", "scopes", "expires_at", "max_age_days"]
+        help_texts = {
+            "tenant": "Every key is bound by its tenant's quotas; a tenant admin can add tighter limits for one key.",
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        scopes = self.fields.get("scopes")
+        if isinstance(scopes, forms.MultipleChoiceField):
+            # Offer only what this person may grant somewhere, plus what the key already has
+            # (so saving it does not silently drop a scope someone else granted).
+            offered = set(self._grantable(self.instance.tenant_id if self.instance.pk else None))
+            offered |= set(self.instance.scopes or ())
+            scopes.choices = [(scope, scope) for scope in KEY_SCOPES if scope in offered]
+
+    def _grantable(self, tenant_id: int | None) -> tuple[str, ...]:
+        """In the key's tenant, or (a new key) in any tenant this person may add keys to."""
+        if tenant_id is not None or is_platform_admin(self.acting_user):
+            return scopes_grantable(self.acting_user, tenant_id)
+        tenants = getattr(self.fields.get("tenant"), "queryset", None)
+        tenant_ids = tenants.values_list("pk", flat=True) if tenants is not None else ()
+        return tuple({scope for tenant in tenant_ids for scope in scopes_grantable(self.acting_user, tenant)})
 
     def clean_expires_at(self) -> Any:
         expires_at = self.cleaned_data.get("expires_at")
         if expires_at is not None and self.instance.pk is None and expires_at <= timezone.now():
             raise forms.ValidationError("The expiry must be in the future.")
         return expires_at
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        tenant = cleaned.get("tenant") if self.instance.pk is None else self.instance.tenant
+        if tenant is not None and "scopes" in cleaned:
+            refused = services.api_key_scopes_refused(
+                acting_user=self.acting_user,
+                tenant_id=tenant.pk,
+                scopes=cleaned["scopes"],
+                before=ApiKey.objects.get(pk=self.instance.pk).scopes if self.instance.pk else (),
+            )
+            if refused:
+                self.add_error(
+                    "scopes",
+                    f"You may not give a key of {tenant.slug} the scope(s) {', '.join(refused)}: a key may only read "
+                    "what you may see yourself.",
+                )
+        return cleaned
 
 
 class ApiKeyInline(admin.TabularInline):
@@ -134,10 +177,11 @@ class QuotaFormsetMixin:
             super().save_formset(request, form, formset, change)  # type: ignore[misc]
             return
         quotas = formset.save(commit=False)
+        actor, user, ip = actor_of(request), request.user, ip_of(request)
         for quota in formset.deleted_objects:
-            services.quota_delete(quota=quota, actor=actor_of(request), ip=ip_of(request))
+            services.quota_delete(quota=quota, actor=actor, acting_user=user, ip=ip)
         for quota in quotas:
-            services.quota_save(quota=quota, actor=actor_of(request), ip=ip_of(request))
+            services.quota_save(quota=quota, actor=actor, acting_user=user, ip=ip)
 
 
 @admin.register(Tenant)
@@ -162,14 +206,14 @@ class TenantAdmin(QuotaFormsetMixin, TenantScopedAdmin):
         return getattr(obj, "_key_count", 0)
 
     def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
-        services.tenant_save(tenant=obj, actor=actor_of(request), ip=ip_of(request))
+        services.tenant_save(tenant=obj, actor=actor_of(request), acting_user=request.user, ip=ip_of(request))
 
     def delete_model(self, request: HttpRequest, obj: Tenant) -> None:
-        services.tenant_delete(tenant=obj, actor=actor_of(request), ip=ip_of(request))
+        services.tenant_delete(tenant=obj, actor=actor_of(request), acting_user=request.user, ip=ip_of(request))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
-        for tenant in queryset:
-            services.tenant_delete(tenant=tenant, actor=actor_of(request), ip=ip_of(request))
+        for tenant in self.scoped(request, queryset, "delete"):
+            services.tenant_delete(tenant=tenant, actor=actor_of(request), acting_user=request.user, ip=ip_of(request))
 
 
 class KeyStatusFilter(admin.SimpleListFilter):
@@ -209,7 +253,10 @@ class KeyRotationFilter(admin.SimpleListFilter):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(KeyRotationAdminMixin, QuotaFormsetMixin, TenantScopedAdmin):
+    """Tenant admins manage every key of their tenants; developers create keys and manage the ones they created."""
+
     form = ApiKeyForm
+    creator_field = "created_by"
     list_display = [
         "name",
         "prefix_display",
@@ -237,6 +284,11 @@ class ApiKeyAdmin(KeyRotationAdminMixin, QuotaFormsetMixin, TenantScopedAdmin):
     actions = ["revoke_keys", "rotate_keys"]
     inlines = [QuotaInline]
     show_full_result_count = False
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form: Any = super().get_form(request, obj, change, **kwargs)
+        form.acting_user = request.user
+        return form
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:  # type: ignore[override]
         if obj is None:
@@ -273,7 +325,7 @@ class ApiKeyAdmin(KeyRotationAdminMixin, QuotaFormsetMixin, TenantScopedAdmin):
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         self.check_tenant(request, obj.tenant_id, "change" if change else "add")
         if change:
-            services.api_key_update(api_key=obj, actor=actor_of(request), ip=ip_of(request))
+            services.api_key_update(api_key=obj, actor=actor_of(request), acting_user=request.user, ip=ip_of(request))
             return
         api_key, secret = services.api_key_create(
             tenant=obj.tenant,
@@ -283,6 +335,7 @@ class ApiKeyAdmin(KeyRotationAdminMixin, QuotaFormsetMixin, TenantScopedAdmin):
             expires_at=obj.expires_at,
             max_age_days=obj.max_age_days,
             created_by=request.user,
+            acting_user=request.user,
             actor=actor_of(request),
             ip=ip_of(request),
         )
@@ -306,19 +359,31 @@ class ApiKeyAdmin(KeyRotationAdminMixin, QuotaFormsetMixin, TenantScopedAdmin):
         return response
 
     def delete_model(self, request: HttpRequest, obj: ApiKey) -> None:
-        services.api_key_delete(api_key=obj, actor=actor_of(request), ip=ip_of(request))
+        services.api_key_delete(api_key=obj, actor=actor_of(request), acting_user=request.user, ip=ip_of(request))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
-        for api_key in self.scope(queryset, self.allowed_tenants(request, "delete")):
-            services.api_key_delete(api_key=api_key, actor=actor_of(request), ip=ip_of(request))
+        for api_key in self.scoped(request, queryset, "delete"):
+            services.api_key_delete(
+                api_key=api_key, actor=actor_of(request), acting_user=request.user, ip=ip_of(request)
+            )
 
     @admin.action(description="Revoke selected API keys", permissions=["change"])
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        allowed = self.scoped(request, queryset, "change")
         revoked = 0
-        for api_key in self.scope(queryset, self.allowed_tenants(request, "change")).filter(revoked_at__isnull=True):
-            services.api_key_revoke(api_key=api_key, actor=actor_of(request), ip=ip_of(request))
+        for api_key in allowed.filter(revoked_at__isnull=True):
+            services.api_key_revoke(
+                api_key=api_key, actor=actor_of(request), acting_user=request.user, ip=ip_of(request)
+            )
             revoked += 1
         self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)
+        refused = queryset.count() - allowed.count()
+        if refused:
+            self.message_user(
+                request,
+                f"{refused} selected key(s) left alone: developers may only revoke the keys they created.",
+                messages.WARNING,
+            )
 
 
 class MembershipByUsernameForm(forms.ModelForm):
@@ -367,14 +432,16 @@ class MembershipAdmin(TenantScopedAdmin):
 
     def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
         self.check_tenant(request, obj.tenant_id, "change" if change else "add")
-        services.membership_save(membership=obj, actor=actor_of(request), ip=ip_of(request))
+        services.membership_save(membership=obj, actor=actor_of(request), acting_user=request.user, ip=ip_of(request))
 
     def delete_model(self, request: HttpRequest, obj: Membership) -> None:
-        services.membership_delete(membership=obj, actor=actor_of(request), ip=ip_of(request))
+        services.membership_delete(membership=obj, actor=actor_of(request), acting_user=request.user, ip=ip_of(request))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Membership]) -> None:
-        for membership in self.scope(queryset, self.allowed_tenants(request, "delete")):
-            services.membership_delete(membership=membership, actor=actor_of(request), ip=ip_of(request))
+        for membership in self.scoped(request, queryset, "delete"):
+            services.membership_delete(
+                membership=membership, actor=actor_of(request), acting_user=request.user, ip=ip_of(request)
+            )
 
 
 class ScopedAuditEventAdmin(TenantScopedAdmin, AuditEventAdmin):
@@ -387,6 +454,24 @@ class ScopedAuditEventAdmin(TenantScopedAdmin, AuditEventAdmin):
 
     def export_queryset(self, request: HttpRequest) -> QuerySet[AuditEvent]:
         return self.scope(AuditEvent.objects.all(), self.allowed_tenants(request, "export"))
+
+    def export_tenant_allowed(self, request: HttpRequest, tenant_id: int) -> bool:
+        tenants = self.allowed_tenants(request, "export")
+        if tenants is None:
+            # A platform admin names any tenant that exists, or existed and left events behind.
+            return Tenant.objects.filter(pk=tenant_id).exists() or super().export_tenant_allowed(request, tenant_id)
+        return tenant_id in tenants
+
+    def export_audit_tenants(
+        self, request: HttpRequest, filters: Any, covered: QuerySet[AuditEvent] | None = None
+    ) -> list[int | None]:
+        tenants = self.allowed_tenants(request, "export")
+        if tenants is None or filters.tenant_id is not None:
+            return super().export_audit_tenants(request, filters, covered)
+        # A tenant's auditor exports from their tenants only: the record goes to those chains, never the platform's.
+        chosen = super().export_audit_tenants(request, filters, covered) if covered is not None else [None]
+        recorded: list[int | None] = [tenant for tenant in chosen if tenant is not None] or [*sorted(tenants)]
+        return recorded
 
 
 admin.site.unregister(AuditEvent)

@@ -1,4 +1,5 @@
-"""Admin form pieces shared by the apps: a write-only secret field that keeps its stored value when left blank."""
+"""Admin form pieces shared by the apps: a write-only secret field that keeps its stored value when left blank,
+and a JSON field that refuses what PostgreSQL cannot store."""
 
 from __future__ import annotations
 
@@ -53,3 +54,26 @@ class WriteOnlySecretForm(forms.ModelForm):
                 stored = type(self.instance)._default_manager.get(pk=self.instance.pk)
                 cleaned[name] = getattr(stored, name)
         return cleaned
+
+
+def holds_nul(value: Any) -> bool:
+    """Does this decoded JSON hold a NUL character in any string, key or value?"""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(holds_nul(key) or holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(holds_nul(item) for item in value)
+    return False
+
+
+class JsonWithoutNulField(forms.JSONField):
+    """JSON edited in the admin: ``\\u0000`` is a form error (PostgreSQL's jsonb refuses it with a database error)."""
+
+    def to_python(self, value: Any) -> Any:
+        converted = super().to_python(value)
+        if holds_nul(converted):
+            raise forms.ValidationError(
+                "JSON here cannot hold the NUL character (\\u0000).", code="null_characters_not_allowed"
+            )
+        return converted

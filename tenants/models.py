@@ -92,7 +92,10 @@ class ApiKey(models.Model):
     scopes = models.JSONField(
         default=list,
         blank=True,
-        help_text="API endpoints this key may call (chat, embeddings, models, mcp); empty means all.",
+        help_text=(
+            "API endpoints this key may call (chat, embeddings, models, mcp, feedback, audit); "
+            "empty means all but audit."
+        ),
     )
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(null=True, blank=True)
@@ -142,13 +145,18 @@ class ApiKey(models.Model):
         return not self.allowed_models or model_name in self.allowed_models
 
     def clean(self) -> None:
-        unknown = sorted(set(self.scopes or ()) - set(KEY_SCOPES))
+        scopes = self.scopes or []
+        if not isinstance(scopes, list) or not all(isinstance(scope, str) for scope in scopes):
+            raise ValidationError({"scopes": f"Scopes are a list of names from {', '.join(KEY_SCOPES)}."})
+        unknown = sorted(set(scopes) - set(KEY_SCOPES))
         if unknown:
             raise ValidationError({"scopes": f"Unknown scope(s) {', '.join(unknown)}; use {', '.join(KEY_SCOPES)}."})
 
 
-# "audit" (reading the tenant's audit trail) is never implied by an empty scope list.
-KEY_SCOPES = ("chat", "embeddings", "models", "mcp", "audit")
+# The endpoint families a key can be limited to (KeyContext.require_scope). "feedback" is
+# POST /v1/feedback; "audit" (reading the tenant's audit trail) is never implied by an empty
+# scope list, and only who may read the trail may grant it (tenants.roles.SCOPE_READS).
+KEY_SCOPES = ("chat", "embeddings", "models", "mcp", "feedback", "audit")
 
 
 MAX_RATE = 10_000_000

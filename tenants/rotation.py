@@ -16,7 +16,8 @@ from django.utils import timezone
 from audit.services import audit_record
 from tenants.auth import key_cache_invalidate
 from tenants.models import ApiKey, Quota
-from tenants.services import KEY_AUDIT_FIELDS, api_key_create, api_key_revoke, snapshot
+from tenants.roles import NotAllowed
+from tenants.services import KEY_AUDIT_FIELDS, api_key_create, api_key_may, api_key_revoke, snapshot
 from tenants.vault import EncryptedTextField, token_is_current, token_rotate
 
 logger = logging.getLogger(__name__)
@@ -141,15 +142,20 @@ def api_key_rotate(
     actor: str,
     grace: dt.timedelta | None = None,
     hold_secret: bool = False,
+    acting_user: Any = None,
     ip: str | None = None,
 ) -> KeyRotation | None:
-    """Issue a successor with the same tenant, name, models, scopes and quotas; the old key expires after ``grace``.
+    """A successor with the same tenant, name, models, scopes, owner and quotas; the old key expires after ``grace``.
 
     ``hold_secret`` keeps the new secret encrypted on the successor until a tenant admin
-    collects it once in the admin (for rotations nobody is watching, i.e. the scheduled
-    job). Returns None if the key was rotated already or is not active (idempotent).
+    (or the developer who owns the key) collects it once in the admin (for rotations nobody
+    is watching, i.e. the scheduled job). Returns None if the key was rotated already or is
+    not active (idempotent). ``acting_user`` (None: the system) must be allowed to change
+    the key, and to grant its scopes: the successor is a new grant.
     """
     old = ApiKey.objects.select_for_update().select_related("tenant").get(pk=api_key.pk)
+    if not api_key_may(acting_user, old, "change"):
+        raise NotAllowed("Your role may not rotate this key: developers may only rotate the keys they created.")
     if old.status != ApiKey.Status.ACTIVE or ApiKey.objects.filter(rotated_from=old).exists():
         return None
     grace = dt.timedelta(hours=settings.API_KEY_ROTATION_GRACE_HOURS) if grace is None else grace
@@ -163,6 +169,7 @@ def api_key_rotate(
         expires_at=old.expires_at if old.expires_at and old.expires_at > now + grace else None,
         max_age_days=old.max_age_days,
         created_by=old.created_by,
+        acting_user=acting_user,
         ip=ip,
     )
     new.rotated_from = old
@@ -205,9 +212,16 @@ def api_keys_retire(*, actor: str, now: dt.datetime | None = None) -> int:
 
 
 @transaction.atomic
-def api_key_secret_collect(*, api_key: ApiKey, actor: str, ip: str | None = None) -> str | None:
-    """Hand out a held secret once: it is erased as it is read, and the pickup is audited."""
+def api_key_secret_collect(
+    *, api_key: ApiKey, actor: str, acting_user: Any = None, ip: str | None = None
+) -> str | None:
+    """Hand out a held secret once: it is erased as it is read, and the pickup is audited.
+
+    Only who may change the key (a tenant admin of its tenant, or the developer who owns it) takes it.
+    """
     key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+    if not api_key_may(acting_user, key, "change"):
+        raise NotAllowed("Your role may not collect this key's secret: only its owner or a tenant admin may.")
     secret = key.pending_secret
     if not secret:
         return None

@@ -17,6 +17,7 @@ from django.utils.safestring import mark_safe
 
 from tenants import rotation
 from tenants.models import ApiKey
+from tenants.services import api_key_may
 
 
 def _actor(request: HttpRequest) -> str:
@@ -62,10 +63,19 @@ class KeyRotationAdminMixin:
 
     @admin.action(description="Rotate selected API keys now (new secrets shown once)", permissions=["change"])
     def rotate_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse | None:
-        allowed = self.allowed_tenants(request, "change")  # type: ignore[attr-defined]
+        allowed = self.scoped(request, queryset, "change")  # type: ignore[attr-defined]
+        refused = queryset.count() - allowed.count()
+        if refused:
+            self.message_user(  # type: ignore[attr-defined]
+                request,
+                f"{refused} selected key(s) left alone: developers may only rotate the keys they created.",
+                messages.WARNING,
+            )
         rotated = []
-        for api_key in self.scope(queryset, allowed).select_related("tenant"):  # type: ignore[attr-defined]
-            result = rotation.api_key_rotate(api_key=api_key, actor=_actor(request), ip=request.META.get("REMOTE_ADDR"))
+        for api_key in allowed.select_related("tenant"):
+            result = rotation.api_key_rotate(
+                api_key=api_key, actor=_actor(request), acting_user=request.user, ip=request.META.get("REMOTE_ADDR")
+            )
             if result is not None:
                 rotated.append(result)
         if not rotated:
@@ -81,8 +91,9 @@ class KeyRotationAdminMixin:
 
     def collect_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         api_key = get_object_or_404(ApiKey.objects.select_related("tenant"), pk=pk)
-        # Only who may change the tenant's keys (a tenant admin) may take a held secret.
-        self.check_tenant(request, api_key.tenant_id, "change")  # type: ignore[attr-defined]
+        # Only who may change this key (a tenant admin, or the developer who owns it) may take a held secret.
+        if not api_key_may(request.user, api_key, "change"):
+            raise PermissionDenied("Only the key's owner or a tenant admin may collect its secret.")
         context: dict[str, Any] = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
@@ -91,7 +102,7 @@ class KeyRotationAdminMixin:
         }
         if request.method == "POST":
             context["secret"] = rotation.api_key_secret_collect(
-                api_key=api_key, actor=_actor(request), ip=request.META.get("REMOTE_ADDR")
+                api_key=api_key, actor=_actor(request), acting_user=request.user, ip=request.META.get("REMOTE_ADDR")
             )
             context["collected"] = True
         return _no_store(TemplateResponse(request, "admin/tenants/apikey/collect.html", context))
@@ -113,7 +124,9 @@ class KeyRotationAdminMixin:
             "title": "Secret rotation",
             "due": scoped(rotation.api_keys_rotation_due().select_related("tenant"), allowed),
             "in_grace": scoped(rotation.api_keys_in_grace().select_related("tenant"), allowed),
-            "pickup": scoped(ApiKey.objects.exclude(pending_secret="").select_related("tenant"), allowed),
+            "pickup": self.scoped(  # type: ignore[attr-defined]
+                request, ApiKey.objects.exclude(pending_secret="").select_related("tenant"), "change"
+            ),
             "pending": rotation.secrets_pending() if request.user.is_superuser else None,
             "may_run": request.user.is_superuser,
         }

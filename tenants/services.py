@@ -1,4 +1,9 @@
-"""State changes to tenants and API keys; each writes its audit event in the same transaction."""
+"""State changes to tenants and API keys; each writes its audit event in the same transaction.
+
+``acting_user`` is the person making the change, whose roles bound it (tenants.roles);
+None is the system (config-as-code, the scheduler, management commands), which acts as a
+platform admin. A refusal raises ``tenants.roles.NotAllowed`` before anything is written.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,8 @@ from django.utils import timezone
 
 from audit.services import audit_record, changes_between
 from tenants.auth import key_cache_invalidate
-from tenants.models import ApiKey, Membership, Quota, Tenant, key_generate
-from tenants.roles import ROLE_LABELS
+from tenants.models import KEY_SCOPES, ApiKey, Membership, Quota, Tenant, key_generate
+from tenants.roles import ROLE_LABELS, NotAllowed, is_platform_admin, may, scopes_grantable
 
 
 def snapshot(instance: models.Model, fields: Iterable[str]) -> dict[str, Any]:
@@ -39,8 +44,14 @@ def _before(model: type[models.Model], pk: Any, fields: Iterable[str]) -> dict[s
     return snapshot(old, fields) if old is not None else {}
 
 
+def _tenant_may(acting_user: Any, action: str, tenant_id: int | None) -> None:
+    if not may(acting_user, Tenant, action, tenant_id=tenant_id):
+        raise NotAllowed(f"Your role may not {action} this tenant; platform admins do.")
+
+
 @transaction.atomic
-def tenant_save(*, tenant: Tenant, actor: str, ip: str | None = None) -> Tenant:
+def tenant_save(*, tenant: Tenant, actor: str, acting_user: Any = None, ip: str | None = None) -> Tenant:
+    _tenant_may(acting_user, "change" if tenant.pk else "add", tenant.pk)
     before = _before(Tenant, tenant.pk, TENANT_AUDIT_FIELDS)
     tenant.full_clean()
     tenant.save()
@@ -60,7 +71,8 @@ def tenant_save(*, tenant: Tenant, actor: str, ip: str | None = None) -> Tenant:
 
 
 @transaction.atomic
-def tenant_delete(*, tenant: Tenant, actor: str, ip: str | None = None) -> None:
+def tenant_delete(*, tenant: Tenant, actor: str, acting_user: Any = None, ip: str | None = None) -> None:
+    _tenant_may(acting_user, "delete", tenant.pk)
     before = snapshot(tenant, TENANT_AUDIT_FIELDS)
     tenant_id, slug = tenant.pk, tenant.slug
     tenant.delete()
@@ -75,6 +87,46 @@ def tenant_delete(*, tenant: Tenant, actor: str, ip: str | None = None) -> None:
     transaction.on_commit(key_cache_invalidate)
 
 
+def api_key_scopes_refused(*, acting_user: Any, tenant_id: int | None, scopes: Any, before: Any = ()) -> list[str]:
+    """The scopes of ``scopes`` (those not already in ``before``) that ``acting_user`` may not give a key of the tenant.
+
+    A scope that reads tenant data (the audit trail) needs the right to see that data; a
+    key must not be a way around the role.
+    """
+    wanted = set(scopes or ()) if isinstance(scopes, list | tuple | set | frozenset) else set()
+    # Unknown names are left to the model's validation, which says what the scopes are.
+    added = (wanted & set(KEY_SCOPES)) - set(before or ())
+    return sorted(added - set(scopes_grantable(acting_user, tenant_id)))
+
+
+def _scopes_check(acting_user: Any, tenant_id: int | None, scopes: Any, before: Any = ()) -> None:
+    refused = api_key_scopes_refused(acting_user=acting_user, tenant_id=tenant_id, scopes=scopes, before=before)
+    if refused:
+        raise NotAllowed(
+            f"Your role may not give a key the scope(s) {', '.join(refused)}: a key may only read what its "
+            "maker may see. Ask a tenant admin.",
+            code="scope_not_grantable",
+            param="scopes",
+        )
+
+
+def api_key_may(acting_user: Any, api_key: ApiKey, action: str) -> bool:
+    """May ``acting_user`` ``action`` ("change": edit, revoke, rotate, collect; "delete") this stored key?
+
+    Tenant admins act on every key of their tenants; developers only on the keys they created.
+    """
+    return may(acting_user, ApiKey, action, tenant_id=api_key.tenant_id, created_by_id=api_key.created_by_id)
+
+
+def _stored_key_check(acting_user: Any, api_key: ApiKey, action: str, what: str) -> ApiKey | None:
+    """The key as stored (the permission is judged on it, not on edited values); refuses if not allowed."""
+    stored = ApiKey.objects.filter(pk=api_key.pk).first() if api_key.pk else None
+    if stored is not None and not api_key_may(acting_user, stored, action):
+        who = "tenant admins do" if action == "delete" else f"developers may only {what} the keys they created"
+        raise NotAllowed(f"Your role may not {what} this key: {who}.")
+    return stored
+
+
 @transaction.atomic
 def api_key_create(
     *,
@@ -87,9 +139,17 @@ def api_key_create(
     expires_at: dt.datetime | None = None,
     max_age_days: int | None = None,
     created_by: Any = None,
+    acting_user: Any = None,
     ip: str | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key and return it with its plaintext secret, which is never stored."""
+    """Create a key and return it with its plaintext secret, which is never stored.
+
+    ``created_by`` owns the key (a developer manages the keys they created); ``acting_user``
+    is who grants it now, bound by their role (a rotation keeps the owner, not the rotator).
+    """
+    if not may(acting_user, ApiKey, "add", tenant_id=tenant.pk):
+        raise NotAllowed("Your role may not create keys in this tenant.")
+    _scopes_check(acting_user, tenant.pk, scopes)
     secret = secret or key_generate()
     api_key = ApiKey(
         tenant=tenant,
@@ -116,7 +176,13 @@ def api_key_create(
 
 
 @transaction.atomic
-def api_key_update(*, api_key: ApiKey, actor: str, ip: str | None = None) -> ApiKey:
+def api_key_update(*, api_key: ApiKey, actor: str, acting_user: Any = None, ip: str | None = None) -> ApiKey:
+    stored = _stored_key_check(acting_user, api_key, "change", "change")
+    if stored is not None:
+        if stored.tenant_id != api_key.tenant_id:
+            # That would hand one tenant's secret to another.
+            raise NotAllowed("A key never moves to another tenant; create a key there instead.", param="tenant")
+        _scopes_check(acting_user, stored.tenant_id, api_key.scopes, before=stored.scopes)
     before = _before(ApiKey, api_key.pk, KEY_AUDIT_FIELDS)
     api_key.full_clean()
     api_key.save()
@@ -134,7 +200,8 @@ def api_key_update(*, api_key: ApiKey, actor: str, ip: str | None = None) -> Api
 
 
 @transaction.atomic
-def api_key_revoke(*, api_key: ApiKey, actor: str, ip: str | None = None) -> ApiKey:
+def api_key_revoke(*, api_key: ApiKey, actor: str, acting_user: Any = None, ip: str | None = None) -> ApiKey:
+    _stored_key_check(acting_user, api_key, "change", "revoke")
     if api_key.revoked_at is not None:
         return api_key
     api_key.revoked_at = timezone.now()
@@ -152,7 +219,8 @@ def api_key_revoke(*, api_key: ApiKey, actor: str, ip: str | None = None) -> Api
 
 
 @transaction.atomic
-def api_key_delete(*, api_key: ApiKey, actor: str, ip: str | None = None) -> None:
+def api_key_delete(*, api_key: ApiKey, actor: str, acting_user: Any = None, ip: str | None = None) -> None:
+    _stored_key_check(acting_user, api_key, "delete", "delete")
     before = snapshot(api_key, KEY_AUDIT_FIELDS)
     tenant_id, prefix = api_key.tenant_id, api_key.prefix
     api_key.delete()
@@ -181,9 +249,25 @@ def _quota_snapshot(quota: Quota) -> dict[str, Any]:
     return values
 
 
+def _quota_check(acting_user: Any, quota: Quota, action: str) -> None:
+    """A tenant's own quotas are set by platform admins; a key's by whoever may change quotas in its tenant.
+
+    Developers never set limits: the keys they make are bound by their tenant's quotas.
+    """
+    if is_platform_admin(acting_user):
+        return
+    if quota.tenant_id is not None or not may(acting_user, Quota, action, tenant_id=_quota_tenant_id(quota)):
+        raise NotAllowed(
+            "Your role may not set this quota: tenant admins set their keys' limits, platform admins the tenant's."
+        )
+
+
 @transaction.atomic
-def quota_save(*, quota: Quota, actor: str, ip: str | None = None) -> Quota:
+def quota_save(*, quota: Quota, actor: str, acting_user: Any = None, ip: str | None = None) -> Quota:
     old = Quota.objects.filter(pk=quota.pk).first() if quota.pk else None
+    if old is not None:
+        _quota_check(acting_user, old, "change")
+    _quota_check(acting_user, quota, "change" if old is not None else "add")
     before = _quota_snapshot(old) if old is not None else {}
     quota.full_clean()
     quota.save()
@@ -200,7 +284,9 @@ def quota_save(*, quota: Quota, actor: str, ip: str | None = None) -> Quota:
 
 
 @transaction.atomic
-def quota_delete(*, quota: Quota, actor: str, ip: str | None = None) -> None:
+def quota_delete(*, quota: Quota, actor: str, acting_user: Any = None, ip: str | None = None) -> None:
+    stored = Quota.objects.filter(pk=quota.pk).first()
+    _quota_check(acting_user, stored or quota, "delete")
     before, target, tenant_id = _quota_snapshot(quota), f"quota:{quota.pk}:{quota}", _quota_tenant_id(quota)
     quota.delete()
     audit_record(
@@ -223,10 +309,25 @@ def _role_groups_refresh(user: Any) -> None:
     if roles and not user.is_staff:
         user.is_staff = True
         user.save(update_fields=["is_staff"])
+    user.__dict__.pop("_tenant_role_cache", None)
+
+
+def _membership_check(acting_user: Any, membership: Membership, action: str) -> None:
+    if not may(acting_user, Membership, action, tenant_id=membership.tenant_id):
+        raise NotAllowed("Your role may not manage members of this tenant.")
 
 
 @transaction.atomic
-def membership_save(*, membership: Membership, actor: str, ip: str | None = None) -> Membership:
+def membership_save(
+    *, membership: Membership, actor: str, acting_user: Any = None, ip: str | None = None
+) -> Membership:
+    stored = Membership.objects.filter(pk=membership.pk).first() if membership.pk else None
+    if stored is not None:
+        _membership_check(acting_user, stored, "change")
+        if stored.user_id != membership.user_id and not is_platform_admin(acting_user):
+            # Handing a role to someone else is a new membership, made by name and audited as one.
+            raise NotAllowed("A membership keeps its user; add the other person instead.", param="user")
+    _membership_check(acting_user, membership, "change" if stored is not None else "add")
     before = _before(Membership, membership.pk, MEMBERSHIP_AUDIT_FIELDS)
     membership.full_clean()
     membership.save()
@@ -243,7 +344,8 @@ def membership_save(*, membership: Membership, actor: str, ip: str | None = None
 
 
 @transaction.atomic
-def membership_delete(*, membership: Membership, actor: str, ip: str | None = None) -> None:
+def membership_delete(*, membership: Membership, actor: str, acting_user: Any = None, ip: str | None = None) -> None:
+    _membership_check(acting_user, Membership.objects.filter(pk=membership.pk).first() or membership, "delete")
     before = snapshot(membership, MEMBERSHIP_AUDIT_FIELDS)
     user, tenant_id, target = (
         membership.user,

@@ -18,17 +18,14 @@ from django.core.management.base import BaseCommand, CommandError
 
 from llm_platform.beat import embedded_scheduler_start
 from llm_platform.celery import app as celery_app
+from llm_platform.private_files import PRIVATE_UMASK, private_secret
 from llm_platform.processes import NotReady, http_wait
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 def _persistent_secret(name: str, make: str) -> str:
-    path = settings.VAR_DIR / name
-    if not path.exists():
-        path.write_text(make)
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return private_secret(settings.VAR_DIR / name, make)
 
 
 class Command(BaseCommand):
@@ -47,6 +44,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # The settings set it already; said again here because the children (server, worker) inherit it.
+        os.umask(PRIVATE_UMASK)
         call_command("migrate", interactive=False, verbosity=0)
         username = os.environ.get("ADMIN_USERNAME", "admin")
         password = os.environ.get("ADMIN_PASSWORD") or _persistent_secret("admin_password", secrets.token_urlsafe(12))
@@ -103,7 +102,7 @@ class Command(BaseCommand):
                 "warning",
             ]
         logs = settings.VAR_DIR / "logs"
-        logs.mkdir(exist_ok=True)
+        logs.mkdir(mode=0o700, exist_ok=True)
         children: dict[str, subprocess.Popen[bytes]] = {}
         scheduler = None
         try:
