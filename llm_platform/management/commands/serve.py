@@ -126,10 +126,16 @@ class Drain:
 
 def flush_writers() -> None:
     """Write what the batch writers still hold (run after the event loop has stopped)."""
-    from audit.services import deferred_audit
-    from routing.usage import usage_writer
+    from django.utils.module_loading import import_string
 
-    for writer in (usage_writer, deferred_audit):
+    from audit.services import denial_aggregator
+
+    # Refusal summaries first: they become rows of the audit writer flushed below.
+    denial_aggregator.flush()
+    for path in settings.BATCH_WRITERS:
+        writer = import_string(path)
+        if not hasattr(writer, "flush_now"):
+            continue  # the settlement batch is flushed on the loop, by the drain
         try:
             written = writer.flush_now()
         except Exception:
