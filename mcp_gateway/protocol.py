@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +20,9 @@ from mcp_gateway.selectors import Catalog, ToolEntry, catalog_cache
 from mcp_gateway.upstream import UpstreamUnavailable, pool
 from observability import metrics, telemetry
 from tenants.auth import KeyContext
-from tenants.errors import PlatformError
+from tenants.errors import InvalidRequest, PlatformError
 from tenants.quota import QuotaExceeded, tool_call_quota_reserve
+from tenants.request_input import json_body_parse
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +107,45 @@ def message_parse(item: Any) -> Message:
 
 
 def body_parse(body: bytes) -> Any:
+    """The JSON document of a request body; anything that is not JSON the gateway can pass on is a parse error.
+
+    Beyond malformed JSON that is extreme nesting and lone surrogates (``json_body_parse``)
+    and NaN/Infinity, which Python's json reads but JSON has not: passed on, they would
+    become ``null`` or fail the upstream connection's encoder.
+    """
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RpcError(PARSE_ERROR, f"Parse error: the body is not valid JSON ({exc}).", status=400) from None
+        document = json_body_parse(body)
+    except InvalidRequest as exc:
+        raise RpcError(PARSE_ERROR, f"Parse error: {exc.message}", data=_parse_data(exc.code), status=400) from None
+    if _NON_FINITE.search(body) is not None and _non_finite_in(document):
+        raise RpcError(
+            PARSE_ERROR,
+            "Parse error: NaN, Infinity and -Infinity are not JSON numbers; send finite numbers (or strings).",
+            data=_parse_data("invalid_json"),
+            status=400,
+        )
+    return document
+
+
+# Only a body holding one of these words can hold a non-finite number: the walk runs for those alone.
+_NON_FINITE = re.compile(rb"NaN|Infinity")
+
+
+def _parse_data(code: str | None) -> dict[str, Any]:
+    return {"type": "invalid_request_error", "code": code or "invalid_json"}
+
+
+def _non_finite_in(document: Any) -> bool:
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 def initialize_result(params: dict[str, Any], versions: tuple[str, ...]) -> dict[str, Any]:
