@@ -17,7 +17,7 @@ from audit.models import AuditEvent
 from audit.services import AuditEntry, audit_record_deferred
 from mcp_gateway import ssrf
 from mcp_gateway.selectors import Catalog, ToolEntry, catalog_cache
-from mcp_gateway.upstream import UpstreamUnavailable, pool
+from mcp_gateway.upstream import UnsendableMessage, UpstreamCallFailed, UpstreamUnavailable, pool
 from observability import metrics, telemetry
 from tenants.auth import KeyContext
 from tenants.errors import InvalidRequest, PlatformError
@@ -228,6 +228,10 @@ async def request_handle(ctx: CallContext, message: Message) -> dict[str, Any]:
         return exc.response(message.id)
     except PlatformError as exc:
         return platform_rpc_error(exc).response(message.id)
+    except Exception:
+        # This request's failure alone: its batch neighbours, and the connection, carry on.
+        logger.exception("MCP %s failed", message.method)
+        return RpcError(INTERNAL_ERROR, "Internal error.").response(message.id)
     return {"jsonrpc": "2.0", "id": message.id, "result": result}
 
 
@@ -264,9 +268,26 @@ async def _answer(ctx: CallContext, message: Message) -> dict[str, Any]:
     raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{method}'.")
 
 
-def _arguments_hash(arguments: dict[str, Any]) -> str:
-    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def _arguments_encode(arguments: dict[str, Any]) -> bytes:
+    """The canonical JSON of a call's arguments (what its audit hash is of); refused when JSON has no form for it."""
+    try:
+        canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return canonical.encode()
+    except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        raise RpcError(
+            INVALID_PARAMS,
+            f"Invalid params: 'arguments' cannot be sent as JSON ({type(exc).__name__}: {str(exc)[:200]}).",
+            data={"type": "invalid_request_error", "code": "invalid_arguments"},
+        ) from None
+
+
+def _arguments_hash_lenient(arguments: dict[str, Any]) -> str:
+    """For the audit of a call whose arguments could not be encoded: a hash all the same, never an error."""
+    try:
+        canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+    except (ValueError, TypeError, RecursionError):
+        canonical = repr(arguments)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) -> dict[str, Any]:
@@ -274,7 +295,9 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
     name = params.get("name")
     if not isinstance(name, str) or not name:
         raise RpcError(INVALID_PARAMS, "Invalid params: tools/call needs a tool 'name'.")
-    arguments = params.get("arguments") or {}
+    arguments = params.get("arguments")
+    if arguments is None:
+        arguments = {}
     if not isinstance(arguments, dict):
         raise RpcError(INVALID_PARAMS, "Invalid params: 'arguments' must be an object.")
     entry = catalog.tools.get(name)
@@ -283,7 +306,14 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
         raise RpcError(INVALID_PARAMS, f"Unknown tool: '{name}'.")
     started = time.perf_counter()
     outcome, error = AuditEvent.Outcome.SUCCESS, ""
+    arguments_sha256 = ""
     try:
+        try:
+            arguments_sha256 = hashlib.sha256(_arguments_encode(arguments)).hexdigest()
+        except RpcError:
+            outcome, error = AuditEvent.Outcome.FAILURE, "invalid_arguments"
+            arguments_sha256 = _arguments_hash_lenient(arguments)
+            raise
         if not catalog.allows(ctx.key, entry):
             outcome = AuditEvent.Outcome.DENIED
             error = "tool_not_granted"
@@ -325,7 +355,7 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
         raise
     finally:
         seconds = time.perf_counter() - started
-        _tool_call_audit(ctx, entry, arguments, outcome, error, seconds)
+        _tool_call_audit(ctx, entry, arguments_sha256, outcome, error, seconds)
         metrics.tool_call_observe(entry.server_name, TOOL_CALL_OUTCOMES.get(outcome, "error"), seconds)
 
 
@@ -349,14 +379,14 @@ TOOL_CALL_OUTCOMES = {
 
 
 def _tool_call_audit(
-    ctx: CallContext, entry: ToolEntry, arguments: dict[str, Any], outcome: str, error: str, seconds: float
+    ctx: CallContext, entry: ToolEntry, arguments_sha256: str, outcome: str, error: str, seconds: float
 ) -> None:
     details: dict[str, Any] = {
         "key_prefix": ctx.key.prefix,
         "server": entry.server_name,
         "tool": entry.name,
         "duration_ms": round(seconds * 1000, 3),
-        "arguments_sha256": _arguments_hash(arguments),
+        "arguments_sha256": arguments_sha256,
         "transport": ctx.transport,
         "protocol_version": ctx.version,
     }
@@ -385,6 +415,14 @@ async def _upstream(catalog: Catalog, server_id: int, operation: Any) -> Any:
         return await pool.run(target, operation)
     except MCPError as exc:
         raise RpcError(exc.error.code, exc.error.message, data=exc.error.data) from None
+    except UnsendableMessage as exc:
+        raise RpcError(
+            INVALID_PARAMS,
+            f"Invalid params: the request cannot be encoded for the upstream server ({str(exc)[:200]}).",
+            data={"type": "invalid_request_error", "code": "invalid_params"},
+        ) from None
+    except UpstreamCallFailed as exc:
+        raise RpcError(UPSTREAM_ERROR, f"Upstream MCP server failed this request: {exc}") from None
     except UpstreamUnavailable as exc:
         raise RpcError(UPSTREAM_ERROR, f"Upstream MCP server unavailable: {exc}") from None
     except ssrf.SsrfBlocked as exc:
@@ -399,9 +437,12 @@ async def _prompt_get(ctx: CallContext, catalog: Catalog, params: dict[str, Any]
     if server_id not in catalog.servers_of(ctx.key):
         raise RpcError(INVALID_PARAMS, f"Unknown prompt: '{name}'.")
     upstream_name = name.split(".", 1)[1]
-    arguments = params.get("arguments") or {}
-    if not isinstance(arguments, dict):
-        raise RpcError(INVALID_PARAMS, "Invalid params: 'arguments' must be an object.")
+    arguments = params.get("arguments")
+    if arguments is None:
+        arguments = {}
+    # Prompt arguments are strings (the spec's GetPromptRequest); the SDK refuses anything else.
+    if not isinstance(arguments, dict) or not all(isinstance(value, str) for value in arguments.values()):
+        raise RpcError(INVALID_PARAMS, "Invalid params: 'arguments' must be an object of strings.")
     result = await _upstream(catalog, server_id, lambda client: client.get_prompt(upstream_name, arguments))
     return _shape(ctx, _dump(result))
 
