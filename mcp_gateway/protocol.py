@@ -8,6 +8,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from mcp.shared.exceptions import MCPError
 from audit.models import AuditEvent
 from audit.services import AuditEntry, audit_record_deferred
 from mcp_gateway import ssrf
-from mcp_gateway.selectors import Catalog, ToolEntry, catalog_cache
+from mcp_gateway.selectors import Catalog, catalog_cache
 from mcp_gateway.upstream import UnsendableMessage, UpstreamCallFailed, UpstreamUnavailable, pool
 from observability import metrics, telemetry
 from tenants.auth import KeyContext
@@ -290,11 +291,40 @@ def _arguments_hash_lenient(arguments: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+# Longer than any "<server>.<tool>" (63 + 1 + 200) or resource URI worth sending; names go into the audit record.
+MAX_NAME_LENGTH = 2048
+
+
+def _name_param(params: dict[str, Any], param: str, method: str) -> str:
+    """A tool or prompt name, or a resource URI: a non-empty printable string (a NUL never reaches the record)."""
+    value = params.get(param)
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME_LENGTH or not value.isprintable():
+        raise RpcError(
+            INVALID_PARAMS,
+            f"Invalid params: {method} needs '{param}', a printable string of at most {MAX_NAME_LENGTH} characters.",
+        )
+    return value
+
+
+def _unavailable(kind: str, name: str) -> RpcError:
+    """The one answer for a name that does not exist, is not granted or is outside this endpoint.
+
+    All three answer alike, with the same code, message and data, so no tenant learns
+    which names exist elsewhere by probing.
+    """
+    data = {"type": "permission_error", "code": f"{kind}_not_granted"}
+    if kind == "resource":
+        data["uri"] = name
+    return RpcError(
+        INVALID_PARAMS,
+        f"Unknown {kind} '{name}': it does not exist, or is not granted to this API key on this endpoint.",
+        data=data,
+    )
+
+
 async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) -> dict[str, Any]:
     """Check the grant and the quota, call the upstream tool, and audit the call (whatever its outcome)."""
-    name = params.get("name")
-    if not isinstance(name, str) or not name:
-        raise RpcError(INVALID_PARAMS, "Invalid params: tools/call needs a tool 'name'.")
+    name = _name_param(params, "name", "tools/call")
     arguments = params.get("arguments")
     if arguments is None:
         arguments = {}
@@ -302,8 +332,8 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
         raise RpcError(INVALID_PARAMS, "Invalid params: 'arguments' must be an object.")
     entry = catalog.tools.get(name)
     chosen = catalog.bundles.get(ctx.bundle) if ctx.bundle else None
-    if entry is None or (chosen is not None and name not in chosen):
-        raise RpcError(INVALID_PARAMS, f"Unknown tool: '{name}'.")
+    if entry is not None and ((chosen is not None and name not in chosen) or not catalog.allows(ctx.key, entry)):
+        entry = None
     started = time.perf_counter()
     outcome, error = AuditEvent.Outcome.SUCCESS, ""
     arguments_sha256 = ""
@@ -314,15 +344,9 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
             outcome, error = AuditEvent.Outcome.FAILURE, "invalid_arguments"
             arguments_sha256 = _arguments_hash_lenient(arguments)
             raise
-        if not catalog.allows(ctx.key, entry):
-            outcome = AuditEvent.Outcome.DENIED
-            error = "tool_not_granted"
-            raise RpcError(
-                INVALID_PARAMS,
-                f"Tool '{name}' is not granted to tenant '{ctx.key.tenant_slug}'"
-                + (" for this API key." if ctx.key.key_id in catalog.key_grants else "."),
-                data={"type": "permission_error", "code": "tool_not_granted"},
-            )
+        if entry is None:
+            outcome, error = AuditEvent.Outcome.DENIED, "tool_not_granted"
+            raise _unavailable("tool", name)
         try:
             await tool_call_quota_reserve(ctx.key.quotas)
         except QuotaExceeded as exc:
@@ -332,11 +356,12 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
             # The upstream server continues the trace: W3C trace context in params._meta (SEP-414).
             meta: dict[str, Any] = {}
             telemetry.inject(meta)
+            tool = entry.name
             result = await _upstream(
                 catalog,
                 entry.server_id,
                 lambda client: client.call_tool(
-                    entry.name,
+                    tool,
                     arguments,
                     progress_callback=ctx.progress,
                     meta=meta or None,  # type: ignore[arg-type]
@@ -355,8 +380,12 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
         raise
     finally:
         seconds = time.perf_counter() - started
-        _tool_call_audit(ctx, entry, arguments_sha256, outcome, error, seconds)
-        metrics.tool_call_observe(entry.server_name, TOOL_CALL_OUTCOMES.get(outcome, "error"), seconds)
+        details = {"arguments_sha256": arguments_sha256}
+        if entry is not None:
+            details.update(server=entry.server_name, tool=entry.name)
+        _call_audit(ctx, "mcp.tool_call", f"mcp_tool:{name}", outcome, error, seconds, details)
+        server = entry.server_name if entry is not None else ""
+        metrics.tool_call_observe(server, TOOL_CALL_OUTCOMES.get(outcome, "error"), seconds)
 
 
 def _tool_call_attributes(entry: Any) -> dict[str, Any]:
@@ -378,15 +407,14 @@ TOOL_CALL_OUTCOMES = {
 }
 
 
-def _tool_call_audit(
-    ctx: CallContext, entry: ToolEntry, arguments_sha256: str, outcome: str, error: str, seconds: float
+def _call_audit(
+    ctx: CallContext, action: str, target: str, outcome: str, error: str, seconds: float, extra: dict[str, Any]
 ) -> None:
+    """The audit event of a call: the same details for a name that does not exist and one not granted."""
     details: dict[str, Any] = {
         "key_prefix": ctx.key.prefix,
-        "server": entry.server_name,
-        "tool": entry.name,
+        **extra,
         "duration_ms": round(seconds * 1000, 3),
-        "arguments_sha256": arguments_sha256,
         "transport": ctx.transport,
         "protocol_version": ctx.version,
     }
@@ -399,8 +427,8 @@ def _tool_call_audit(
     audit_record_deferred(
         AuditEntry(
             actor=f"key:{ctx.key.prefix}",
-            action="mcp.tool_call",
-            target=f"mcp_tool:{entry.public_name}",
+            action=action,
+            target=target,
             tenant_id=ctx.key.tenant_id,
             outcome=outcome,
             ip=ctx.ip,
@@ -429,30 +457,67 @@ async def _upstream(catalog: Catalog, server_id: int, operation: Any) -> Any:
         raise RpcError(UPSTREAM_ERROR, f"Upstream MCP server refused by the SSRF policy: {exc.message}") from None
 
 
+async def _audited(
+    ctx: CallContext,
+    *,
+    action: str,
+    kind: str,
+    name: str,
+    server: str | None,
+    fetch: Callable[[], Awaitable[dict[str, Any]]] | None,
+) -> dict[str, Any]:
+    """Run ``fetch`` (None: the ``kind`` named ``name`` is unavailable to this key) and audit the attempt."""
+    started = time.perf_counter()
+    outcome, error = AuditEvent.Outcome.SUCCESS, ""
+    try:
+        if fetch is None:
+            outcome, error = AuditEvent.Outcome.DENIED, f"{kind}_not_granted"
+            raise _unavailable(kind, name)
+        return await fetch()
+    except RpcError as exc:
+        if outcome == AuditEvent.Outcome.SUCCESS:
+            outcome, error = AuditEvent.Outcome.FAILURE, f"rpc_error:{exc.code}"
+        raise
+    except BaseException:
+        outcome, error = AuditEvent.Outcome.FAILURE, "cancelled_or_crashed"
+        raise
+    finally:
+        extra = {"server": server} if server is not None else {}
+        _call_audit(ctx, action, f"mcp_{kind}:{name}", outcome, error, time.perf_counter() - started, extra)
+
+
 async def _prompt_get(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) -> dict[str, Any]:
-    name = params.get("name")
-    if not isinstance(name, str) or name not in catalog.prompts or ctx.bundle:
-        raise RpcError(INVALID_PARAMS, f"Unknown prompt: '{name}'.")
-    server_id, _ = catalog.prompts[name]
-    if server_id not in catalog.servers_of(ctx.key):
-        raise RpcError(INVALID_PARAMS, f"Unknown prompt: '{name}'.")
-    upstream_name = name.split(".", 1)[1]
+    name = _name_param(params, "name", "prompts/get")
     arguments = params.get("arguments")
     if arguments is None:
         arguments = {}
     # Prompt arguments are strings (the spec's GetPromptRequest); the SDK refuses anything else.
     if not isinstance(arguments, dict) or not all(isinstance(value, str) for value in arguments.values()):
         raise RpcError(INVALID_PARAMS, "Invalid params: 'arguments' must be an object of strings.")
-    result = await _upstream(catalog, server_id, lambda client: client.get_prompt(upstream_name, arguments))
-    return _shape(ctx, _dump(result))
+    found = catalog.prompts.get(name)
+    if found is None or ctx.bundle or found[0] not in catalog.servers_of(ctx.key):
+        return await _audited(ctx, action="mcp.prompt_get", kind="prompt", name=name, server=None, fetch=None)
+    server_id = found[0]
+    upstream_name = name.split(".", 1)[1]
+
+    async def fetch() -> dict[str, Any]:
+        result = await _upstream(catalog, server_id, lambda client: client.get_prompt(upstream_name, arguments))
+        return _shape(ctx, _dump(result))
+
+    server = catalog.targets[server_id].name
+    return await _audited(ctx, action="mcp.prompt_get", kind="prompt", name=name, server=server, fetch=fetch)
 
 
 async def _resource_read(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) -> dict[str, Any]:
-    uri = params.get("uri")
-    if not isinstance(uri, str) or uri not in catalog.resources or ctx.bundle:
-        raise RpcError(INVALID_PARAMS, f"Unknown resource: '{uri}'.", data={"uri": uri})
-    server_id, _ = catalog.resources[uri]
-    if server_id not in catalog.servers_of(ctx.key):
-        raise RpcError(INVALID_PARAMS, f"Unknown resource: '{uri}'.", data={"uri": uri})
-    result = await _upstream(catalog, server_id, lambda client: client.read_resource(uri))
-    return _shape(ctx, _dump(result))
+    uri = _name_param(params, "uri", "resources/read")
+    found = catalog.resources.get(uri)
+    if found is None or ctx.bundle or found[0] not in catalog.servers_of(ctx.key):
+        return await _audited(ctx, action="mcp.resource_read", kind="resource", name=uri, server=None, fetch=None)
+    server_id = found[0]
+
+    async def fetch() -> dict[str, Any]:
+        result = await _upstream(catalog, server_id, lambda client: client.read_resource(uri))
+        return _shape(ctx, _dump(result))
+
+    server = catalog.targets[server_id].name
+    return await _audited(ctx, action="mcp.resource_read", kind="resource", name=uri, server=server, fetch=fetch)
