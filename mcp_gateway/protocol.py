@@ -253,15 +253,11 @@ async def _answer(ctx: CallContext, message: Message) -> dict[str, Any]:
     if method == "tools/call":
         return await tool_call(ctx, catalog, message.params)
     if method == "prompts/list":
-        servers = catalog.servers_of(ctx.key)
-        prompts = [spec for _, (server_id, spec) in sorted(catalog.prompts.items()) if server_id in servers]
-        return _shape(ctx, {"prompts": [] if ctx.bundle else prompts}, listing=True)
+        return _shape(ctx, {"prompts": [] if ctx.bundle else catalog.visible_prompts(ctx.key)}, listing=True)
     if method == "prompts/get":
         return await _prompt_get(ctx, catalog, message.params)
     if method == "resources/list":
-        servers = catalog.servers_of(ctx.key)
-        resources = [spec for _, (server_id, spec) in sorted(catalog.resources.items()) if server_id in servers]
-        return _shape(ctx, {"resources": [] if ctx.bundle else resources}, listing=True)
+        return _shape(ctx, {"resources": [] if ctx.bundle else catalog.visible_resources(ctx.key)}, listing=True)
     if method == "resources/templates/list":
         return _shape(ctx, {"resourceTemplates": []}, listing=True)
     if method == "resources/read":
@@ -510,8 +506,8 @@ async def _prompt_get(ctx: CallContext, catalog: Catalog, params: dict[str, Any]
 
 async def _resource_read(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) -> dict[str, Any]:
     uri = _name_param(params, "uri", "resources/read")
-    found = catalog.resources.get(uri)
-    if found is None or ctx.bundle or found[0] not in catalog.servers_of(ctx.key):
+    found = None if ctx.bundle else catalog.resource_offer(ctx.key, uri)
+    if found is None:
         return await _audited(ctx, action="mcp.resource_read", kind="resource", name=uri, server=None, fetch=None)
     server_id = found[0]
 
