@@ -17,24 +17,29 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
 from mcp_gateway.events import LocalEventLog, RedisEventLog, StreamInfo, event_id, event_id_parse, event_log
-from mcp_gateway.protocol import (
-    DEFAULT_HEADER_VERSION,
-    HANDSHAKE_VERSIONS,
+from mcp_gateway.jsonrpc import (
     HEADER_MISMATCH,
     INVALID_REQUEST,
-    LEGACY_VERSION,
-    MODERN_VERSIONS,
-    STREAMABLE_HANDSHAKE_VERSIONS,
     UNSUPPORTED_PROTOCOL_VERSION,
-    CallContext,
     Message,
     RpcError,
     body_parse,
+    message_parse,
+    platform_rpc_error,
+    response_dump,
+    response_encode,
+    response_too_large,
+)
+from mcp_gateway.protocol import (
+    DEFAULT_HEADER_VERSION,
+    HANDSHAKE_VERSIONS,
+    LEGACY_VERSION,
+    MODERN_VERSIONS,
+    STREAMABLE_HANDSHAKE_VERSIONS,
+    CallContext,
     discover_result,
     initialize_result,
-    message_parse,
     modern_meta_check,
-    platform_rpc_error,
     request_handle,
 )
 from mcp_gateway.relay import relay, reply_send
@@ -144,7 +149,11 @@ class McpConsumer(AsyncHttpConsumer):
         raise NotImplementedError
 
     async def reply(self, status: int, payload: Any = None, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        """A JSON answer (``payload`` as an object, or as its encoded bytes), or an empty one."""
+        if isinstance(payload, bytes):
+            body = payload
+        else:
+            body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         response_headers = (JSON_HEADERS if payload is not None else []) + (headers or [])
         await self.send_response(status, body, headers=response_headers)
 
@@ -281,7 +290,7 @@ class StreamableHttpConsumer(McpConsumer):
     async def answer(self, ctx: CallContext, message: Message, *, resumable: bool, prime: bool) -> None:
         """Send a request's response: one JSON body, or an SSE stream carrying the call's progress first."""
         if not self.wants_stream(message):
-            await self.reply(200, await request_handle(ctx, message))
+            await self.reply(200, response_dump(await request_handle(ctx, message)))
             return
         log = event_log() if resumable else None
         stream = ResponseStream(self, session_id=ctx.session_id, log=log, prime=prime)
@@ -295,28 +304,49 @@ class StreamableHttpConsumer(McpConsumer):
             except Exception:  # the headers are sent: the failure must be the stream's last event
                 logger.exception("MCP request failed")
                 response = RpcError(-32603, "Internal error.").response(message.id)
-            await stream.send(response, final=True)
+            await stream.send(response_dump(response).decode(), final=True)
         finally:
             stream.close()
 
     async def post_batch(self, payload: list[Any], header_version: str | None, key: KeyContext, bundle: str) -> None:
+        """A 2025-03-26 batch: its messages in order, the answer within ``MCP_MAX_RESPONSE_BYTES``.
+
+        Once an item's answer would pass the budget it is replaced by a -32003 error, and the
+        items after it are answered with that error without being run. The loop is yielded
+        to between items, so other requests go on meanwhile.
+        """
         session = await self.session_find(self.header(b"mcp-session-id"), key)
         if session.version != "2025-03-26" or not payload:
             raise RpcError(INVALID_REQUEST, "Invalid Request: JSON-RPC batches are only allowed in 2025-03-26.")
+        if len(payload) > settings.MCP_MAX_BATCH:  # body_parse refuses these first; a guard all the same
+            limit = settings.MCP_MAX_BATCH
+            raise RpcError(INVALID_REQUEST, f"Invalid Request: a batch holds at most {limit} messages.")
         ctx = CallContext(key, session.version, bundle, self.client_ip, session.id, "streamable_http")
-        responses = []
+        budget = settings.MCP_MAX_RESPONSE_BYTES - 2  # the brackets
+        spent, exhausted = 0, False
+        parts: list[bytes] = []
         for item in payload:
+            await asyncio.sleep(0)
             try:
                 message = message_parse(item)
             except RpcError as exc:
-                responses.append(exc.response(item.get("id") if isinstance(item, dict) else None))
-                continue
-            if message.method == "initialize":
-                responses.append(RpcError(INVALID_REQUEST, "initialize cannot be batched.").response(message.id))
-            elif message.is_request:
-                responses.append(await request_handle(ctx, message))
-        if responses:
-            await self.reply(200, responses)
+                response = exc.response(item.get("id") if isinstance(item, dict) else None)
+            else:
+                if not message.is_request:
+                    continue
+                if exhausted:
+                    response = response_too_large(message.id)
+                elif message.method == "initialize":
+                    response = RpcError(INVALID_REQUEST, "initialize cannot be batched.").response(message.id)
+                else:
+                    response = await request_handle(ctx, message)
+            encoded = response_encode(response)
+            if spent + len(parts) + len(encoded) > budget:  # len(parts): the commas
+                encoded, exhausted = response_encode(response_too_large(response.get("id"))), True
+            spent += len(encoded)
+            parts.append(encoded)
+        if parts:
+            await self.reply(200, b"[" + b",".join(parts) + b"]")
         else:
             await self.reply(202)
 
@@ -667,7 +697,7 @@ class LegacyMessagesConsumer(McpConsumer):
                 except Exception:  # the 202 is sent: the failure must reach the stream, not a second response
                     logger.exception("MCP request on session %s failed", session.id[:8])
                     response = RpcError(-32603, "Internal error.").response(message.id)
-            payload = json.dumps(response, separators=(",", ":"))
+            payload = response_dump(response).decode()
             try:
                 await reply_send(session.stream_channel, session.id, payload)
             except Exception:  # the 202 is sent; the client will time out waiting for this reply

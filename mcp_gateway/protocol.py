@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,26 +15,26 @@ from mcp.shared.exceptions import MCPError
 from audit.models import AuditEvent
 from audit.services import AuditEntry, audit_record_deferred
 from mcp_gateway import ssrf
+from mcp_gateway.jsonrpc import (
+    HEADER_MISMATCH,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    RATE_LIMITED,
+    UPSTREAM_ERROR,
+    Message,
+    RpcError,
+    platform_rpc_error,
+)
 from mcp_gateway.selectors import Catalog, catalog_cache
 from mcp_gateway.upstream import UnsendableMessage, UpstreamCallFailed, UpstreamUnavailable, pool
 from observability import metrics, telemetry
 from tenants.auth import KeyContext
-from tenants.errors import InvalidRequest, PlatformError
+from tenants.errors import PlatformError
 from tenants.quota import QuotaExceeded, tool_call_quota_reserve
-from tenants.request_input import json_body_parse
 
 logger = logging.getLogger(__name__)
-
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-RATE_LIMITED = -32029  # implementation-defined server error: a quota refused the call
-UPSTREAM_ERROR = -32002  # implementation-defined server error: the upstream failed
-HEADER_MISMATCH = -32020
-MISSING_CLIENT_CAPABILITY = -32021
-UNSUPPORTED_PROTOCOL_VERSION = -32022
 
 LEGACY_VERSION = "2024-11-05"
 HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
@@ -49,104 +47,6 @@ MODERN_ONLY_FIELDS = ("resultType", "ttlMs", "cacheScope")
 SERVER_INFO = {"name": "llm-platform-mcp-gateway", "version": "1.0"}
 CAPABILITIES = {"tools": {"listChanged": True}, "prompts": {"listChanged": True}, "resources": {"listChanged": True}}
 INSTRUCTIONS = "Tools of the upstream servers your tenant was granted, named '<server>.<tool>'."
-
-
-class RpcError(Exception):
-    """A JSON-RPC error object, with the HTTP status a Streamable HTTP response should carry."""
-
-    def __init__(self, code: int, message: str, *, data: Any = None, status: int = 200) -> None:
-        super().__init__(message)
-        self.code, self.message, self.data, self.status = code, message, data, status
-
-    def response(self, request_id: Any) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            error["data"] = self.data
-        return {"jsonrpc": "2.0", "id": request_id, "error": error}
-
-
-def platform_rpc_error(exc: PlatformError) -> RpcError:
-    """The platform's errors (auth, scope, quota) as JSON-RPC errors with their HTTP status."""
-    data = {"type": exc.type, "code": exc.code}
-    return RpcError(INVALID_REQUEST, exc.message, data=data, status=exc.status)
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One validated JSON-RPC message from a client."""
-
-    raw: dict[str, Any]
-    method: str | None
-    id: Any
-    params: dict[str, Any]
-
-    @property
-    def is_request(self) -> bool:
-        return self.method is not None and "id" in self.raw
-
-
-def message_parse(item: Any) -> Message:
-    """Check the JSON-RPC 2.0 envelope; raise ``RpcError(-32600)`` when it is not one."""
-    if not isinstance(item, dict) or item.get("jsonrpc") != "2.0":
-        raise RpcError(INVALID_REQUEST, "Invalid Request: expected a JSON-RPC 2.0 object.", status=400)
-    request_id = item.get("id")
-    if "id" in item and (isinstance(request_id, bool) or not isinstance(request_id, (str, int))):
-        raise RpcError(INVALID_REQUEST, "Invalid Request: 'id' must be a string or an integer.", status=400)
-    method = item.get("method")
-    if method is None:
-        if "id" in item and ("result" in item or "error" in item):
-            return Message(item, None, request_id, {})
-        raise RpcError(INVALID_REQUEST, "Invalid Request: no 'method'.", status=400)
-    if not isinstance(method, str) or not method:
-        raise RpcError(INVALID_REQUEST, "Invalid Request: 'method' must be a non-empty string.", status=400)
-    params = item.get("params", {})
-    if params is None:
-        params = {}
-    if not isinstance(params, dict):
-        raise RpcError(INVALID_PARAMS, "Invalid params: 'params' must be an object.", status=400)
-    return Message(item, method, request_id, params)
-
-
-def body_parse(body: bytes) -> Any:
-    """The JSON document of a request body; anything that is not JSON the gateway can pass on is a parse error.
-
-    Beyond malformed JSON that is extreme nesting and lone surrogates (``json_body_parse``)
-    and NaN/Infinity, which Python's json reads but JSON has not: passed on, they would
-    become ``null`` or fail the upstream connection's encoder.
-    """
-    try:
-        document = json_body_parse(body)
-    except InvalidRequest as exc:
-        raise RpcError(PARSE_ERROR, f"Parse error: {exc.message}", data=_parse_data(exc.code), status=400) from None
-    if _NON_FINITE.search(body) is not None and _non_finite_in(document):
-        raise RpcError(
-            PARSE_ERROR,
-            "Parse error: NaN, Infinity and -Infinity are not JSON numbers; send finite numbers (or strings).",
-            data=_parse_data("invalid_json"),
-            status=400,
-        )
-    return document
-
-
-# Only a body holding one of these words can hold a non-finite number: the walk runs for those alone.
-_NON_FINITE = re.compile(rb"NaN|Infinity")
-
-
-def _parse_data(code: str | None) -> dict[str, Any]:
-    return {"type": "invalid_request_error", "code": code or "invalid_json"}
-
-
-def _non_finite_in(document: Any) -> bool:
-    stack = [document]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, float) and not math.isfinite(value):
-            return True
-        if isinstance(value, dict):
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-    return False
 
 
 def initialize_result(params: dict[str, Any], versions: tuple[str, ...]) -> dict[str, Any]:

@@ -115,8 +115,9 @@ class ResponseStream:
         if self.prime:
             await self.consumer.send_body(sse_frame("", event_id(self.stream_id, entry)), more_body=True)
 
-    async def send(self, message: dict[str, Any], *, final: bool = False) -> None:
-        data = message_dump(message)
+    async def send(self, message: dict[str, Any] | str, *, final: bool = False) -> None:
+        """Send a message (or its JSON); ``final`` (the response) ends the stream."""
+        data = message if isinstance(message, str) else message_dump(message)
         ident = None
         if self.log is not None:
             try:

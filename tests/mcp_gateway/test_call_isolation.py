@@ -13,8 +13,9 @@ import pytest
 
 from audit.models import AuditEvent
 from audit.services import deferred_audit
+from mcp_gateway.jsonrpc import RpcError
 from mcp_gateway.models import UpstreamServer
-from mcp_gateway.protocol import CallContext, RpcError, tool_call
+from mcp_gateway.protocol import CallContext, tool_call
 from mcp_gateway.selectors import catalog_cache
 from mcp_gateway.upstream import UnsendableMessage, UpstreamCallFailed, pool
 from tenants.auth import KeyContext, key_authenticate_header
