@@ -16,6 +16,8 @@ from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
+from audit.models import AuditEvent
+from audit.services import AuditEntry, audit_record_deferred
 from mcp_gateway.events import LocalEventLog, RedisEventLog, StreamInfo, event_id, event_id_parse, event_log
 from mcp_gateway.jsonrpc import (
     HEADER_MISMATCH,
@@ -59,7 +61,8 @@ from mcp_gateway.streams import (
 )
 from observability import metrics, telemetry
 from tenants.auth import KeyContext, key_authenticate_header
-from tenants.errors import PlatformError
+from tenants.errors import AuthenticationFailed, PlatformError
+from tenants.request_input import credential_header
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,19 @@ SUPPORTED_VERSIONS = (*HANDSHAKE_VERSIONS, *MODERN_VERSIONS)
 SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
 LISTEN_FILTER = {"toolsListChanged": "tools", "promptsListChanged": "prompts", "resourcesListChanged": "resources"}
 NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# Headers read as one value (ASGI gives names in lower case); Accept, a list, may be repeated.
+SINGLE_VALUED_HEADERS = frozenset(
+    {
+        b"host",
+        b"origin",
+        b"content-type",
+        b"mcp-session-id",
+        b"mcp-protocol-version",
+        b"mcp-method",
+        b"mcp-name",
+        b"last-event-id",
+    }
+)
 
 
 class McpConsumer(AsyncHttpConsumer):
@@ -114,6 +130,7 @@ class McpConsumer(AsyncHttpConsumer):
         trace = telemetry.server_span(self.route(), "POST", self.headers) if self.scope["method"] == "POST" else None
         keep_open = False
         try:
+            self.headers_check()
             keep_open = await self.serve(b"".join(self.body))
         except RpcError as exc:
             await self.reply_error(exc)
@@ -184,10 +201,44 @@ class McpConsumer(AsyncHttpConsumer):
         if not domain or not validate_host(domain, allowed):
             raise RpcError(INVALID_REQUEST, f"Host '{host}' is not allowed here; add it to ALLOWED_HOSTS.", status=403)
 
+    def headers_check(self) -> None:
+        """Refuse a request that repeats a header this gateway reads one value of (400).
+
+        ``self.headers`` keeps the last of each, but a proxy in front may have acted on the
+        first: two session ids, versions, hosts or origins are ambiguous, never resolved.
+        (Two Authorization headers are refused as a 401, in ``authenticate``.)
+        """
+        seen: set[bytes] = set()
+        for name, _ in self.scope["headers"]:
+            if name in SINGLE_VALUED_HEADERS:
+                if name in seen:
+                    raise RpcError(
+                        INVALID_REQUEST,
+                        f"Bad Request: the request carries more than one {name.decode()} header; send exactly one.",
+                        data={"type": "invalid_request_error", "code": "duplicate_header"},
+                        status=400,
+                    )
+                seen.add(name)
+
     async def authenticate(self) -> KeyContext:
         self.host_check()
         self.origin_check()
-        key = await key_authenticate_header(self.header(b"authorization"), ip=self.client_ip, endpoint="mcp")
+        try:
+            # The raw headers, not self.headers: a dict keeps the last of two, billing whoever sent it.
+            authorization = credential_header(self.scope["headers"])
+        except AuthenticationFailed as exc:
+            audit_record_deferred(
+                AuditEntry(
+                    actor="anonymous",
+                    action="auth.failure",
+                    target="api:mcp",
+                    outcome=AuditEvent.Outcome.DENIED,
+                    ip=self.client_ip,
+                    details={"reason": exc.code, "message": exc.message},
+                )
+            )
+            raise
+        key = await key_authenticate_header(authorization, ip=self.client_ip, endpoint="mcp")
         key.require_scope("mcp")
         return key
 
