@@ -15,6 +15,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
+from mcp.shared.inbound import decode_header_value
 
 from audit.models import AuditEvent
 from audit.services import AuditEntry, audit_record_deferred
@@ -31,6 +32,7 @@ from mcp_gateway.jsonrpc import (
     response_dump,
     response_encode,
     response_too_large,
+    shown,
 )
 from mcp_gateway.protocol import (
     DEFAULT_HEADER_VERSION,
@@ -428,17 +430,19 @@ class StreamableHttpConsumer(McpConsumer):
         if header_method != message.method:
             raise RpcError(
                 HEADER_MISMATCH,
-                f"Mcp-Method header '{header_method}' does not match the body's method '{message.method}'.",
+                f"Mcp-Method header '{shown(header_method)}' does not match the body's method "
+                f"'{shown(message.method)}'.",
                 status=400,
             )
         name_param = NAME_PARAM.get(message.method)
         if name_param is not None:
-            header_name = self.header(b"mcp-name")
+            # A name that is not plain printable ASCII travels base64-wrapped (=?base64?…?=), as the SDK sends it.
+            header_name = decode_header_value(self.header(b"mcp-name"))
             if header_name != message.params.get(name_param):
                 raise RpcError(
                     HEADER_MISMATCH,
-                    f"Mcp-Name header '{header_name}' does not match the body's {name_param} "
-                    f"'{message.params.get(name_param)}'.",
+                    f"Mcp-Name header '{shown(self.header(b'mcp-name'))}' does not match the body's {name_param} "
+                    f"'{shown(message.params.get(name_param))}'.",
                     status=400,
                 )
         if message.method == "initialize":

@@ -40,6 +40,12 @@ class RpcError(Exception):
         return {"jsonrpc": "2.0", "id": request_id, "error": error}
 
 
+def shown(value: Any, limit: int = 100) -> str:
+    """A client's value as an error message quotes it: at most ``limit`` characters, never the whole of a huge one."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 def platform_rpc_error(exc: PlatformError) -> RpcError:
     """The platform's errors (auth, scope, quota) as JSON-RPC errors with their HTTP status."""
     data = {"type": exc.type, "code": exc.code}

@@ -26,6 +26,7 @@ from mcp_gateway.jsonrpc import (
     Message,
     RpcError,
     platform_rpc_error,
+    shown,
 )
 from mcp_gateway.selectors import Catalog, catalog_cache
 from mcp_gateway.upstream import UnsendableMessage, UpstreamCallFailed, UpstreamUnavailable, pool
@@ -162,7 +163,7 @@ async def _answer(ctx: CallContext, message: Message) -> dict[str, Any]:
         return _shape(ctx, {"resourceTemplates": []}, listing=True)
     if method == "resources/read":
         return await _resource_read(ctx, catalog, message.params)
-    raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{method}'.")
+    raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{shown(method)}'.")
 
 
 def _arguments_encode(arguments: dict[str, Any]) -> bytes:
