@@ -134,18 +134,32 @@ class McpConsumer(AsyncHttpConsumer):
         try:
             self.headers_check()
             keep_open = await self.serve(b"".join(self.body))
-        except RpcError as exc:
-            await self.reply_error(exc)
-        except PlatformError as exc:
-            await self.reply_error(platform_rpc_error(exc), extra=self._auth_headers(exc))
-        except Exception:
-            logger.exception("MCP request failed")
-            await self.reply_error(RpcError(-32603, "Internal error.", status=500))
+        except Exception as exc:
+            keep_open = False
+            await self.failure_reply(exc)
         finally:
             if trace is not None:
                 trace.end(self.status or 500)
         if not keep_open:
             raise StopConsumer()
+
+    async def failure_reply(self, exc: Exception) -> None:
+        """Answer a request that failed: its JSON-RPC error, or, once a stream's headers are out, the stream's end."""
+        if not isinstance(exc, (RpcError, PlatformError)):
+            logger.exception("MCP request failed", exc_info=exc)
+        if self.status:  # a response has begun: a second one cannot be sent, the stream ends instead
+            stream = getattr(self, "stream", None)
+            if stream is not None:
+                await stream.close()
+            with contextlib.suppress(Exception):
+                await self.send_body(b"", more_body=False)
+            return
+        if isinstance(exc, RpcError):
+            await self.reply_error(exc)
+        elif isinstance(exc, PlatformError):
+            await self.reply_error(platform_rpc_error(exc), extra=self._auth_headers(exc))
+        else:
+            await self.reply_error(RpcError(-32603, "Internal error.", status=500))
 
     def route(self) -> str:
         """The path with a virtual server's name as ``{bundle}``: span names stay few."""

@@ -51,8 +51,9 @@ def event_id_parse(value: str | None) -> tuple[str, str] | None:
 
 
 def _entry_valid(entry: str) -> bool:
+    # ASCII digits only: str.isdigit() also accepts '²' or '٣', which int() and Redis refuse.
     first, _, second = entry.partition("-")
-    return first.isdigit() and second.isdigit()
+    return first.isascii() and second.isascii() and first.isdigit() and second.isdigit()
 
 
 def _entry_key(entry: str) -> tuple[int, int]:

@@ -8,6 +8,9 @@ from typing import Any
 
 from asgiref.testing import ApplicationCommunicator
 
+# Imported with the test modules, not during a test: it configures logging again, which would
+# take pytest's log capture off the root logger in the middle of that test.
+from llm_platform.asgi import application as asgi_application
 from tests.asgi import http_scope
 
 ACCEPT = b"application/json, text/event-stream"
@@ -15,9 +18,7 @@ META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontex
 
 
 def application() -> Any:
-    from llm_platform.asgi import application as app  # imported late: it sets Django up
-
-    return app
+    return asgi_application
 
 
 @dataclass
