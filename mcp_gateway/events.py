@@ -50,10 +50,17 @@ def event_id_parse(value: str | None) -> tuple[str, str] | None:
     return stream_id, entry
 
 
+# Both parts of a Redis stream entry id are unsigned 64-bit integers; Redis refuses larger ones.
+_ENTRY_PART_MAX = 2**64 - 1
+
+
 def _entry_valid(entry: str) -> bool:
     # ASCII digits only: str.isdigit() also accepts '²' or '٣', which int() and Redis refuse.
     first, _, second = entry.partition("-")
-    return first.isascii() and second.isascii() and first.isdigit() and second.isdigit()
+    return all(
+        part.isascii() and part.isdigit() and len(part) <= 20 and int(part) <= _ENTRY_PART_MAX
+        for part in (first, second)
+    )
 
 
 def _entry_key(entry: str) -> tuple[int, int]:

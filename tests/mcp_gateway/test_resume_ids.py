@@ -16,9 +16,11 @@ from tests.mcp_gateway.inprocess import application, auth_headers, request, rpc
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_an_entry_of_other_than_ascii_digits_is_not_an_event_id() -> None:
+def test_a_position_of_other_than_ascii_digits_or_past_64_bits_is_not_an_event_id() -> None:
     assert event_id_parse("ab12_7-0") == ("ab12", "7-0")
-    for forged in ("ab12_\u00b2-0", "ab12_7-\u0663", "ab12_\uff17-0", "ab12_7", "ab12_-0", "_7-0"):
+    assert event_id_parse(f"ab12_{2**64 - 1}-{2**64 - 1}") is not None
+    huge = (f"ab12_{2**64}-0", f"ab12_0-{2**64}", "ab12_" + "9" * 40 + "-0")  # past what a Redis entry id holds
+    for forged in ("ab12_\u00b2-0", "ab12_7-\u0663", "ab12_\uff17-0", "ab12_7", "ab12_-0", "_7-0", *huge):
         assert event_id_parse(forged) is None, forged
 
 
