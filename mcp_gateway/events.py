@@ -21,6 +21,8 @@ from typing import Any
 from django.conf import settings
 
 ID_SEPARATOR = "_"
+# Expired logs are swept once the process holds this many, and again at twice what a sweep left.
+PRUNE_AT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,7 @@ class LocalEventLog:
 
     def __init__(self) -> None:
         self._streams: dict[str, _LocalStream] = {}
+        self._prune_at = PRUNE_AT
 
     def _live(self, stream_id: str) -> _LocalStream | None:
         stream = self._streams.get(stream_id)
@@ -91,9 +94,11 @@ class LocalEventLog:
         return stream
 
     async def open(self, stream_id: str, info: StreamInfo) -> str:
-        if len(self._streams) > 10_000:
+        if len(self._streams) > self._prune_at:
+            # As for sessions: the next sweep waits until the logs have doubled, never one per new stream.
             now = time.monotonic()
             self._streams = {key: value for key, value in self._streams.items() if value.expires_at > now}
+            self._prune_at = max(PRUNE_AT, 2 * len(self._streams))
         expires_at = time.monotonic() + settings.MCP_EVENT_TTL
         self._streams[stream_id] = _LocalStream(info, deque(maxlen=settings.MCP_EVENT_HISTORY), expires_at)
         return await self.append(stream_id, "")
