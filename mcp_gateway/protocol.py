@@ -47,6 +47,7 @@ META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 MODERN_ONLY_FIELDS = ("resultType", "ttlMs", "cacheScope")
 SERVER_INFO = {"name": "llm-platform-mcp-gateway", "version": "1.0"}
 CAPABILITIES = {"tools": {"listChanged": True}, "prompts": {"listChanged": True}, "resources": {"listChanged": True}}
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 INSTRUCTIONS = "Tools of the upstream servers your tenant was granted, named '<server>.<tool>'."
 
 
@@ -144,6 +145,9 @@ async def _answer(ctx: CallContext, message: Message) -> dict[str, Any]:
     if method == "server/discover" and ctx.modern:
         return discover_result()
     if method == "logging/setLevel" and not ctx.modern:
+        # Accepted and ignored (the gateway sends no log messages), but only with a level the spec names.
+        if message.params.get("level") not in LOG_LEVELS:
+            raise RpcError(INVALID_PARAMS, f"Invalid params: 'level' must be one of {', '.join(LOG_LEVELS)}.")
         return {}
     catalog = await catalog_cache.get()
     if ctx.bundle and ctx.bundle not in catalog.bundles:
