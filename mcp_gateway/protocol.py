@@ -276,6 +276,9 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
         if outcome == AuditEvent.Outcome.SUCCESS:
             outcome, error = AuditEvent.Outcome.FAILURE, f"rpc_error:{exc.code}"
         raise
+    except PlatformError as exc:  # e.g. the quota store unreachable with QUOTA_FAIL_MODE=closed
+        outcome, error = AuditEvent.Outcome.FAILURE, exc.code or "platform_error"
+        raise
     except BaseException:
         outcome, error = AuditEvent.Outcome.FAILURE, "cancelled_or_crashed"
         raise
@@ -378,6 +381,9 @@ async def _audited(
     except RpcError as exc:
         if outcome == AuditEvent.Outcome.SUCCESS:
             outcome, error = AuditEvent.Outcome.FAILURE, f"rpc_error:{exc.code}"
+        raise
+    except PlatformError as exc:  # e.g. the quota store unreachable with QUOTA_FAIL_MODE=closed
+        outcome, error = AuditEvent.Outcome.FAILURE, exc.code or "platform_error"
         raise
     except BaseException:
         outcome, error = AuditEvent.Outcome.FAILURE, "cancelled_or_crashed"
