@@ -443,3 +443,8 @@ if MCP_POST_RESPONSE not in ("auto", "json", "sse"):
 # Events kept per SSE stream for Last-Event-ID resumption, and for how long after the last one.
 MCP_EVENT_HISTORY = env_int("MCP_EVENT_HISTORY", 256, minimum=1)
 MCP_EVENT_TTL = env_float("MCP_EVENT_TTL", 600.0, minimum=1)
+# Messages in one JSON-RPC batch (2025-03-26): a longer batch is refused whole, before it is parsed past the limit.
+MCP_MAX_BATCH = env_int("MCP_MAX_BATCH", 100, minimum=1)
+# Bytes of JSON in the answer to one request or batch: an answer (or a batch's next item) past this is replaced
+# by a -32003 error, and a batch's remaining items are answered with that error without being run.
+MCP_MAX_RESPONSE_BYTES = env_int("MCP_MAX_RESPONSE_BYTES", 16 * 1024 * 1024, minimum=4096)

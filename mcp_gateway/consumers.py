@@ -15,26 +15,35 @@ from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
+from mcp.shared.inbound import decode_header_value
 
+from audit.models import AuditEvent
+from audit.services import AuditEntry, audit_record_deferred
 from mcp_gateway.events import LocalEventLog, RedisEventLog, StreamInfo, event_id, event_id_parse, event_log
-from mcp_gateway.protocol import (
-    DEFAULT_HEADER_VERSION,
-    HANDSHAKE_VERSIONS,
+from mcp_gateway.jsonrpc import (
     HEADER_MISMATCH,
     INVALID_REQUEST,
-    LEGACY_VERSION,
-    MODERN_VERSIONS,
-    STREAMABLE_HANDSHAKE_VERSIONS,
     UNSUPPORTED_PROTOCOL_VERSION,
-    CallContext,
     Message,
     RpcError,
     body_parse,
+    message_parse,
+    platform_rpc_error,
+    response_dump,
+    response_encode,
+    response_too_large,
+    shown,
+)
+from mcp_gateway.protocol import (
+    DEFAULT_HEADER_VERSION,
+    HANDSHAKE_VERSIONS,
+    LEGACY_VERSION,
+    MODERN_VERSIONS,
+    STREAMABLE_HANDSHAKE_VERSIONS,
+    CallContext,
     discover_result,
     initialize_result,
-    message_parse,
     modern_meta_check,
-    platform_rpc_error,
     request_handle,
 )
 from mcp_gateway.relay import relay, reply_send
@@ -54,7 +63,8 @@ from mcp_gateway.streams import (
 )
 from observability import metrics, telemetry
 from tenants.auth import KeyContext, key_authenticate_header
-from tenants.errors import PlatformError
+from tenants.errors import AuthenticationFailed, PlatformError
+from tenants.request_input import credential_header
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +73,19 @@ SUPPORTED_VERSIONS = (*HANDSHAKE_VERSIONS, *MODERN_VERSIONS)
 SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
 LISTEN_FILTER = {"toolsListChanged": "tools", "promptsListChanged": "prompts", "resourcesListChanged": "resources"}
 NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# Headers read as one value (ASGI gives names in lower case); Accept, a list, may be repeated.
+SINGLE_VALUED_HEADERS = frozenset(
+    {
+        b"host",
+        b"origin",
+        b"content-type",
+        b"mcp-session-id",
+        b"mcp-protocol-version",
+        b"mcp-method",
+        b"mcp-name",
+        b"last-event-id",
+    }
+)
 
 
 class McpConsumer(AsyncHttpConsumer):
@@ -109,19 +132,34 @@ class McpConsumer(AsyncHttpConsumer):
         trace = telemetry.server_span(self.route(), "POST", self.headers) if self.scope["method"] == "POST" else None
         keep_open = False
         try:
+            self.headers_check()
             keep_open = await self.serve(b"".join(self.body))
-        except RpcError as exc:
-            await self.reply_error(exc)
-        except PlatformError as exc:
-            await self.reply_error(platform_rpc_error(exc), extra=self._auth_headers(exc))
-        except Exception:
-            logger.exception("MCP request failed")
-            await self.reply_error(RpcError(-32603, "Internal error.", status=500))
+        except Exception as exc:
+            keep_open = False
+            await self.failure_reply(exc)
         finally:
             if trace is not None:
                 trace.end(self.status or 500)
         if not keep_open:
             raise StopConsumer()
+
+    async def failure_reply(self, exc: Exception) -> None:
+        """Answer a request that failed: its JSON-RPC error, or, once a stream's headers are out, the stream's end."""
+        if not isinstance(exc, (RpcError, PlatformError)):
+            logger.exception("MCP request failed", exc_info=exc)
+        if self.status:  # a response has begun: a second one cannot be sent, the stream ends instead
+            stream = getattr(self, "stream", None)
+            if stream is not None:
+                await stream.close()
+            with contextlib.suppress(Exception):
+                await self.send_body(b"", more_body=False)
+            return
+        if isinstance(exc, RpcError):
+            await self.reply_error(exc)
+        elif isinstance(exc, PlatformError):
+            await self.reply_error(platform_rpc_error(exc), extra=self._auth_headers(exc))
+        else:
+            await self.reply_error(RpcError(-32603, "Internal error.", status=500))
 
     def route(self) -> str:
         """The path with a virtual server's name as ``{bundle}``: span names stay few."""
@@ -144,7 +182,11 @@ class McpConsumer(AsyncHttpConsumer):
         raise NotImplementedError
 
     async def reply(self, status: int, payload: Any = None, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        """A JSON answer (``payload`` as an object, or as its encoded bytes), or an empty one."""
+        if isinstance(payload, bytes):
+            body = payload
+        else:
+            body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         response_headers = (JSON_HEADERS if payload is not None else []) + (headers or [])
         await self.send_response(status, body, headers=response_headers)
 
@@ -175,10 +217,44 @@ class McpConsumer(AsyncHttpConsumer):
         if not domain or not validate_host(domain, allowed):
             raise RpcError(INVALID_REQUEST, f"Host '{host}' is not allowed here; add it to ALLOWED_HOSTS.", status=403)
 
+    def headers_check(self) -> None:
+        """Refuse a request that repeats a header this gateway reads one value of (400).
+
+        ``self.headers`` keeps the last of each, but a proxy in front may have acted on the
+        first: two session ids, versions, hosts or origins are ambiguous, never resolved.
+        (Two Authorization headers are refused as a 401, in ``authenticate``.)
+        """
+        seen: set[bytes] = set()
+        for name, _ in self.scope["headers"]:
+            if name in SINGLE_VALUED_HEADERS:
+                if name in seen:
+                    raise RpcError(
+                        INVALID_REQUEST,
+                        f"Bad Request: the request carries more than one {name.decode()} header; send exactly one.",
+                        data={"type": "invalid_request_error", "code": "duplicate_header"},
+                        status=400,
+                    )
+                seen.add(name)
+
     async def authenticate(self) -> KeyContext:
         self.host_check()
         self.origin_check()
-        key = await key_authenticate_header(self.header(b"authorization"), ip=self.client_ip, endpoint="mcp")
+        try:
+            # The raw headers, not self.headers: a dict keeps the last of two, billing whoever sent it.
+            authorization = credential_header(self.scope["headers"])
+        except AuthenticationFailed as exc:
+            audit_record_deferred(
+                AuditEntry(
+                    actor="anonymous",
+                    action="auth.failure",
+                    target="api:mcp",
+                    outcome=AuditEvent.Outcome.DENIED,
+                    ip=self.client_ip,
+                    details={"reason": exc.code, "message": exc.message},
+                )
+            )
+            raise
+        key = await key_authenticate_header(authorization, ip=self.client_ip, endpoint="mcp")
         key.require_scope("mcp")
         return key
 
@@ -281,7 +357,7 @@ class StreamableHttpConsumer(McpConsumer):
     async def answer(self, ctx: CallContext, message: Message, *, resumable: bool, prime: bool) -> None:
         """Send a request's response: one JSON body, or an SSE stream carrying the call's progress first."""
         if not self.wants_stream(message):
-            await self.reply(200, await request_handle(ctx, message))
+            await self.reply(200, response_dump(await request_handle(ctx, message)))
             return
         log = event_log() if resumable else None
         stream = ResponseStream(self, session_id=ctx.session_id, log=log, prime=prime)
@@ -295,28 +371,49 @@ class StreamableHttpConsumer(McpConsumer):
             except Exception:  # the headers are sent: the failure must be the stream's last event
                 logger.exception("MCP request failed")
                 response = RpcError(-32603, "Internal error.").response(message.id)
-            await stream.send(response, final=True)
+            await stream.send(response_dump(response).decode(), final=True)
         finally:
             stream.close()
 
     async def post_batch(self, payload: list[Any], header_version: str | None, key: KeyContext, bundle: str) -> None:
+        """A 2025-03-26 batch: its messages in order, the answer within ``MCP_MAX_RESPONSE_BYTES``.
+
+        Once an item's answer would pass the budget it is replaced by a -32003 error, and the
+        items after it are answered with that error without being run. The loop is yielded
+        to between items, so other requests go on meanwhile.
+        """
         session = await self.session_find(self.header(b"mcp-session-id"), key)
         if session.version != "2025-03-26" or not payload:
             raise RpcError(INVALID_REQUEST, "Invalid Request: JSON-RPC batches are only allowed in 2025-03-26.")
+        if len(payload) > settings.MCP_MAX_BATCH:  # body_parse refuses these first; a guard all the same
+            limit = settings.MCP_MAX_BATCH
+            raise RpcError(INVALID_REQUEST, f"Invalid Request: a batch holds at most {limit} messages.")
         ctx = CallContext(key, session.version, bundle, self.client_ip, session.id, "streamable_http")
-        responses = []
+        budget = settings.MCP_MAX_RESPONSE_BYTES - 2  # the brackets
+        spent, exhausted = 0, False
+        parts: list[bytes] = []
         for item in payload:
+            await asyncio.sleep(0)
             try:
                 message = message_parse(item)
             except RpcError as exc:
-                responses.append(exc.response(item.get("id") if isinstance(item, dict) else None))
-                continue
-            if message.method == "initialize":
-                responses.append(RpcError(INVALID_REQUEST, "initialize cannot be batched.").response(message.id))
-            elif message.is_request:
-                responses.append(await request_handle(ctx, message))
-        if responses:
-            await self.reply(200, responses)
+                response = exc.response(item.get("id") if isinstance(item, dict) else None)
+            else:
+                if not message.is_request:
+                    continue
+                if exhausted:
+                    response = response_too_large(message.id)
+                elif message.method == "initialize":
+                    response = RpcError(INVALID_REQUEST, "initialize cannot be batched.").response(message.id)
+                else:
+                    response = await request_handle(ctx, message)
+            encoded = response_encode(response)
+            if spent + len(parts) + len(encoded) > budget:  # len(parts): the commas
+                encoded, exhausted = response_encode(response_too_large(response.get("id"))), True
+            spent += len(encoded)
+            parts.append(encoded)
+        if parts:
+            await self.reply(200, b"[" + b",".join(parts) + b"]")
         else:
             await self.reply(202)
 
@@ -347,17 +444,19 @@ class StreamableHttpConsumer(McpConsumer):
         if header_method != message.method:
             raise RpcError(
                 HEADER_MISMATCH,
-                f"Mcp-Method header '{header_method}' does not match the body's method '{message.method}'.",
+                f"Mcp-Method header '{shown(header_method)}' does not match the body's method "
+                f"'{shown(message.method)}'.",
                 status=400,
             )
         name_param = NAME_PARAM.get(message.method)
         if name_param is not None:
-            header_name = self.header(b"mcp-name")
+            # A name that is not plain printable ASCII travels base64-wrapped (=?base64?…?=), as the SDK sends it.
+            header_name = decode_header_value(self.header(b"mcp-name"))
             if header_name != message.params.get(name_param):
                 raise RpcError(
                     HEADER_MISMATCH,
-                    f"Mcp-Name header '{header_name}' does not match the body's {name_param} "
-                    f"'{message.params.get(name_param)}'.",
+                    f"Mcp-Name header '{shown(self.header(b'mcp-name'))}' does not match the body's {name_param} "
+                    f"'{shown(message.params.get(name_param))}'.",
                     status=400,
                 )
         if message.method == "initialize":
@@ -667,7 +766,7 @@ class LegacyMessagesConsumer(McpConsumer):
                 except Exception:  # the 202 is sent: the failure must reach the stream, not a second response
                     logger.exception("MCP request on session %s failed", session.id[:8])
                     response = RpcError(-32603, "Internal error.").response(message.id)
-            payload = json.dumps(response, separators=(",", ":"))
+            payload = response_dump(response).decode()
             try:
                 await reply_send(session.stream_channel, session.id, payload)
             except Exception:  # the 202 is sent; the client will time out waiting for this reply

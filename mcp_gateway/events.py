@@ -21,6 +21,8 @@ from typing import Any
 from django.conf import settings
 
 ID_SEPARATOR = "_"
+# Expired logs are swept once the process holds this many, and again at twice what a sweep left.
+PRUNE_AT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +52,17 @@ def event_id_parse(value: str | None) -> tuple[str, str] | None:
     return stream_id, entry
 
 
+# Both parts of a Redis stream entry id are unsigned 64-bit integers; Redis refuses larger ones.
+_ENTRY_PART_MAX = 2**64 - 1
+
+
 def _entry_valid(entry: str) -> bool:
+    # ASCII digits only: str.isdigit() also accepts '²' or '٣', which int() and Redis refuse.
     first, _, second = entry.partition("-")
-    return first.isdigit() and second.isdigit()
+    return all(
+        part.isascii() and part.isdigit() and len(part) <= 20 and int(part) <= _ENTRY_PART_MAX
+        for part in (first, second)
+    )
 
 
 def _entry_key(entry: str) -> tuple[int, int]:
@@ -74,6 +84,7 @@ class LocalEventLog:
 
     def __init__(self) -> None:
         self._streams: dict[str, _LocalStream] = {}
+        self._prune_at = PRUNE_AT
 
     def _live(self, stream_id: str) -> _LocalStream | None:
         stream = self._streams.get(stream_id)
@@ -83,9 +94,11 @@ class LocalEventLog:
         return stream
 
     async def open(self, stream_id: str, info: StreamInfo) -> str:
-        if len(self._streams) > 10_000:
+        if len(self._streams) > self._prune_at:
+            # As for sessions: the next sweep waits until the logs have doubled, never one per new stream.
             now = time.monotonic()
             self._streams = {key: value for key, value in self._streams.items() if value.expires_at > now}
+            self._prune_at = max(PRUNE_AT, 2 * len(self._streams))
         expires_at = time.monotonic() + settings.MCP_EVENT_TTL
         self._streams[stream_id] = _LocalStream(info, deque(maxlen=settings.MCP_EVENT_HISTORY), expires_at)
         return await self.append(stream_id, "")

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,25 +15,27 @@ from mcp.shared.exceptions import MCPError
 from audit.models import AuditEvent
 from audit.services import AuditEntry, audit_record_deferred
 from mcp_gateway import ssrf
-from mcp_gateway.selectors import Catalog, ToolEntry, catalog_cache
-from mcp_gateway.upstream import UpstreamUnavailable, pool
+from mcp_gateway.jsonrpc import (
+    HEADER_MISMATCH,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    RATE_LIMITED,
+    UPSTREAM_ERROR,
+    Message,
+    RpcError,
+    platform_rpc_error,
+    shown,
+)
+from mcp_gateway.selectors import Catalog, catalog_cache
+from mcp_gateway.upstream import UnsendableMessage, UpstreamCallFailed, UpstreamUnavailable, pool
 from observability import metrics, telemetry
 from tenants.auth import KeyContext
 from tenants.errors import PlatformError
 from tenants.quota import QuotaExceeded, tool_call_quota_reserve
 
 logger = logging.getLogger(__name__)
-
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-RATE_LIMITED = -32029  # implementation-defined server error: a quota refused the call
-UPSTREAM_ERROR = -32002  # implementation-defined server error: the upstream failed
-HEADER_MISMATCH = -32020
-MISSING_CLIENT_CAPABILITY = -32021
-UNSUPPORTED_PROTOCOL_VERSION = -32022
 
 LEGACY_VERSION = "2024-11-05"
 HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
@@ -44,70 +47,8 @@ META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 MODERN_ONLY_FIELDS = ("resultType", "ttlMs", "cacheScope")
 SERVER_INFO = {"name": "llm-platform-mcp-gateway", "version": "1.0"}
 CAPABILITIES = {"tools": {"listChanged": True}, "prompts": {"listChanged": True}, "resources": {"listChanged": True}}
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 INSTRUCTIONS = "Tools of the upstream servers your tenant was granted, named '<server>.<tool>'."
-
-
-class RpcError(Exception):
-    """A JSON-RPC error object, with the HTTP status a Streamable HTTP response should carry."""
-
-    def __init__(self, code: int, message: str, *, data: Any = None, status: int = 200) -> None:
-        super().__init__(message)
-        self.code, self.message, self.data, self.status = code, message, data, status
-
-    def response(self, request_id: Any) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            error["data"] = self.data
-        return {"jsonrpc": "2.0", "id": request_id, "error": error}
-
-
-def platform_rpc_error(exc: PlatformError) -> RpcError:
-    """The platform's errors (auth, scope, quota) as JSON-RPC errors with their HTTP status."""
-    data = {"type": exc.type, "code": exc.code}
-    return RpcError(INVALID_REQUEST, exc.message, data=data, status=exc.status)
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One validated JSON-RPC message from a client."""
-
-    raw: dict[str, Any]
-    method: str | None
-    id: Any
-    params: dict[str, Any]
-
-    @property
-    def is_request(self) -> bool:
-        return self.method is not None and "id" in self.raw
-
-
-def message_parse(item: Any) -> Message:
-    """Check the JSON-RPC 2.0 envelope; raise ``RpcError(-32600)`` when it is not one."""
-    if not isinstance(item, dict) or item.get("jsonrpc") != "2.0":
-        raise RpcError(INVALID_REQUEST, "Invalid Request: expected a JSON-RPC 2.0 object.", status=400)
-    request_id = item.get("id")
-    if "id" in item and (isinstance(request_id, bool) or not isinstance(request_id, (str, int))):
-        raise RpcError(INVALID_REQUEST, "Invalid Request: 'id' must be a string or an integer.", status=400)
-    method = item.get("method")
-    if method is None:
-        if "id" in item and ("result" in item or "error" in item):
-            return Message(item, None, request_id, {})
-        raise RpcError(INVALID_REQUEST, "Invalid Request: no 'method'.", status=400)
-    if not isinstance(method, str) or not method:
-        raise RpcError(INVALID_REQUEST, "Invalid Request: 'method' must be a non-empty string.", status=400)
-    params = item.get("params", {})
-    if params is None:
-        params = {}
-    if not isinstance(params, dict):
-        raise RpcError(INVALID_PARAMS, "Invalid params: 'params' must be an object.", status=400)
-    return Message(item, method, request_id, params)
-
-
-def body_parse(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RpcError(PARSE_ERROR, f"Parse error: the body is not valid JSON ({exc}).", status=400) from None
 
 
 def initialize_result(params: dict[str, Any], versions: tuple[str, ...]) -> dict[str, Any]:
@@ -190,6 +131,10 @@ async def request_handle(ctx: CallContext, message: Message) -> dict[str, Any]:
         return exc.response(message.id)
     except PlatformError as exc:
         return platform_rpc_error(exc).response(message.id)
+    except Exception:
+        # This request's failure alone: its batch neighbours, and the connection, carry on.
+        logger.exception("MCP %s failed", message.method)
+        return RpcError(INTERNAL_ERROR, "Internal error.").response(message.id)
     return {"jsonrpc": "2.0", "id": message.id, "result": result}
 
 
@@ -200,6 +145,9 @@ async def _answer(ctx: CallContext, message: Message) -> dict[str, Any]:
     if method == "server/discover" and ctx.modern:
         return discover_result()
     if method == "logging/setLevel" and not ctx.modern:
+        # Accepted and ignored (the gateway sends no log messages), but only with a level the spec names.
+        if message.params.get("level") not in LOG_LEVELS:
+            raise RpcError(INVALID_PARAMS, f"Invalid params: 'level' must be one of {', '.join(LOG_LEVELS)}.")
         return {}
     catalog = await catalog_cache.get()
     if ctx.bundle and ctx.bundle not in catalog.bundles:
@@ -210,51 +158,96 @@ async def _answer(ctx: CallContext, message: Message) -> dict[str, Any]:
     if method == "tools/call":
         return await tool_call(ctx, catalog, message.params)
     if method == "prompts/list":
-        servers = catalog.servers_of(ctx.key)
-        prompts = [spec for _, (server_id, spec) in sorted(catalog.prompts.items()) if server_id in servers]
-        return _shape(ctx, {"prompts": [] if ctx.bundle else prompts}, listing=True)
+        return _shape(ctx, {"prompts": [] if ctx.bundle else catalog.visible_prompts(ctx.key)}, listing=True)
     if method == "prompts/get":
         return await _prompt_get(ctx, catalog, message.params)
     if method == "resources/list":
-        servers = catalog.servers_of(ctx.key)
-        resources = [spec for _, (server_id, spec) in sorted(catalog.resources.items()) if server_id in servers]
-        return _shape(ctx, {"resources": [] if ctx.bundle else resources}, listing=True)
+        return _shape(ctx, {"resources": [] if ctx.bundle else catalog.visible_resources(ctx.key)}, listing=True)
     if method == "resources/templates/list":
         return _shape(ctx, {"resourceTemplates": []}, listing=True)
     if method == "resources/read":
         return await _resource_read(ctx, catalog, message.params)
-    raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{method}'.")
+    raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{shown(method)}'.")
 
 
-def _arguments_hash(arguments: dict[str, Any]) -> str:
-    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def _arguments_encode(arguments: dict[str, Any]) -> bytes:
+    """The canonical JSON of a call's arguments (what its audit hash is of); refused when JSON has no form for it."""
+    try:
+        canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return canonical.encode()
+    except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        raise RpcError(
+            INVALID_PARAMS,
+            f"Invalid params: 'arguments' cannot be sent as JSON ({type(exc).__name__}: {str(exc)[:200]}).",
+            data={"type": "invalid_request_error", "code": "invalid_arguments"},
+        ) from None
+
+
+def _arguments_hash_lenient(arguments: dict[str, Any]) -> str:
+    """For the audit of a call whose arguments could not be encoded: a hash all the same, never an error."""
+    try:
+        canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+    except (ValueError, TypeError, RecursionError):
+        canonical = repr(arguments)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# Longer than any "<server>.<tool>" (63 + 1 + 200) or resource URI worth sending; names go into the audit record.
+MAX_NAME_LENGTH = 2048
+
+
+def _name_param(params: dict[str, Any], param: str, method: str) -> str:
+    """A tool or prompt name, or a resource URI: a non-empty printable string (a NUL never reaches the record)."""
+    value = params.get(param)
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME_LENGTH or not value.isprintable():
+        raise RpcError(
+            INVALID_PARAMS,
+            f"Invalid params: {method} needs '{param}', a printable string of at most {MAX_NAME_LENGTH} characters.",
+        )
+    return value
+
+
+def _unavailable(kind: str, name: str) -> RpcError:
+    """The one answer for a name that does not exist, is not granted or is outside this endpoint.
+
+    All three answer alike, with the same code, message and data, so no tenant learns
+    which names exist elsewhere by probing.
+    """
+    data = {"type": "permission_error", "code": f"{kind}_not_granted"}
+    if kind == "resource":
+        data["uri"] = name
+    return RpcError(
+        INVALID_PARAMS,
+        f"Unknown {kind} '{name}': it does not exist, or is not granted to this API key on this endpoint.",
+        data=data,
+    )
 
 
 async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) -> dict[str, Any]:
     """Check the grant and the quota, call the upstream tool, and audit the call (whatever its outcome)."""
-    name = params.get("name")
-    if not isinstance(name, str) or not name:
-        raise RpcError(INVALID_PARAMS, "Invalid params: tools/call needs a tool 'name'.")
-    arguments = params.get("arguments") or {}
+    name = _name_param(params, "name", "tools/call")
+    arguments = params.get("arguments")
+    if arguments is None:
+        arguments = {}
     if not isinstance(arguments, dict):
         raise RpcError(INVALID_PARAMS, "Invalid params: 'arguments' must be an object.")
     entry = catalog.tools.get(name)
     chosen = catalog.bundles.get(ctx.bundle) if ctx.bundle else None
-    if entry is None or (chosen is not None and name not in chosen):
-        raise RpcError(INVALID_PARAMS, f"Unknown tool: '{name}'.")
+    if entry is not None and ((chosen is not None and name not in chosen) or not catalog.allows(ctx.key, entry)):
+        entry = None
     started = time.perf_counter()
     outcome, error = AuditEvent.Outcome.SUCCESS, ""
+    arguments_sha256 = ""
     try:
-        if not catalog.allows(ctx.key, entry):
-            outcome = AuditEvent.Outcome.DENIED
-            error = "tool_not_granted"
-            raise RpcError(
-                INVALID_PARAMS,
-                f"Tool '{name}' is not granted to tenant '{ctx.key.tenant_slug}'"
-                + (" for this API key." if ctx.key.key_id in catalog.key_grants else "."),
-                data={"type": "permission_error", "code": "tool_not_granted"},
-            )
+        try:
+            arguments_sha256 = hashlib.sha256(_arguments_encode(arguments)).hexdigest()
+        except RpcError:
+            outcome, error = AuditEvent.Outcome.FAILURE, "invalid_arguments"
+            arguments_sha256 = _arguments_hash_lenient(arguments)
+            raise
+        if entry is None:
+            outcome, error = AuditEvent.Outcome.DENIED, "tool_not_granted"
+            raise _unavailable("tool", name)
         try:
             await tool_call_quota_reserve(ctx.key.quotas)
         except QuotaExceeded as exc:
@@ -264,11 +257,12 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
             # The upstream server continues the trace: W3C trace context in params._meta (SEP-414).
             meta: dict[str, Any] = {}
             telemetry.inject(meta)
+            tool = entry.name
             result = await _upstream(
                 catalog,
                 entry.server_id,
                 lambda client: client.call_tool(
-                    entry.name,
+                    tool,
                     arguments,
                     progress_callback=ctx.progress,
                     meta=meta or None,  # type: ignore[arg-type]
@@ -282,13 +276,20 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
         if outcome == AuditEvent.Outcome.SUCCESS:
             outcome, error = AuditEvent.Outcome.FAILURE, f"rpc_error:{exc.code}"
         raise
+    except PlatformError as exc:  # e.g. the quota store unreachable with QUOTA_FAIL_MODE=closed
+        outcome, error = AuditEvent.Outcome.FAILURE, exc.code or "platform_error"
+        raise
     except BaseException:
         outcome, error = AuditEvent.Outcome.FAILURE, "cancelled_or_crashed"
         raise
     finally:
         seconds = time.perf_counter() - started
-        _tool_call_audit(ctx, entry, arguments, outcome, error, seconds)
-        metrics.tool_call_observe(entry.server_name, TOOL_CALL_OUTCOMES.get(outcome, "error"), seconds)
+        details = {"arguments_sha256": arguments_sha256}
+        if entry is not None:
+            details.update(server=entry.server_name, tool=entry.name)
+        _call_audit(ctx, "mcp.tool_call", f"mcp_tool:{name}", outcome, error, seconds, details)
+        server = entry.server_name if entry is not None else ""
+        metrics.tool_call_observe(server, TOOL_CALL_OUTCOMES.get(outcome, "error"), seconds)
 
 
 def _tool_call_attributes(entry: Any) -> dict[str, Any]:
@@ -310,15 +311,14 @@ TOOL_CALL_OUTCOMES = {
 }
 
 
-def _tool_call_audit(
-    ctx: CallContext, entry: ToolEntry, arguments: dict[str, Any], outcome: str, error: str, seconds: float
+def _call_audit(
+    ctx: CallContext, action: str, target: str, outcome: str, error: str, seconds: float, extra: dict[str, Any]
 ) -> None:
+    """The audit event of a call: the same details for a name that does not exist and one not granted."""
     details: dict[str, Any] = {
         "key_prefix": ctx.key.prefix,
-        "server": entry.server_name,
-        "tool": entry.name,
+        **extra,
         "duration_ms": round(seconds * 1000, 3),
-        "arguments_sha256": _arguments_hash(arguments),
         "transport": ctx.transport,
         "protocol_version": ctx.version,
     }
@@ -331,8 +331,8 @@ def _tool_call_audit(
     audit_record_deferred(
         AuditEntry(
             actor=f"key:{ctx.key.prefix}",
-            action="mcp.tool_call",
-            target=f"mcp_tool:{entry.public_name}",
+            action=action,
+            target=target,
             tenant_id=ctx.key.tenant_id,
             outcome=outcome,
             ip=ctx.ip,
@@ -347,33 +347,84 @@ async def _upstream(catalog: Catalog, server_id: int, operation: Any) -> Any:
         return await pool.run(target, operation)
     except MCPError as exc:
         raise RpcError(exc.error.code, exc.error.message, data=exc.error.data) from None
+    except UnsendableMessage as exc:
+        raise RpcError(
+            INVALID_PARAMS,
+            f"Invalid params: the request cannot be encoded for the upstream server ({str(exc)[:200]}).",
+            data={"type": "invalid_request_error", "code": "invalid_params"},
+        ) from None
+    except UpstreamCallFailed as exc:
+        raise RpcError(UPSTREAM_ERROR, f"Upstream MCP server failed this request: {exc}") from None
     except UpstreamUnavailable as exc:
         raise RpcError(UPSTREAM_ERROR, f"Upstream MCP server unavailable: {exc}") from None
     except ssrf.SsrfBlocked as exc:
         raise RpcError(UPSTREAM_ERROR, f"Upstream MCP server refused by the SSRF policy: {exc.message}") from None
 
 
+async def _audited(
+    ctx: CallContext,
+    *,
+    action: str,
+    kind: str,
+    name: str,
+    server: str | None,
+    fetch: Callable[[], Awaitable[dict[str, Any]]] | None,
+) -> dict[str, Any]:
+    """Run ``fetch`` (None: the ``kind`` named ``name`` is unavailable to this key) and audit the attempt."""
+    started = time.perf_counter()
+    outcome, error = AuditEvent.Outcome.SUCCESS, ""
+    try:
+        if fetch is None:
+            outcome, error = AuditEvent.Outcome.DENIED, f"{kind}_not_granted"
+            raise _unavailable(kind, name)
+        return await fetch()
+    except RpcError as exc:
+        if outcome == AuditEvent.Outcome.SUCCESS:
+            outcome, error = AuditEvent.Outcome.FAILURE, f"rpc_error:{exc.code}"
+        raise
+    except PlatformError as exc:  # e.g. the quota store unreachable with QUOTA_FAIL_MODE=closed
+        outcome, error = AuditEvent.Outcome.FAILURE, exc.code or "platform_error"
+        raise
+    except BaseException:
+        outcome, error = AuditEvent.Outcome.FAILURE, "cancelled_or_crashed"
+        raise
+    finally:
+        extra = {"server": server} if server is not None else {}
+        _call_audit(ctx, action, f"mcp_{kind}:{name}", outcome, error, time.perf_counter() - started, extra)
+
+
 async def _prompt_get(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) -> dict[str, Any]:
-    name = params.get("name")
-    if not isinstance(name, str) or name not in catalog.prompts or ctx.bundle:
-        raise RpcError(INVALID_PARAMS, f"Unknown prompt: '{name}'.")
-    server_id, _ = catalog.prompts[name]
-    if server_id not in catalog.servers_of(ctx.key):
-        raise RpcError(INVALID_PARAMS, f"Unknown prompt: '{name}'.")
+    name = _name_param(params, "name", "prompts/get")
+    arguments = params.get("arguments")
+    if arguments is None:
+        arguments = {}
+    # Prompt arguments are strings (the spec's GetPromptRequest); the SDK refuses anything else.
+    if not isinstance(arguments, dict) or not all(isinstance(value, str) for value in arguments.values()):
+        raise RpcError(INVALID_PARAMS, "Invalid params: 'arguments' must be an object of strings.")
+    found = catalog.prompts.get(name)
+    if found is None or ctx.bundle or found[0] not in catalog.servers_of(ctx.key):
+        return await _audited(ctx, action="mcp.prompt_get", kind="prompt", name=name, server=None, fetch=None)
+    server_id = found[0]
     upstream_name = name.split(".", 1)[1]
-    arguments = params.get("arguments") or {}
-    if not isinstance(arguments, dict):
-        raise RpcError(INVALID_PARAMS, "Invalid params: 'arguments' must be an object.")
-    result = await _upstream(catalog, server_id, lambda client: client.get_prompt(upstream_name, arguments))
-    return _shape(ctx, _dump(result))
+
+    async def fetch() -> dict[str, Any]:
+        result = await _upstream(catalog, server_id, lambda client: client.get_prompt(upstream_name, arguments))
+        return _shape(ctx, _dump(result))
+
+    server = catalog.targets[server_id].name
+    return await _audited(ctx, action="mcp.prompt_get", kind="prompt", name=name, server=server, fetch=fetch)
 
 
 async def _resource_read(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) -> dict[str, Any]:
-    uri = params.get("uri")
-    if not isinstance(uri, str) or uri not in catalog.resources or ctx.bundle:
-        raise RpcError(INVALID_PARAMS, f"Unknown resource: '{uri}'.", data={"uri": uri})
-    server_id, _ = catalog.resources[uri]
-    if server_id not in catalog.servers_of(ctx.key):
-        raise RpcError(INVALID_PARAMS, f"Unknown resource: '{uri}'.", data={"uri": uri})
-    result = await _upstream(catalog, server_id, lambda client: client.read_resource(uri))
-    return _shape(ctx, _dump(result))
+    uri = _name_param(params, "uri", "resources/read")
+    found = None if ctx.bundle else catalog.resource_offer(ctx.key, uri)
+    if found is None:
+        return await _audited(ctx, action="mcp.resource_read", kind="resource", name=uri, server=None, fetch=None)
+    server_id = found[0]
+
+    async def fetch() -> dict[str, Any]:
+        result = await _upstream(catalog, server_id, lambda client: client.read_resource(uri))
+        return _shape(ctx, _dump(result))
+
+    server = catalog.targets[server_id].name
+    return await _audited(ctx, action="mcp.resource_read", kind="resource", name=uri, server=server, fetch=fetch)

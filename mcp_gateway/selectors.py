@@ -61,8 +61,11 @@ class Catalog:
     tenant_grants: dict[int, set[tuple[int, str]]] = field(default_factory=dict)
     key_grants: dict[int, set[tuple[int, str]]] = field(default_factory=dict)
     bundles: dict[str, frozenset[str]] = field(default_factory=dict)
+    # "<server>.<prompt>" -> (server id, the prompts/list entry under its public name)
     prompts: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
-    resources: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    # URI -> every server offering it, as (server id, its resources/list entry), in server-name order.
+    # Resources keep their URIs (tool results refer to them), so two servers may offer one URI.
+    resources: dict[str, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)
 
     @staticmethod
     def _covers(grants: set[tuple[int, str]] | None, server_id: int, tool: str) -> bool:
@@ -82,6 +85,27 @@ class Catalog:
             servers &= {server_id for server_id, _ in narrowed}
         return servers
 
+    def visible_prompts(self, key: KeyContext) -> list[dict[str, Any]]:
+        servers = self.servers_of(key)
+        return [spec for _, (server_id, spec) in sorted(self.prompts.items()) if server_id in servers]
+
+    def resource_offer(
+        self, key: KeyContext, uri: str, servers: set[int] | None = None
+    ) -> tuple[int, dict[str, Any]] | None:
+        """The server a key reads ``uri`` from: of the servers it may use that offer it, the first by name."""
+        if servers is None:
+            servers = self.servers_of(key)
+        for offer in self.resources.get(uri, ()):
+            if offer[0] in servers:
+                return offer
+        return None
+
+    def visible_resources(self, key: KeyContext) -> list[dict[str, Any]]:
+        """One entry per URI the key can read, the one of the server ``resource_offer`` picks."""
+        servers = self.servers_of(key)
+        visible = (self.resource_offer(key, uri, servers) for uri in sorted(self.resources))
+        return [offer[1] for offer in visible if offer is not None]
+
     def visible_tools(self, key: KeyContext, bundle: str | None) -> list[ToolEntry]:
         chosen = self.bundles.get(bundle) if bundle else None
         return [
@@ -95,14 +119,18 @@ def _catalog_load_sync() -> Catalog:
     close_old_connections()
     catalog = Catalog()
     allowlist = list(SsrfAllowEntry.objects.values_list("value", flat=True))
-    servers = {server.pk: server for server in UpstreamServer.objects.filter(enabled=True)}
+    # In name order: where several servers offer one resource URI, the first granted one serves it.
+    servers = {server.pk: server for server in UpstreamServer.objects.filter(enabled=True).order_by("name")}
     for server in servers.values():
         catalog.targets[server.pk] = upstream_target(server, allowlist)
         for prompt in server.prompts or []:
             public = f"{server.name}{TOOL_SEPARATOR}{prompt['name']}"
             catalog.prompts[public] = (server.pk, {**prompt, "name": public})
+        offered = set()
         for resource in server.resources or []:
-            catalog.resources.setdefault(resource["uri"], (server.pk, resource))
+            if resource["uri"] not in offered:  # a server listing one URI twice: its first entry
+                offered.add(resource["uri"])
+                catalog.resources.setdefault(resource["uri"], []).append((server.pk, resource))
     for tool in UpstreamTool.objects.filter(server_id__in=servers).order_by("server_id", "name"):
         server = servers[tool.server_id]
         public = f"{server.name}{TOOL_SEPARATOR}{tool.name}"

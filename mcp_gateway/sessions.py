@@ -32,18 +32,29 @@ def session_id_new() -> str:
     return secrets.token_hex(16)
 
 
+# Expired sessions are swept once the store holds this many, and again at twice what a sweep left.
+PRUNE_AT = 100_000
+
+
 class LocalSessionStore:
     """Sessions of one process (embedded mode: one server process, no Redis)."""
 
     def __init__(self) -> None:
         self._sessions: dict[str, tuple[McpSession, float]] = {}
         self._streams: dict[int, set[str]] = {}
+        self._prune_at = PRUNE_AT
 
     async def save(self, session: McpSession) -> None:
         self._sessions[session.id] = (session, time.monotonic() + settings.MCP_SESSION_IDLE_TIMEOUT)
-        if len(self._sessions) > 100_000:
-            now = time.monotonic()
-            self._sessions = {k: v for k, v in self._sessions.items() if v[1] > now}
+        if len(self._sessions) > self._prune_at:
+            self._prune()
+
+    def _prune(self) -> None:
+        # The next sweep waits until the store has doubled: with every session still live, a sweep
+        # per save would cost each new session a walk over all the others.
+        now = time.monotonic()
+        self._sessions = {k: v for k, v in self._sessions.items() if v[1] > now}
+        self._prune_at = max(PRUNE_AT, 2 * len(self._sessions))
 
     async def touch(self, session_id: str) -> McpSession | None:
         entry = self._sessions.get(session_id)

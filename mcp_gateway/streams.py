@@ -115,8 +115,9 @@ class ResponseStream:
         if self.prime:
             await self.consumer.send_body(sse_frame("", event_id(self.stream_id, entry)), more_body=True)
 
-    async def send(self, message: dict[str, Any], *, final: bool = False) -> None:
-        data = message_dump(message)
+    async def send(self, message: dict[str, Any] | str, *, final: bool = False) -> None:
+        """Send a message (or its JSON); ``final`` (the response) ends the stream."""
+        data = message if isinstance(message, str) else message_dump(message)
         ident = None
         if self.log is not None:
             try:
@@ -157,9 +158,8 @@ class ResponseStream:
 def catalog_view(catalog: Catalog, key: KeyContext, bundle: str) -> dict[str, str]:
     """A digest per list (tools, prompts, resources) of what this key sees on this endpoint."""
     tools = [entry.spec for entry in catalog.visible_tools(key, bundle or None)]
-    servers = catalog.servers_of(key)
-    prompts = [] if bundle else [spec for _, (server, spec) in sorted(catalog.prompts.items()) if server in servers]
-    resources = [] if bundle else [spec for _, (server, spec) in sorted(catalog.resources.items()) if server in servers]
+    prompts = [] if bundle else catalog.visible_prompts(key)
+    resources = [] if bundle else catalog.visible_resources(key)
     return {
         kind: hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()
         for kind, items in zip(LIST_KINDS, (tools, prompts, resources), strict=True)

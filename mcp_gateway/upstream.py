@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,6 +18,7 @@ from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
 
 from mcp_gateway import ssrf
 
@@ -28,6 +29,51 @@ _tasks: set[asyncio.Task[Any]] = set()
 
 class UpstreamUnavailable(Exception):
     """The upstream server cannot be reached or failed at the transport level."""
+
+
+class UpstreamCallFailed(Exception):
+    """One call failed on a link that goes on serving the others (e.g. the upstream's answer was not valid)."""
+
+
+class UnsendableMessage(ValueError):
+    """A message the upstream link's transport could not encode; refused before it reached the transport."""
+
+
+class _EncodableWriteStream:
+    """The transport's write stream, refusing in the sender's task a message the transport could not encode.
+
+    The SDK's transports encode each message in their own writer task, which every request
+    on the link shares: an encoding error there (a lone surrogate, bytes that are not
+    UTF-8, an object JSON has no form for) ends the whole connection and fails every call
+    in flight. Encoding it once here first (pydantic's serializer, ~1.5 µs for a small
+    call) fails only the call that sent it.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def send(self, item: SessionMessage, /) -> None:
+        try:
+            item.message.model_dump_json(by_alias=True, exclude_unset=True)
+        except ValueError as exc:  # PydanticSerializationError is one
+            raise UnsendableMessage(str(exc)) from None
+        await self._inner.send(item)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> _EncodableWriteStream:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._inner.__aexit__(*exc_info)  # type: ignore[no-any-return]
+
+
+@contextlib.asynccontextmanager
+async def _encodable(transport: Any) -> AsyncIterator[tuple[Any, _EncodableWriteStream]]:
+    async with transport as (read, write):
+        yield read, _EncodableWriteStream(write)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +149,9 @@ class UpstreamLink:
         return not self._task.done()
 
     def _transport(self) -> Any:
+        return _encodable(self._raw_transport())
+
+    def _raw_transport(self) -> Any:
         # Every connection goes to an address checked at connect time (see ssrf.PinnedBackend).
         headers = dict(self.target.headers)
         if self.target.transport == "stdio":
@@ -233,22 +282,36 @@ class UpstreamPool:
             link = self._links[target.server_id] = UpstreamLink(target, self.on_list_changed)
         return link
 
+    def _drop(self, link: UpstreamLink) -> None:
+        link.close()
+        if self._links.get(link.target.server_id) is link:  # not a newer link another request made meanwhile
+            del self._links[link.target.server_id]
+
     async def run(self, target: UpstreamTarget, operation: Callable[[Client], Awaitable[Any]]) -> Any:
-        """Run ``operation`` on the upstream's session; one reconnect if the link was broken."""
+        """Run ``operation`` on the upstream's session; one reconnect if the link was broken.
+
+        The link is shared by every request of this process, so only its own failure drops
+        it: a failure of one call (the upstream's error, an answer that is not valid, a
+        message the transport cannot encode, arguments the SDK refuses) fails that call
+        alone, as ``MCPError``, ``UnsendableMessage`` or ``UpstreamCallFailed``.
+        """
         for attempt in (1, 2):
             link = self._link(target)
             client = await link.session()
             try:
                 return await asyncio.wait_for(operation(client), target.timeout)
-            except MCPError:
+            except (MCPError, UnsendableMessage):
                 raise
             except TimeoutError:
                 raise UpstreamUnavailable(
                     f"upstream '{target.name}' did not answer within {target.timeout:g} s"
                 ) from None
             except Exception as exc:
-                link.close()
-                self._links.pop(target.server_id, None)
+                if link.alive and link.client is client:
+                    raise UpstreamCallFailed(
+                        f"upstream '{target.name}' could not complete the call: {_describe(exc)}"
+                    ) from exc
+                self._drop(link)
                 if attempt == 2:
                     raise UpstreamUnavailable(f"upstream '{target.name}' failed: {_describe(exc)}") from exc
         raise AssertionError("unreachable")

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asgiref.sync import SyncToAsync
 from django.conf import settings
+from django.db import connections
 
 from llm_platform.processes import http_wait
 from mcp_gateway import services
@@ -45,6 +47,18 @@ def mcp_upstream(
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _worker_thread_connections_closed() -> Iterator[None]:
+    """After a test that served requests in process, the worker thread's database connection is closed.
+
+    Outside any async_to_sync, the ORM calls of sync_to_async(thread_sensitive=True) run in
+    asgiref's one shared worker thread; its connection would keep the test database in use
+    (PostgreSQL then cannot drop it at the end of the run).
+    """
+    yield
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,7 @@ def test_a_key_with_its_own_grants_is_narrowed_and_other_tenants_see_nothing(
     assert tool_names(url, outsider_key.secret) == []
     refused = rpc(url, narrow.secret, "tools/call", {"name": "demo.add", "arguments": {"a": 1, "b": 1}})
     assert refused.json()["error"]["code"] == -32602
-    assert "for this API key" in refused.json()["error"]["message"]
+    assert "not granted to this API key" in refused.json()["error"]["message"]
     assert rpc(url, outsider_key.secret, "tools/call", {"name": "demo.echo", "arguments": {"text": "x"}}).json()[
         "error"
     ]["data"] == {"type": "permission_error", "code": "tool_not_granted"}
