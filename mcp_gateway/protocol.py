@@ -13,7 +13,7 @@ from typing import Any
 from mcp.shared.exceptions import MCPError
 
 from audit.models import AuditEvent
-from audit.services import AuditEntry, audit_record_deferred
+from audit.services import AuditEntry, audit_denial_record, audit_record_deferred
 from mcp_gateway import ssrf
 from mcp_gateway.jsonrpc import (
     HEADER_MISMATCH,
@@ -328,7 +328,9 @@ def _call_audit(
         details["virtual_server"] = ctx.bundle
     if error:
         details["error"] = error
-    audit_record_deferred(
+    # Refusals (probing names, a quota hammered) are counted per interval, not written one by one.
+    record = audit_denial_record if outcome == AuditEvent.Outcome.DENIED else audit_record_deferred
+    record(
         AuditEntry(
             actor=f"key:{ctx.key.prefix}",
             action=action,

@@ -195,7 +195,7 @@ async def smart_decide(*, model: str, payload: dict[str, Any], tenant_id: int, r
         ),
     )
     outcome.record["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
-    digest = hashlib.sha256(text.encode()).hexdigest()
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     outcome.record["prompt_sha256"] = digest
     sample_record(
         SampleRow(
