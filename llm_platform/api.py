@@ -16,9 +16,9 @@ from ninja.security import HttpBearer
 from audit.api import router as audit_router
 from llm_platform.middleware import error_response as platform_error_response
 from routing.api import router as routing_router
-from routing.chat import authorization_read, request_id_new
+from routing.chat import request_id_new
 from routing.ml.api import router as routing_ml_router
-from tenants.auth import KeyContext, key_authenticate_header
+from tenants.auth import KeyContext, key_authenticate_request
 from tenants.errors import AuthenticationFailed, InvalidRequest, NotFound, PayloadTooLarge, PlatformError
 
 logger = logging.getLogger(__name__)
@@ -38,9 +38,7 @@ class ApiKeyAuth(HttpBearer):
         else:  # WSGI (Django's test client): the joined value is all there is
             value = request.headers.get("Authorization")
             headers = [(b"authorization", value.encode("latin-1", "replace"))] if value is not None else []
-        return await key_authenticate_header(
-            authorization_read(headers), ip=request.META.get("REMOTE_ADDR"), endpoint=request.path
-        )
+        return await key_authenticate_request(headers, ip=request.META.get("REMOTE_ADDR"), endpoint=request.path)
 
     def authenticate(self, request: HttpRequest, token: str) -> Any:  # pragma: no cover - __call__ does the work
         raise NotImplementedError

@@ -17,8 +17,6 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 from mcp.shared.inbound import decode_header_value
 
-from audit.models import AuditEvent
-from audit.services import AuditEntry, audit_record_deferred
 from mcp_gateway.events import LocalEventLog, RedisEventLog, StreamInfo, event_id, event_id_parse, event_log
 from mcp_gateway.jsonrpc import (
     HEADER_MISMATCH,
@@ -62,9 +60,8 @@ from mcp_gateway.streams import (
     sse_frame,
 )
 from observability import metrics, telemetry
-from tenants.auth import KeyContext, key_authenticate_header
-from tenants.errors import AuthenticationFailed, PlatformError
-from tenants.request_input import credential_header
+from tenants.auth import KeyContext, key_authenticate_request
+from tenants.errors import PlatformError
 
 logger = logging.getLogger(__name__)
 
@@ -239,22 +236,8 @@ class McpConsumer(AsyncHttpConsumer):
     async def authenticate(self) -> KeyContext:
         self.host_check()
         self.origin_check()
-        try:
-            # The raw headers, not self.headers: a dict keeps the last of two, billing whoever sent it.
-            authorization = credential_header(self.scope["headers"])
-        except AuthenticationFailed as exc:
-            audit_record_deferred(
-                AuditEntry(
-                    actor="anonymous",
-                    action="auth.failure",
-                    target="api:mcp",
-                    outcome=AuditEvent.Outcome.DENIED,
-                    ip=self.client_ip,
-                    details={"reason": exc.code, "message": exc.message},
-                )
-            )
-            raise
-        key = await key_authenticate_header(authorization, ip=self.client_ip, endpoint="mcp")
+        # The raw headers, not self.headers: a dict keeps the last of two, billing whoever sent it.
+        key = await key_authenticate_request(self.scope["headers"], ip=self.client_ip, endpoint="mcp")
         key.require_scope("mcp")
         return key
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -24,10 +23,10 @@ from routing.router import RouteRun
 from routing.selectors import DeploymentTarget
 from routing.smart import SmartDecision, smart_route
 from routing.usage import UsageRow, usage_record
-from tenants.auth import KeyContext, key_authenticate_header
+from tenants.auth import KeyContext, key_authenticate_request
 from tenants.errors import InvalidRequest, PlatformError
 from tenants.quota import QuotaExceeded, Reservation, quota_reserve, quota_settle
-from tenants.request_input import credential_header, json_body_parse
+from tenants.request_input import json_body_parse
 
 logger = logging.getLogger(__name__)
 
@@ -51,21 +50,6 @@ def request_id_new() -> str:
 
 
 # No API key holds a control character; the audit trail (PostgreSQL text) cannot hold NUL.
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def authorization_read(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The request's one Authorization header (two are refused), made safe to record.
-
-    Control characters become U+FFFD: such a credential still fails, and its failure is
-    still audited, but no NUL reaches the audit row written for it.
-    """
-    authorization = credential_header(headers)
-    if authorization and _CONTROL_CHARACTERS.search(authorization):
-        authorization = _CONTROL_CHARACTERS.sub("\ufffd", authorization)
-    return authorization or None
-
-
 @dataclass(slots=True)
 class ChatRequest:
     payload: dict[str, Any]
@@ -375,9 +359,8 @@ class ChatCompletion:
 
     async def _serve(self, body: bytes) -> None:
         endpoint = self.endpoint
-        authorization = authorization_read(self.raw_headers)
         with telemetry.span("key.authenticate"):
-            self.key = await key_authenticate_header(authorization, ip=self.client_ip, endpoint=endpoint.name)
+            self.key = await key_authenticate_request(self.raw_headers, ip=self.client_ip, endpoint=endpoint.name)
         self.key.require_scope(endpoint.scope)
         self.request = request = endpoint.parse(body)
         with telemetry.span("route.select", {"llmp.route.requested_model": request.model}):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ from django.utils import timezone
 from audit.models import AuditEvent
 from audit.services import AuditEntry, audit_denial_record
 from tenants.epoch import SharedEpoch
-from tenants.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
+from tenants.errors import AuthenticationFailed, PermissionDenied, PlatformError, ServiceUnavailable
 from tenants.quota import MICROS, QuotaRule
+from tenants.request_input import credential_header
 
 logger = logging.getLogger(__name__)
 
@@ -268,15 +270,50 @@ async def key_authenticate_header(authorization: str | None, *, ip: str | None, 
             actor, tenant_id = f"key:{context.prefix}", context.tenant_id
         else:
             actor, tenant_id = (f"key:{secret[:12]}" if secret else "anonymous"), None
-        audit_denial_record(
-            AuditEntry(
-                actor=actor,
-                action="auth.failure",
-                target=f"api:{endpoint}",
-                tenant_id=tenant_id,
-                outcome=AuditEvent.Outcome.DENIED,
-                ip=ip,
-                details={"reason": exc.code, "message": exc.message},
-            )
-        )
+        _refusal_record(exc, actor=actor, tenant_id=tenant_id, ip=ip, endpoint=endpoint)
         raise
+
+
+async def key_authenticate_request(
+    headers: Iterable[tuple[bytes, bytes]], *, ip: str | None, endpoint: str
+) -> KeyContext:
+    """Authenticate a request by its raw (ASGI) headers: what every front door calls.
+
+    Exactly one ``Authorization`` header: two are refused (never resolved to the first or
+    the last, which would bill whoever the sender did not mean) and audited like any refusal.
+    """
+    try:
+        authorization = authorization_read(headers)
+    except AuthenticationFailed as exc:
+        _refusal_record(exc, actor="anonymous", tenant_id=None, ip=ip, endpoint=endpoint)
+        raise
+    return await key_authenticate_header(authorization, ip=ip, endpoint=endpoint)
+
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def authorization_read(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The request's one Authorization header (two are refused), made safe to record.
+
+    Control characters become U+FFFD: such a credential still fails, and its failure is
+    still audited, but no NUL reaches the audit row written for it.
+    """
+    authorization = credential_header(headers)
+    if authorization and _CONTROL_CHARACTERS.search(authorization):
+        authorization = _CONTROL_CHARACTERS.sub("\ufffd", authorization)
+    return authorization or None
+
+
+def _refusal_record(exc: PlatformError, *, actor: str, tenant_id: int | None, ip: str | None, endpoint: str) -> None:
+    audit_denial_record(
+        AuditEntry(
+            actor=actor,
+            action="auth.failure",
+            target=f"api:{endpoint}",
+            tenant_id=tenant_id,
+            outcome=AuditEvent.Outcome.DENIED,
+            ip=ip,
+            details={"reason": exc.code, "message": exc.message},
+        )
+    )

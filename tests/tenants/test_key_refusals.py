@@ -124,3 +124,16 @@ async def test_scope_refusals_are_bounded_the_same_way(owner, key_factory):
     events = await sync_to_async(lambda: list(AuditEvent.objects.filter(action="authz.denied")))()
     assert len(events) == 2 and sum(event.details.get("count", 1) for event in events) == 50
     assert all(event.tenant_id == owner.pk for event in events)
+
+
+async def test_two_authorization_headers_are_refused_and_audited_at_every_front_door(owner_key):
+    from tenants.auth import key_authenticate_request
+
+    headers = [(b"authorization", f"Bearer {owner_key.secret}".encode()), (b"authorization", b"Bearer sk-other")]
+    with pytest.raises(AuthenticationFailed) as caught:
+        await key_authenticate_request(headers, ip="192.0.2.4", endpoint="chat.completions")
+    assert caught.value.code == "ambiguous_credentials"
+    events = await flush()
+    assert [(event.actor, event.tenant_id, event.details["reason"]) for event in events] == [
+        ("anonymous", None, "ambiguous_credentials")
+    ]
