@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from urllib.parse import parse_qsl, urlsplit
 
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -17,8 +18,22 @@ NAME_HELP = "Lower-case letters, digits, '-' and '_'; tools are exposed as '<nam
 TOOL_SEPARATOR = "."
 
 
+# Query parameter names that carry a credential: such a URL would be stored and audited in clear.
+SECRET_QUERY_RE = re.compile(r"(key|token|secret|password|passwd|credential|auth|signature|sig)", re.IGNORECASE)
 RESERVED_NAMES = frozenset({"sse", "messages"})  # paths of the legacy transport under /mcp/
 ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,99}$")
+
+
+def url_credentials(url: str) -> str:
+    """What in ``url`` is a credential (user info, a secret-named query parameter), or ''."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""  # the URL validator reports it
+    if parts.username or parts.password:
+        return "user:password@"
+    names = sorted({name for name, _ in parse_qsl(parts.query, keep_blank_values=True) if SECRET_QUERY_RE.search(name)})
+    return f"query parameter {', '.join(names)}" if names else ""
 
 
 def validate_name(value: str) -> None:
@@ -106,6 +121,14 @@ class UpstreamServer(models.Model):
                 raise ValidationError({"url": "Enter the server's URL."})
             if self.command:
                 raise ValidationError({"command": "Only stdio servers run a command; leave it empty."})
+            where = url_credentials(self.url)
+            if where:
+                raise ValidationError(
+                    {
+                        "url": f"The URL carries a credential ({where}); the URL is stored and audited in clear. "
+                        "Put the credential in 'credential' (sent in 'credential header'), which is encrypted."
+                    }
+                )
 
 
 class UpstreamTool(models.Model):
