@@ -89,7 +89,7 @@ def test_the_embedded_platform_keeps_every_file_it_writes_to_its_own_user(tmp_pa
     assert manage(var, "audit_export").returncode == 0
     dead_letter = (
         "from audit.services import AuditEntry, deferred_audit; "
-        "deferred_audit._dead_letter(AuditEntry(actor='test', action='probe'), ValueError('refused'))"
+        "deferred_audit._dead_letter([(AuditEntry(actor='test', action='probe'), ValueError('refused'), 1)])"
     )
     assert manage(var, "shell", "-c", dead_letter).returncode == 0
 
