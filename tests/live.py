@@ -132,7 +132,13 @@ def daphne_server(tmp: Path, **env: str) -> Iterator[Server]:
 
 
 class TcpProxy:
-    """A loopback TCP proxy the test can cut, to make the database really unreachable."""
+    """A loopback TCP proxy the test can cut (connections refused and reset) or black-hole.
+
+    Black-holed, it forwards nothing and answers nothing, like a network that drops packets:
+    new connections are accepted by the kernel but never joined to the target, and bytes on
+    open ones stay unread in the socket buffers. ``restore`` delivers them late, as TCP
+    retransmission would after a short partition.
+    """
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -140,6 +146,8 @@ class TcpProxy:
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
         self.lock = threading.Lock()
+        self.open = threading.Event()  # cleared while black-holed
+        self.open.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -148,6 +156,7 @@ class TcpProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            self.open.wait()
             try:
                 upstream = socket.create_connection(self.target)
             except OSError:
@@ -158,10 +167,14 @@ class TcpProxy:
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
-            while data := source.recv(65536):
+            while True:
+                self.open.wait()
+                data = source.recv(65536)
+                if not data:
+                    break
+                self.open.wait()  # black-holed meanwhile: hold the bytes until restored
                 sink.sendall(data)
         except OSError:
             pass
@@ -172,8 +185,17 @@ class TcpProxy:
                 except OSError:
                     pass
 
+    def blackhole(self) -> None:
+        """Drop everything from now on, without refusing or resetting anything."""
+        self.open.clear()
+
+    def restore(self) -> None:
+        """End a black hole: held bytes and waiting connections go through."""
+        self.open.set()
+
     def cut(self) -> None:
         """Refuse new connections and break every open one."""
+        self.open.set()
         try:
             # Closing alone does not wake the thread blocked in accept(), which would go on
             # accepting on the still-open socket; shutting it down does.
