@@ -236,7 +236,8 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
     if entry is not None and ((chosen is not None and name not in chosen) or not catalog.allows(ctx.key, entry)):
         entry = None
     started = time.perf_counter()
-    outcome, error = AuditEvent.Outcome.SUCCESS, ""
+    outcome: str = AuditEvent.Outcome.SUCCESS
+    error = ""
     arguments_sha256 = ""
     try:
         try:
@@ -272,15 +273,8 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
         if shaped.get("isError"):
             outcome, error = AuditEvent.Outcome.FAILURE, "tool_error"
         return shaped
-    except RpcError as exc:
-        if outcome == AuditEvent.Outcome.SUCCESS:
-            outcome, error = AuditEvent.Outcome.FAILURE, f"rpc_error:{exc.code}"
-        raise
-    except PlatformError as exc:  # e.g. the quota store unreachable with QUOTA_FAIL_MODE=closed
-        outcome, error = AuditEvent.Outcome.FAILURE, exc.code or "platform_error"
-        raise
-    except BaseException:
-        outcome, error = AuditEvent.Outcome.FAILURE, "cancelled_or_crashed"
+    except BaseException as exc:
+        outcome, error = _failed(exc, outcome, error)
         raise
     finally:
         seconds = time.perf_counter() - started
@@ -304,11 +298,22 @@ def _tool_call_attributes(entry: Any) -> dict[str, Any]:
 
 
 # Audit outcomes as the metric's small fixed label set.
-TOOL_CALL_OUTCOMES = {
+TOOL_CALL_OUTCOMES: dict[str, str] = {
     AuditEvent.Outcome.SUCCESS: "ok",
     AuditEvent.Outcome.FAILURE: "error",
     AuditEvent.Outcome.DENIED: "denied",
 }
+
+
+def _failed(exc: BaseException, outcome: str, error: str) -> tuple[str, str]:
+    """The audited outcome and error of a call that raised ``exc`` (a refusal already decided stays)."""
+    if isinstance(exc, RpcError):
+        if outcome != AuditEvent.Outcome.SUCCESS:
+            return outcome, error
+        return AuditEvent.Outcome.FAILURE, f"rpc_error:{exc.code}"
+    if isinstance(exc, PlatformError):  # e.g. the quota store unreachable with QUOTA_FAIL_MODE=closed
+        return AuditEvent.Outcome.FAILURE, exc.code or "platform_error"
+    return AuditEvent.Outcome.FAILURE, "cancelled_or_crashed"
 
 
 def _call_audit(
@@ -374,21 +379,15 @@ async def _audited(
 ) -> dict[str, Any]:
     """Run ``fetch`` (None: the ``kind`` named ``name`` is unavailable to this key) and audit the attempt."""
     started = time.perf_counter()
-    outcome, error = AuditEvent.Outcome.SUCCESS, ""
+    outcome: str = AuditEvent.Outcome.SUCCESS
+    error = ""
     try:
         if fetch is None:
             outcome, error = AuditEvent.Outcome.DENIED, f"{kind}_not_granted"
             raise _unavailable(kind, name)
         return await fetch()
-    except RpcError as exc:
-        if outcome == AuditEvent.Outcome.SUCCESS:
-            outcome, error = AuditEvent.Outcome.FAILURE, f"rpc_error:{exc.code}"
-        raise
-    except PlatformError as exc:  # e.g. the quota store unreachable with QUOTA_FAIL_MODE=closed
-        outcome, error = AuditEvent.Outcome.FAILURE, exc.code or "platform_error"
-        raise
-    except BaseException:
-        outcome, error = AuditEvent.Outcome.FAILURE, "cancelled_or_crashed"
+    except BaseException as exc:
+        outcome, error = _failed(exc, outcome, error)
         raise
     finally:
         extra = {"server": server} if server is not None else {}
