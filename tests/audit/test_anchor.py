@@ -22,7 +22,7 @@ from audit.chain import event_hash
 from audit.durable import LocalSegmentStore, SegmentExists, audit_export_run
 from audit.guard import guard_install, guard_problems, guard_remove
 from audit.models import AuditEvent
-from audit.services import audit_record
+from tests.audit.chains import record, verify
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CHAIN = "tenant:4"
@@ -32,19 +32,6 @@ CHAIN = "tenant:4"
 def export_dir(tmp_path, settings) -> Path:
     settings.AUDIT_EXPORT_DIR = tmp_path / "audit-export"
     return settings.AUDIT_EXPORT_DIR
-
-
-def record(count: int, tenant_id: int = 4) -> list[AuditEvent]:
-    return [audit_record(actor="user:a", action="probe", tenant_id=tenant_id, details={"n": n}) for n in range(count)]
-
-
-def verify(*args: str) -> tuple[str, str, int]:
-    out, err = StringIO(), StringIO()
-    try:
-        call_command("audit_verify", *args, stdout=out, stderr=err)
-    except CommandError as exc:
-        return out.getvalue(), err.getvalue(), exc.returncode
-    return out.getvalue(), err.getvalue(), 0
 
 
 @contextmanager

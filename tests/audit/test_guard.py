@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-from io import StringIO
-
 import pytest
 from django.core.management import call_command
-from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
 
 from audit.guard import guard_install, guard_problems
 from audit.models import AuditChainHead, AuditEvent
-from audit.services import audit_record
+from tests.audit.chains import record, verify
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CHAIN = "tenant:4"
-
-
-def record(count: int, tenant_id: int = 4) -> list[AuditEvent]:
-    return [audit_record(actor="user:a", action="probe", tenant_id=tenant_id, details={"n": n}) for n in range(count)]
-
-
-def verify(*args: str) -> tuple[str, str, int]:
-    out, err = StringIO(), StringIO()
-    try:
-        call_command("audit_verify", *args, stdout=out, stderr=err)
-    except CommandError as exc:
-        return out.getvalue(), err.getvalue(), exc.returncode
-    return out.getvalue(), err.getvalue(), 0
 
 
 def test_chain_heads_only_move_forward_to_events_that_exist():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
@@ -14,8 +13,9 @@ from routing.models import ModelDeployment
 from routing.selectors import DeploymentTarget
 from routing.services import deployment_save
 from routing.upstream import provider_message_clean
-from tests.fuzz import Answer, asgi_request, assert_api_answer
+from tests.fuzz import Answer
 from tests.live import free_port
+from tests.routing.provider import chat_through
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -144,26 +144,7 @@ def provider_app(port: int, status: int) -> web.Application:
 
 
 def request_through(port: int, status: int, secret: str, stream: bool) -> Answer:
-    body = {"model": "public-model", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-
-    async def run() -> Answer:
-        runner = web.AppRunner(provider_app(port, status))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            return await asgi_request(
-                "POST",
-                "/v1/chat/completions",
-                headers=[(b"authorization", f"Bearer {secret}".encode())],
-                body=json.dumps(body).encode(),
-            )
-        finally:
-            await upstream._session().close()
-            await runner.cleanup()
-
-    answer = asyncio.run(run())
-    assert_api_answer(answer)
-    return answer
+    return chat_through(provider_app(port, status), port, secret=secret, model="public-model", stream=stream)
 
 
 @pytest.mark.parametrize(("status", "stream"), [(400, False), (401, False), (500, False), (429, True)])

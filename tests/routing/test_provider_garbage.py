@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 from aiohttp import web
 
-from routing import upstream
 from routing.models import ModelDeployment, RequestLog
 from routing.services import deployment_save
 from routing.usage import usage_writer
-from tests.fuzz import Answer, asgi_request, assert_api_answer
+from tests.fuzz import Answer
 from tests.live import free_port
+from tests.routing.provider import chat_through
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -49,27 +48,7 @@ def provider_app(usage: object) -> web.Application:
 
 
 def ask(port: int, usage: object, secret: str, stream: bool) -> Answer:
-    body = {"model": "odd", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-
-    async def run() -> Answer:
-        runner = web.AppRunner(provider_app(usage))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            return await asgi_request(
-                "POST",
-                "/v1/chat/completions",
-                headers=[(b"authorization", f"Bearer {secret}".encode())],
-                body=json.dumps(body).encode(),
-            )
-        finally:
-            await upstream._session().close()
-            await runner.cleanup()
-            await usage_writer.flush()  # now, on this short-lived loop
-
-    answer = asyncio.run(run())
-    assert_api_answer(answer)
-    return answer
+    return chat_through(provider_app(usage), port, secret=secret, model="odd", stream=stream, after=usage_writer.flush)
 
 
 @pytest.mark.parametrize("usage", BAD_USAGES)
