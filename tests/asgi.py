@@ -1,7 +1,9 @@
-"""An HTTP scope for driving an ASGI app or consumer in process (asgiref's ApplicationCommunicator)."""
+"""An HTTP scope for driving an ASGI app or consumer in process (asgiref's ApplicationCommunicator), and its answer."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -22,3 +24,19 @@ def http_scope(
         "client": ("127.0.0.1", 50000),
         "server": (host, 80),
     }
+
+
+@dataclass
+class Answer:
+    """A whole HTTP answer received in process."""
+
+    status: int
+    headers: dict[bytes, bytes]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def error(self) -> dict[str, Any]:
+        return self.json()["error"]

@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from dataclasses import dataclass
-from typing import Any
 
 from asgiref.testing import ApplicationCommunicator
 
-from tests.asgi import http_scope
+from tests.asgi import Answer, http_scope
 
 ERROR_FIELDS = {"message", "type", "code", "param"}
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[bytes, bytes]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def error(self) -> dict[str, Any]:
-        return self.json()["error"]
 
 
 async def asgi_request(

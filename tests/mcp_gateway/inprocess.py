@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from asgiref.testing import ApplicationCommunicator
@@ -11,7 +10,7 @@ from asgiref.testing import ApplicationCommunicator
 # Imported with the test modules, not during a test: it configures logging again, which would
 # take pytest's log capture off the root logger in the middle of that test.
 from llm_platform.asgi import application as asgi_application
-from tests.asgi import http_scope
+from tests.asgi import Answer, http_scope
 
 ACCEPT = b"application/json, text/event-stream"
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
@@ -19,16 +18,6 @@ META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontex
 
 def application() -> Any:
     return asgi_application
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[bytes, bytes]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 def auth_headers(secret: str, **extra: str) -> list[tuple[bytes, bytes]]:
