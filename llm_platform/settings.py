@@ -250,6 +250,8 @@ QUOTA_FAIL_MODE = env_str("QUOTA_FAIL_MODE", "open").lower()
 if QUOTA_FAIL_MODE not in ("open", "closed"):
     raise ImproperlyConfigured(f"QUOTA_FAIL_MODE={QUOTA_FAIL_MODE!r} must be 'open' or 'closed'.")
 QUOTA_DEFAULT_OUTPUT_TOKENS = env_int("QUOTA_DEFAULT_OUTPUT_TOKENS", 256, minimum=0)
+# Where quota counters live: REDIS_URL unless set apart (in-process counters without either).
+QUOTA_REDIS_URL = env_secret("QUOTA_REDIS_URL") or REDIS_URL
 # The quota store on the request path: each call gets this long and no retry; the first one
 # unanswered opens a breaker (requests then follow QUOTA_FAIL_MODE at once), probed this often.
 QUOTA_STORE_TIMEOUT = env_float("QUOTA_STORE_TIMEOUT", 0.25, minimum=0.01)
@@ -301,7 +303,7 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_BEAT_SCHEDULE = {
     "usage-prune": {"task": "routing.tasks.usage_prune", "schedule": 3600.0},
 }
-if REDIS_URL and QUOTA_RECONCILE_INTERVAL:
+if QUOTA_REDIS_URL and QUOTA_RECONCILE_INTERVAL:
     CELERY_BEAT_SCHEDULE["quota-reconcile"] = {
         "task": "tenants.tasks.quota_reconcile",
         "schedule": QUOTA_RECONCILE_INTERVAL,

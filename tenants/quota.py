@@ -1,8 +1,8 @@
 """Quotas on the hot path: one atomic check-and-reserve across all matching limits, then settle.
 
-Counters live in Redis when ``REDIS_URL`` is set, so every server process counts against
-the same numbers; one Lua script checks every limit and reserves on all of them, or on
-none. Without Redis (the embedded mode) the same logic runs on in-process counters.
+Counters live in Redis when ``QUOTA_REDIS_URL`` (by default ``REDIS_URL``) is set, so
+every server process counts against the same numbers; one Lua script checks every limit
+and reserves on all of them, or on none. Without Redis (the embedded mode) the same logic runs on in-process counters.
 Windows are fixed and aligned to the clock (UTC): requests and tokens per minute, spend
 per day or calendar month. Concurrency counts requests in flight.
 
@@ -687,7 +687,7 @@ _counters: LocalCounters | RedisCounters | None = None
 def counters() -> LocalCounters | RedisCounters:
     global _counters
     if _counters is None:
-        _counters = RedisCounters(settings.REDIS_URL) if settings.REDIS_URL else LocalCounters()
+        _counters = RedisCounters(settings.QUOTA_REDIS_URL) if settings.QUOTA_REDIS_URL else LocalCounters()
     return _counters
 
 

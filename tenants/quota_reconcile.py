@@ -83,7 +83,7 @@ class ReconcileResult:
 
     def summary(self) -> str:
         if self.store != "redis":
-            return "quota counters are kept in process (no REDIS_URL): nothing to reconcile"
+            return "quota counters are kept in process (no QUOTA_REDIS_URL or REDIS_URL): nothing to reconcile"
         return (
             f"{self.budgets} budget counters set from the usage records up to {self.watermark:%Y-%m-%d %H:%M} UTC; "
             f"{self.changed} changed, by {self.difference_micros / MICROS:+.6f} USD in all"
@@ -115,7 +115,7 @@ def _recorded_micros(field: str, ids: set[int], start: dt.datetime, end: dt.date
 
 def quota_reconcile(*, lag: float | None = None, now: float | None = None, client: Any = None) -> ReconcileResult:
     """Set every budget counter of the current windows from the usage records (see the module)."""
-    if not settings.REDIS_URL:
+    if not settings.QUOTA_REDIS_URL:
         return ReconcileResult(store="in-process")
     now = time.time() if now is None else now
     lag = settings.QUOTA_RECONCILE_LAG if lag is None else lag
@@ -162,7 +162,7 @@ def quota_reconcile(*, lag: float | None = None, now: float | None = None, clien
     if own_client:
         import redis
 
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10, socket_connect_timeout=5)
+        client = redis.Redis.from_url(settings.QUOTA_REDIS_URL, socket_timeout=10, socket_connect_timeout=5)
     try:
         script = client.register_script(RECONCILE_LUA)
         for index in range(0, len(keys), _CHUNK):
@@ -195,7 +195,7 @@ def quota_reconcile_after_outage() -> ReconcileResult | None:
     import redis
 
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10, socket_connect_timeout=5)
+        client = redis.Redis.from_url(settings.QUOTA_REDIS_URL, socket_timeout=10, socket_connect_timeout=5)
         try:
             if not client.set(f"{settings.CACHE_KEY_PREFIX}:q:reconcile-lock", 1, nx=True, px=_LOCK_MS):
                 return None

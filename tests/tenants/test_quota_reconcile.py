@@ -140,7 +140,7 @@ def test_after_an_outage_one_process_of_many_reconciles(owner_key, month_budget,
 
 
 def test_without_redis_the_command_says_there_is_nothing_to_reconcile(settings, monkeypatch):
-    settings.REDIS_URL = ""
+    settings.REDIS_URL = settings.QUOTA_REDIS_URL = ""
     monkeypatch.setattr(quota, "_counters", quota.LocalCounters())
     out = StringIO()
     call_command("quota_reconcile", stdout=out)
