@@ -55,14 +55,26 @@ MICROS = 1_000_000  # spend is counted in micro-dollars so Redis can INCRBY inte
 # (spend per start minute), "p" the sorted set of the requests in flight (leases).
 COUNTER, BUDGET, SLOTS = "c", "b", "p"
 
+# How the scripts tell a counter's kind: by its name (see ``counter_base`` and ``budget_key``),
+# which spares every check an argument on the hot path.
+KIND_LUA = """
+local function kind_of(key)
+  if string.sub(key, -6) == ':slots' then return 'p' end
+  if string.find(key, ':spend:[dM]%d+$') then return 'b' end
+  return 'c'
+end
+"""
+
 # Reserves for several requests in one call. ARGV[1] = the caller's deadline in the server's
-# clock (ms; 0 = none), ARGV[2] = number of requests; then, per request,
-# its number of checks n followed by five values per check (store kind, limit, amount, ttl_ms,
-# extra: the start minute for a budget, the request's member for the concurrency set); KEYS
-# are the counters in the same order. Each request is all or nothing, independently of the
-# others. Per request the reply holds: failing index (1-based) and that counter's value
-# before the request, or 0 followed by the counters' new values.
-RESERVE_LUA = """
+# clock (ms; 0 = none), ARGV[2] = number of requests; then, per request, its number of checks
+# n followed, per check, by limit, amount, ttl_ms and, for a budget or the concurrency set, one
+# more value (the start minute; the request's member). KEYS are the counters in the same
+# order. Each request is all or nothing, independently of the others. Per request the reply
+# holds: failing index (1-based) and that counter's value before the request, or 0 followed
+# by the counters' new values.
+RESERVE_LUA = (
+    KIND_LUA
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Run after the caller gave up waiting (held in a network that dropped it for a while): the
@@ -71,13 +83,13 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if tonumber(ARGV[1]) > 0 and now > tonumber(ARGV[1]) then return {} end
 local out = {}
 local k, a = 1, 3
-local function undo(key, p)
-  local kind, amount = ARGV[p], tonumber(ARGV[p + 2])
+local function undo(key, kind, p)
+  local amount = tonumber(ARGV[p + 1])
   if kind == 'p' then
-    redis.call('ZREM', key, ARGV[p + 4])
+    redis.call('ZREM', key, ARGV[p + 3])
   elseif kind == 'b' then
     redis.call('HINCRBY', key, 't', -amount)
-    redis.call('HINCRBY', key, ARGV[p + 4], -amount)
+    redis.call('HINCRBY', key, ARGV[p + 3], -amount)
   else
     redis.call('DECRBY', key, amount)
   end
@@ -85,44 +97,55 @@ end
 for _ = 1, tonumber(ARGV[2]) do
   local n = tonumber(ARGV[a])
   a = a + 1
-  local values, failed, seen = {}, 0, 0
+  local values, kinds, starts, failed, seen = {}, {}, {}, 0, 0
   for i = 0, n - 1 do
-    local key, p = KEYS[k + i], a + 5 * i
-    local kind, limit, amount = ARGV[p], tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
+    local key, p = KEYS[k + i], a
+    local kind = kind_of(key)
+    local limit, amount = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
+    kinds[i + 1], starts[i + 1] = kind, p
+    a = a + (kind == 'c' and 3 or 4)
     local value
     if kind == 'p' then
-      -- Leases expire by the server's clock, the same for every process.
-      redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
       value = redis.call('ZCARD', key) + amount
+      if value > limit then
+        -- Full, counting leases that may have run out (by the server's clock, the same for
+        -- every process): drop those and count again. Under the limit they do no harm.
+        redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+        value = redis.call('ZCARD', key) + amount
+      end
       if value <= limit then
-        redis.call('ZADD', key, now + tonumber(ARGV[p + 3]), ARGV[p + 4])
+        redis.call('ZADD', key, now + tonumber(ARGV[p + 2]), ARGV[p + 3])
         -- Renewed on every reserve (and heartbeat): under steady load the set never lapses.
-        redis.call('PEXPIRE', key, ARGV[p + 3])
+        redis.call('PEXPIRE', key, ARGV[p + 2])
       end
     elseif kind == 'b' then
       -- Increment first and undo on a refusal: one call when the request fits (the usual case).
       value = redis.call('HINCRBY', key, 't', amount)
       -- value == amount: the hash was just created (or was at zero), so give it its window.
-      if value == amount then redis.call('PEXPIRE', key, ARGV[p + 3]) end
+      if value == amount then redis.call('PEXPIRE', key, ARGV[p + 2]) end
       if value <= limit then
-        redis.call('HINCRBY', key, ARGV[p + 4], amount)
+        redis.call('HINCRBY', key, ARGV[p + 3], amount)
       else
         redis.call('HINCRBY', key, 't', -amount)
       end
     else
       value = redis.call('INCRBY', key, amount)
-      if value == amount then redis.call('PEXPIRE', key, ARGV[p + 3]) end
+      if value == amount then redis.call('PEXPIRE', key, ARGV[p + 2]) end
       if value > limit then redis.call('DECRBY', key, amount) end
     end
     values[i + 1] = value
     if value > limit then
       failed, seen = i + 1, value - amount
+      -- skip the arguments of the checks not reached
+      for j = i + 1, n - 1 do
+        a = a + (kind_of(KEYS[k + j]) == 'c' and 3 or 4)
+      end
       break
     end
   end
   if failed > 0 then
-    for i = 0, failed - 2 do
-      undo(KEYS[k + i], a + 5 * i)
+    for i = 1, failed - 1 do
+      undo(KEYS[k + i - 1], kinds[i], starts[i])
     end
     out[#out + 1] = failed
     out[#out + 1] = seen
@@ -132,18 +155,21 @@ for _ = 1, tonumber(ARGV[2]) do
       out[#out + 1] = values[i]
     end
   end
-  k, a = k + n, a + 5 * n
+  k = k + n
 end
 return out
 """
+)
 
 # KEYS: counters. ARGV[1]: the caller's deadline as for the reserve (a settlement run after
-# it is kept by the caller and sent again: applying it now would count it twice); then four
-# values for each counter (store kind, delta, ttl_ms, extra); a counter
-# never drops below zero. Each counter is settled on its own (pcall): one the script cannot
-# change (a key holding something else, an overflow) is left as it is and its position
-# returned, and every other one is settled.
-SETTLE_LUA = """
+# it is kept by the caller and sent again: applying it now would count it twice); then, per
+# counter, delta and ttl_ms and, for a budget or the concurrency set, the start minute or the
+# member to release. A counter never drops below zero. Each counter is settled on its own
+# (pcall): one the script cannot change (a key holding something else, an overflow) is left
+# as it is and its position returned, and every other one is settled.
+SETTLE_LUA = (
+    KIND_LUA
+    + """
 local function settle(key, kind, delta, ttl, extra)
   if kind == 'p' then
     redis.call('ZREM', key, extra)
@@ -166,14 +192,18 @@ if tonumber(ARGV[1]) > 0 and tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) /
   return {}
 end
 local refused = {}
+local p = 2
 for i = 1, #KEYS do
-  local p = 4 * i - 2
-  if not pcall(settle, KEYS[i], ARGV[p], tonumber(ARGV[p + 1]), ARGV[p + 2], ARGV[p + 3]) then
+  local kind = kind_of(KEYS[i])
+  local extra = kind ~= 'c' and ARGV[p + 2] or false
+  if not pcall(settle, KEYS[i], kind, tonumber(ARGV[p]), ARGV[p + 1], extra) then
     refused[#refused + 1] = i
   end
+  p = p + (kind == 'c' and 2 or 3)
 end
 return refused
 """
+)
 
 # Renews the leases of the requests a process has in flight. ARGV[1] = lease in ms; then,
 # per key, its number of members followed by them. A member the store dropped meanwhile (an
@@ -193,18 +223,21 @@ end
 return #KEYS
 """
 
-# The current value of each counter (ARGV: its store kind), for the usage page.
-USAGE_LUA = """
+# The current value of each counter, for the usage page.
+USAGE_LUA = (
+    KIND_LUA
+    + """
 local out = {}
 local now = false
 for i = 1, #KEYS do
-  if ARGV[i] == 'p' then
+  local kind = kind_of(KEYS[i])
+  if kind == 'p' then
     if not now then
       local t = redis.call('TIME')
       now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     end
     out[i] = redis.call('ZCOUNT', KEYS[i], '(' .. now, '+inf')
-  elseif ARGV[i] == 'b' then
+  elseif kind == 'b' then
     out[i] = tonumber(redis.call('HGET', KEYS[i], 't') or 0)
   else
     out[i] = tonumber(redis.call('GET', KEYS[i]) or 0)
@@ -212,6 +245,7 @@ for i = 1, #KEYS do
 end
 return out
 """
+)
 
 _RESERVE, _SETTLE, _LEASE, _USAGE = Script(RESERVE_LUA), Script(SETTLE_LUA), Script(LEASE_LUA), Script(USAGE_LUA)
 
@@ -432,8 +466,9 @@ def _checks(rules: tuple[QuotaRule, ...], model: str, tokens_in: int, tokens_out
             ttl = int(settings.QUOTA_PARALLEL_LEASE * 1000)
             extra = _process_tag + b"%d" % next(_slot_ids)
         else:
-            # A window's counter lives until the window ends plus some slack.
-            ttl = int((end - now) * 1000) + slack
+            # A window's counter lives until the window ends plus some slack (whole seconds: the
+            # same TTL for every request of a second is encoded once, see command_bytes).
+            ttl = math.ceil(end - now) * 1000 + slack
             if store == BUDGET:
                 extra = int(now // 60)  # the minute the request started in: the records' watermark unit
         checks.append(Check(kind, key, limit, amounts[kind], ttl, end, rule, store, extra, now + ttl / 1000))
@@ -613,7 +648,9 @@ class RedisCounters:
             args.append(len(checks))
             for check in checks:
                 keys.append(check.key)
-                args += [check.store, check.limit, check.amount, check.ttl_ms, check.extra]
+                args += [check.limit, check.amount, check.ttl_ms]
+                if check.store != COUNTER:
+                    args.append(check.extra)
         try:
             reply = [int(value) for value in await self._script(_RESERVE, keys, args)]
         except Exception as exc:
@@ -669,14 +706,16 @@ class RedisCounters:
     async def values(self, checks: list[Check]) -> list[int]:
         if not checks:
             return []
-        reply = await self._script(_USAGE, [check.key for check in checks], [check.store for check in checks])
+        reply = await self._script(_USAGE, [check.key for check in checks], [])
         return [int(value) for value in reply]
 
     async def settle(self, adjustments: list[Adjustment]) -> list[int]:
         """Apply the adjustments; returns the (1-based) positions of those Redis refused."""
         args: list[Any] = []
         for store, _, extra, delta, ttl_ms in adjustments:
-            args += [store, delta, ttl_ms, extra]
+            args += [delta, ttl_ms]
+            if store != COUNTER:
+                args.append(extra)
         reply = await self._script(_SETTLE, [key for _, key, _, _, _ in adjustments], args)
         return [int(position) for position in reply or ()]
 

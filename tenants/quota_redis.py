@@ -34,27 +34,26 @@ class RedisReplyError(Exception):
 _INCOMPLETE = object()
 
 
-_bulk_strings: dict[str, bytes] = {}
+_bulk: dict[str | int, bytes] = {}
 
 
 def command_bytes(*parts: bytes | str | int) -> bytes:
     """A command in RESP's request form (an array of bulk strings)."""
     out = [b"*%d\r\n" % len(parts)]
     for part in parts:
-        if isinstance(part, int):
-            out.append(b"$%d\r\n%d\r\n" % (len(b"%d" % part), part))
-        elif isinstance(part, str):
-            # Counter keys repeat for every request of a key in a window: encode each once.
-            bulk = _bulk_strings.get(part)
-            if bulk is None:
-                raw = part.encode()
-                bulk = b"$%d\r\n%s\r\n" % (len(raw), raw)
-                if len(_bulk_strings) >= 4096:
-                    _bulk_strings.clear()
-                _bulk_strings[part] = bulk
-            out.append(bulk)
-        else:
+        if isinstance(part, bytes):  # unique values (a request's member): not worth keeping
             out.append(b"$%d\r\n%s\r\n" % (len(part), part))
+            continue
+        # Counter keys, limits, amounts, TTLs in whole seconds repeat for every request of a key
+        # in a window: encode each once.
+        bulk = _bulk.get(part)
+        if bulk is None:
+            raw = b"%d" % part if isinstance(part, int) else part.encode()
+            bulk = b"$%d\r\n%s\r\n" % (len(raw), raw)
+            if len(_bulk) >= 8192:
+                _bulk.clear()
+            _bulk[part] = bulk
+        out.append(bulk)
     return b"".join(out)
 
 

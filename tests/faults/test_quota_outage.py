@@ -146,9 +146,10 @@ def test_black_holed_quota_store_fail_open_costs_one_timeout_recovers_and_charge
         assert response.status_code == 200  # admitted: QUOTA_FAIL_MODE=open
         during.append(seconds)
     baseline = statistics.median(normal)
-    slow = [seconds for seconds in during if seconds > baseline + 0.1]
+    bound = statistics.quantiles(normal, n=20)[-1] + 0.1  # the normal p95 plus 100 ms
+    slow = [seconds for seconds in during if seconds > bound]
     # One request waits for the store's timeout (0.25 s); every other one passes at once.
-    assert len(slow) <= 1, f"{len(slow)} requests over {baseline + 0.1:.3f}s: {sorted(during)[-3:]}"
+    assert len(slow) <= 1, f"{len(slow)} requests over {bound:.3f}s: {sorted(during)[-3:]}"
     assert max(during) < 0.25 + 0.5
     assert statistics.median(during) < baseline + 0.02
     print(
@@ -182,8 +183,11 @@ def test_fail_closed_refuses_within_a_second_then_at_once_and_recovers(
     issued = key_factory(owner, f"closed-{fault}")
     services.quota_save(quota=Quota(api_key=issued.key, rpm_limit=100_000), actor="test")
     server = servers["closed"]
-    for _ in range(3):
-        assert post(server, issued.secret)[0].status_code == 200
+    normal = []
+    for _ in range(10):
+        response, seconds = post(server, issued.secret)
+        assert response.status_code == 200
+        normal.append(seconds)
 
     healed.blackhole() if fault == "blackhole" else healed.cut()
     refusals = [post(server, issued.secret) for _ in range(20)]
@@ -192,8 +196,14 @@ def test_fail_closed_refuses_within_a_second_then_at_once_and_recovers(
         assert response.json()["error"]["code"] == "quota_backend_unavailable"
     first, rest = refusals[0][1], [seconds for _, seconds in refusals[1:]]
     assert first < 1.0
-    assert max(rest) < 0.1, sorted(rest)[-3:]  # the breaker is open: no socket, no wait
-    print(f"fail-closed {fault}: first 503 after {first * 1000:.0f} ms, then at most {max(rest) * 1000:.1f} ms")
+    # The breaker is open: no socket, no wait. Each is under one store timeout (0.25 s), and
+    # they take what a normal request takes.
+    assert max(rest) < 0.25, sorted(rest)[-3:]
+    assert statistics.median(rest) < statistics.median(normal) + 0.05
+    print(
+        f"fail-closed {fault}: first 503 after {first * 1000:.0f} ms, then median {statistics.median(rest) * 1000:.1f} "
+        f"ms, max {max(rest) * 1000:.1f} ms (normal median {statistics.median(normal) * 1000:.1f} ms)"
+    )
 
     healed.restore() if fault == "blackhole" else healed.reopen()
     recovered = recovery(server, issued.secret, ready="x-ratelimit-limit-requests")[0]
