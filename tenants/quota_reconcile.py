@@ -78,15 +78,19 @@ class ReconcileResult:
     store: str = "redis"
     budgets: int = 0  # budget counters set from the records
     changed: int = 0  # of those, how many held another total
+    skipped: int = 0  # budgets whose window reaches back past USAGE_RETENTION_DAYS: records incomplete
     difference_micros: int = 0  # sum of (after - before): positive = spend that had not been charged
     watermark: dt.datetime | None = None
 
     def summary(self) -> str:
         if self.store != "redis":
             return "quota counters are kept in process (no QUOTA_REDIS_URL or REDIS_URL): nothing to reconcile"
+        skipped = ""
+        if self.skipped:
+            skipped = f"; {self.skipped} left as they are (their window began before USAGE_RETENTION_DAYS)"
         return (
             f"{self.budgets} budget counters set from the usage records up to {self.watermark:%Y-%m-%d %H:%M} UTC; "
-            f"{self.changed} changed, by {self.difference_micros / MICROS:+.6f} USD in all"
+            f"{self.changed} changed, by {self.difference_micros / MICROS:+.6f} USD in all{skipped}"
         )
 
 
@@ -138,6 +142,11 @@ def quota_reconcile(*, lag: float | None = None, now: float | None = None, clien
     for duration, scopes in by_window.items():
         window_id, window_end = windows[duration]
         start = _window_start(duration, now)
+        retention = settings.USAGE_RETENTION_DAYS
+        if retention and start < dt.datetime.fromtimestamp(now, dt.UTC) - dt.timedelta(days=retention):
+            # The oldest records of this window are pruned already: their sum would undercount.
+            result.skipped += len(set(scopes))
+            continue
         # A watermark before the window starts: no records yet, only the minutes (all kept).
         minute = max(watermark_minute, int(start.timestamp() // 60))
         end = dt.datetime.fromtimestamp(minute * 60, dt.UTC)

@@ -131,6 +131,17 @@ def test_a_redis_that_lost_its_data_gets_the_records_back(owner_key, month_budge
 
 
 @needs_redis
+def test_a_window_older_than_the_kept_records_is_left_as_it_is(owner_key, month_budget, redis_client, settings):
+    settings.USAGE_RETENTION_DAYS = 1  # the month's first records are pruned: their sum would undercount
+    redis_client.hset(month_budget, mapping={"t": 5_000_000})
+    later_this_month = max(time.time(), _month_start() + 3 * 86400)
+    result = quota_reconcile(lag=0, now=later_this_month)
+    assert (result.budgets, result.skipped) == (0, 1)
+    assert int(redis_client.hget(month_budget, "t")) == 5_000_000
+    assert "left as they are" in result.summary()
+
+
+@needs_redis
 def test_after_an_outage_one_process_of_many_reconciles(owner_key, month_budget, redis_client):
     redis_client.delete(f"{settings.CACHE_KEY_PREFIX}:q:reconcile-lock")
     first, second = quota_reconcile_after_outage(), quota_reconcile_after_outage()
