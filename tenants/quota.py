@@ -55,8 +55,7 @@ MICROS = 1_000_000  # spend is counted in micro-dollars so Redis can INCRBY inte
 # (spend per start minute), "p" the sorted set of the requests in flight (leases).
 COUNTER, BUDGET, SLOTS = "c", "b", "p"
 
-# How the scripts tell a counter's kind: by its name (see ``counter_base`` and ``budget_key``),
-# which spares every check an argument on the hot path.
+# How the usage script tells a counter's kind: by its name (see ``counter_base`` and ``budget_key``).
 KIND_LUA = """
 local function kind_of(key)
   if string.sub(key, -6) == ':slots' then return 'p' end
@@ -67,14 +66,12 @@ end
 
 # Reserves for several requests in one call. ARGV[1] = the caller's deadline in the server's
 # clock (ms; 0 = none), ARGV[2] = number of requests; then, per request, its number of checks
-# n followed, per check, by limit, amount, ttl_ms and, for a budget or the concurrency set, one
-# more value (the start minute; the request's member). KEYS are the counters in the same
-# order. Each request is all or nothing, independently of the others. Per request the reply
-# holds: failing index (1-based) and that counter's value before the request, or 0 followed
-# by the counters' new values.
-RESERVE_LUA = (
-    KIND_LUA
-    + """
+# n, their store kinds as one string (e.g. "ccpb"), and per check limit, amount, ttl_ms and,
+# for a budget or the concurrency set, one more value (the start minute; the request's member).
+# KEYS are the counters in the same order. Each request is all or nothing, independently of
+# the others. Per request the reply holds: failing index (1-based) and that counter's value
+# before the request, or 0 followed by the counters' new values.
+RESERVE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Run after the caller gave up waiting (held in a network that dropped it for a while): the
@@ -95,14 +92,14 @@ local function undo(key, kind, p)
   end
 end
 for _ = 1, tonumber(ARGV[2]) do
-  local n = tonumber(ARGV[a])
-  a = a + 1
-  local values, kinds, starts, failed, seen = {}, {}, {}, 0, 0
+  local n, kinds = tonumber(ARGV[a]), ARGV[a + 1]
+  a = a + 2
+  local values, starts, failed, seen = {}, {}, 0, 0
   for i = 0, n - 1 do
     local key, p = KEYS[k + i], a
-    local kind = kind_of(key)
+    local kind = string.sub(kinds, i + 1, i + 1)
     local limit, amount = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
-    kinds[i + 1], starts[i + 1] = kind, p
+    starts[i + 1] = p
     a = a + (kind == 'c' and 3 or 4)
     local value
     if kind == 'p' then
@@ -115,8 +112,9 @@ for _ = 1, tonumber(ARGV[2]) do
       end
       if value <= limit then
         redis.call('ZADD', key, now + tonumber(ARGV[p + 2]), ARGV[p + 3])
-        -- Renewed on every reserve (and heartbeat): under steady load the set never lapses.
-        redis.call('PEXPIRE', key, ARGV[p + 2])
+        -- A new set gets a lease-long life; from then on every process holding a member renews
+        -- it with its leases (a third of a lease apart), so under steady load it never lapses.
+        if value == amount then redis.call('PEXPIRE', key, ARGV[p + 2]) end
       end
     elseif kind == 'b' then
       -- Increment first and undo on a refusal: one call when the request fits (the usual case).
@@ -138,14 +136,14 @@ for _ = 1, tonumber(ARGV[2]) do
       failed, seen = i + 1, value - amount
       -- skip the arguments of the checks not reached
       for j = i + 1, n - 1 do
-        a = a + (kind_of(KEYS[k + j]) == 'c' and 3 or 4)
+        a = a + (string.sub(kinds, j + 1, j + 1) == 'c' and 3 or 4)
       end
       break
     end
   end
   if failed > 0 then
     for i = 1, failed - 1 do
-      undo(KEYS[k + i - 1], kinds[i], starts[i])
+      undo(KEYS[k + i - 1], string.sub(kinds, i, i), starts[i])
     end
     out[#out + 1] = failed
     out[#out + 1] = seen
@@ -159,22 +157,22 @@ for _ = 1, tonumber(ARGV[2]) do
 end
 return out
 """
-)
 
 # KEYS: counters. ARGV[1]: the caller's deadline as for the reserve (a settlement run after
-# it is kept by the caller and sent again: applying it now would count it twice); then, per
-# counter, delta and ttl_ms and, for a budget or the concurrency set, the start minute or the
-# member to release. A counter never drops below zero. Each counter is settled on its own
-# (pcall): one the script cannot change (a key holding something else, an overflow) is left
-# as it is and its position returned, and every other one is settled.
-SETTLE_LUA = (
-    KIND_LUA
-    + """
-local function settle(key, kind, delta, ttl, extra)
-  if kind == 'p' then
-    redis.call('ZREM', key, extra)
-    return
+# it is kept by the caller and sent again: applying it now would count it twice); ARGV[2]:
+# the counters' store kinds as one string; then per counter: delta and ttl_ms for a window
+# counter; delta, ttl_ms and the start minute for a budget; for the concurrency set, the
+# number of members to release, ttl_ms and the members. A counter never drops below zero.
+# Each counter is settled on its own (pcall): one the script cannot change (a key holding
+# something else, an overflow) is left as it is and its position returned, and every other
+# one is settled.
+SETTLE_LUA = """
+local function release(key, first, last)
+  for i = first, last, 1000 do
+    redis.call('ZREM', key, unpack(ARGV, i, math.min(i + 999, last)))
   end
+end
+local function settle(key, kind, delta, ttl, extra)
   if kind == 'b' then
     -- The spend of requests started before the watermark is what the usage records say,
     -- already in the total: a late adjustment to it would count it twice.
@@ -192,18 +190,22 @@ if tonumber(ARGV[1]) > 0 and tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) /
   return {}
 end
 local refused = {}
-local p = 2
+local kinds, p = ARGV[2], 3
 for i = 1, #KEYS do
-  local kind = kind_of(KEYS[i])
-  local extra = kind ~= 'c' and ARGV[p + 2] or false
-  if not pcall(settle, KEYS[i], kind, tonumber(ARGV[p]), ARGV[p + 1], extra) then
-    refused[#refused + 1] = i
+  local kind = string.sub(kinds, i, i)
+  local ok
+  if kind == 'p' then
+    local n = tonumber(ARGV[p])
+    ok = pcall(release, KEYS[i], p + 2, p + 1 + n)
+    p = p + 2 + n
+  else
+    ok = pcall(settle, KEYS[i], kind, tonumber(ARGV[p]), ARGV[p + 1], ARGV[p + 2])
+    p = p + (kind == 'c' and 2 or 3)
   end
-  p = p + (kind == 'c' and 2 or 3)
+  if not ok then refused[#refused + 1] = i end
 end
 return refused
 """
-)
 
 # Renews the leases of the requests a process has in flight. ARGV[1] = lease in ms; then,
 # per key, its number of members followed by them. A member the store dropped meanwhile (an
@@ -475,8 +477,9 @@ def _checks(rules: tuple[QuotaRule, ...], model: str, tokens_in: int, tokens_out
     return checks
 
 
-# A settlement as the store takes it: (store kind, counter key, extra, delta, ttl_ms).
-Adjustment = tuple[str, str, int | bytes | str, int, int]
+# A settlement as the store takes it: (store kind, counter key, extra, delta, ttl_ms); for the
+# concurrency set, extra is the members to release (a tuple) and delta minus their number.
+Adjustment = tuple[str, str, Any, int, int]
 
 
 class LocalCounters:
@@ -645,7 +648,7 @@ class RedisCounters:
         keys: list[str] = []
         args: list[Any] = [len(batch)]
         for checks, _ in batch:
-            args.append(len(checks))
+            args += [len(checks), "".join([check.store for check in checks])]
             for check in checks:
                 keys.append(check.key)
                 args += [check.limit, check.amount, check.ttl_ms]
@@ -711,11 +714,15 @@ class RedisCounters:
 
     async def settle(self, adjustments: list[Adjustment]) -> list[int]:
         """Apply the adjustments; returns the (1-based) positions of those Redis refused."""
-        args: list[Any] = []
+        args: list[Any] = ["".join([store for store, _, _, _, _ in adjustments])]
         for store, _, extra, delta, ttl_ms in adjustments:
-            args += [delta, ttl_ms]
-            if store != COUNTER:
-                args.append(extra)
+            if store == SLOTS:
+                members = extra if isinstance(extra, tuple) else (extra,)
+                args += [len(members), ttl_ms, *members]
+            elif store == BUDGET:
+                args += [delta, ttl_ms, extra]
+            else:
+                args += [delta, ttl_ms]
         reply = await self._script(_SETTLE, [key for _, key, _, _, _ in adjustments], args)
         return [int(position) for position in reply or ()]
 
@@ -961,11 +968,19 @@ class SettleBatch:
         self._scheduled = None
         pending, self._pending = self._pending, {}
         now = time.time()
-        adjustments: list[Adjustment] = [
-            (store, key, extra, delta, int((expires_at - now) * 1000))
-            for (store, key, extra), (delta, expires_at) in pending.items()
-            if delta and expires_at > now
-        ]
+        adjustments: list[Adjustment] = []
+        releases: dict[str, tuple[list[Any], float]] = {}  # key -> members, latest end: one ZREM per key
+        for (store, key, extra), (delta, expires_at) in pending.items():
+            if not delta or expires_at <= now:
+                continue
+            if store == SLOTS:
+                members, ends = releases.get(key, ([], 0.0))
+                members.extend(extra if isinstance(extra, tuple) else (extra,))
+                releases[key] = (members, max(ends, expires_at))
+            else:
+                adjustments.append((store, key, extra, delta, int((expires_at - now) * 1000)))
+        for key, (members, ends) in releases.items():
+            adjustments.append((SLOTS, key, tuple(members), -len(members), int((ends - now) * 1000)))
         if not adjustments:
             return
         unsent, refused = await _settle_isolating(adjustments)
@@ -1021,6 +1036,8 @@ class SettleBatch:
                     row = record["row"]
                     key, delta, ttl_ms = row[:3]
                     store, extra = (str(row[3]), row[4]) if len(row) >= 5 else (COUNTER, 0)
+                    if isinstance(extra, list):
+                        extra = tuple(extra)
                     ends = dt.datetime.fromisoformat(record["time"]) + dt.timedelta(milliseconds=int(ttl_ms))
                 except (KeyError, TypeError, ValueError):
                     result.unreadable += 1
@@ -1054,6 +1071,8 @@ class SettleBatch:
 def _letter_row(adjustment: Adjustment) -> list[Any]:
     """A refused adjustment as its dead letter keeps it (JSON): key, delta, ttl_ms, store kind, extra."""
     store, key, extra, delta, ttl_ms = adjustment
+    if isinstance(extra, tuple):
+        extra = [member.decode() if isinstance(member, bytes) else member for member in extra]
     return [key, delta, ttl_ms, store, extra.decode() if isinstance(extra, bytes) else extra]
 
 
