@@ -250,6 +250,18 @@ QUOTA_FAIL_MODE = env_str("QUOTA_FAIL_MODE", "open").lower()
 if QUOTA_FAIL_MODE not in ("open", "closed"):
     raise ImproperlyConfigured(f"QUOTA_FAIL_MODE={QUOTA_FAIL_MODE!r} must be 'open' or 'closed'.")
 QUOTA_DEFAULT_OUTPUT_TOKENS = env_int("QUOTA_DEFAULT_OUTPUT_TOKENS", 256, minimum=0)
+# Where quota counters live: REDIS_URL unless set apart (in-process counters without either).
+QUOTA_REDIS_URL = env_secret("QUOTA_REDIS_URL") or REDIS_URL
+# The quota store on the request path: each call gets this long and no retry; the first one
+# unanswered opens a breaker (requests then follow QUOTA_FAIL_MODE at once), probed this often.
+QUOTA_STORE_TIMEOUT = env_float("QUOTA_STORE_TIMEOUT", 0.25, minimum=0.01)
+QUOTA_BREAKER_RETRY = env_float("QUOTA_BREAKER_RETRY", 1.0, minimum=0.05)
+# A concurrency slot is a lease its process renews (every third of it): a dead process's slots free after this.
+QUOTA_PARALLEL_LEASE = env_float("QUOTA_PARALLEL_LEASE", 60.0, minimum=0.3)
+# Budget counters are set from the usage records (every interval, 0 = never; and after an outage)
+# for the requests started more than QUOTA_RECONCILE_LAG seconds ago (longer than a request can run).
+QUOTA_RECONCILE_INTERVAL = env_float("QUOTA_RECONCILE_INTERVAL", 60.0, minimum=0)
+QUOTA_RECONCILE_LAG = env_float("QUOTA_RECONCILE_LAG", 660.0, minimum=0)
 DEPLOYMENT_CACHE_TTL = env_float("DEPLOYMENT_CACHE_TTL", 10.0, minimum=0)
 UPSTREAM_TIMEOUT = env_float("UPSTREAM_TIMEOUT", 600.0, minimum=0.1)
 UPSTREAM_CONNECT_TIMEOUT = env_float("UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.1)
@@ -291,6 +303,11 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_BEAT_SCHEDULE = {
     "usage-prune": {"task": "routing.tasks.usage_prune", "schedule": 3600.0},
 }
+if QUOTA_REDIS_URL and QUOTA_RECONCILE_INTERVAL:
+    CELERY_BEAT_SCHEDULE["quota-reconcile"] = {
+        "task": "tenants.tasks.quota_reconcile",
+        "schedule": QUOTA_RECONCILE_INTERVAL,
+    }
 CELERY_BEAT_SCHEDULER = "llm_platform.beat:LeaderScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 

@@ -8,14 +8,23 @@ their replies in order, ``EVALSHA`` falling back to ``EVAL`` when the server has
 the script. The replies it parses are RESP2 integers, strings, errors and flat arrays. A call
 that gets no reply within ``timeout`` seconds, or a dropped socket, fails every call still
 waiting on that socket; the next call connects again.
+
+``StoreBreaker`` keeps the request path off a store that stopped answering: one failure
+opens it, and while it is open calls fail at once, without touching the socket; a probe
+task off the request path closes it again when the store answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 class RedisReplyError(Exception):
@@ -25,27 +34,26 @@ class RedisReplyError(Exception):
 _INCOMPLETE = object()
 
 
-_bulk_strings: dict[str, bytes] = {}
+_bulk: dict[str | int, bytes] = {}
 
 
 def command_bytes(*parts: bytes | str | int) -> bytes:
     """A command in RESP's request form (an array of bulk strings)."""
     out = [b"*%d\r\n" % len(parts)]
     for part in parts:
-        if isinstance(part, int):
-            out.append(b"$%d\r\n%d\r\n" % (len(b"%d" % part), part))
-        elif isinstance(part, str):
-            # Counter keys repeat for every request of a key in a window: encode each once.
-            bulk = _bulk_strings.get(part)
-            if bulk is None:
-                raw = part.encode()
-                bulk = b"$%d\r\n%s\r\n" % (len(raw), raw)
-                if len(_bulk_strings) >= 4096:
-                    _bulk_strings.clear()
-                _bulk_strings[part] = bulk
-            out.append(bulk)
-        else:
+        if isinstance(part, bytes):  # unique values (a request's member): not worth keeping
             out.append(b"$%d\r\n%s\r\n" % (len(part), part))
+            continue
+        # Counter keys, limits, amounts, TTLs in whole seconds repeat for every request of a key
+        # in a window: encode each once.
+        bulk = _bulk.get(part)
+        if bulk is None:
+            raw = b"%d" % part if isinstance(part, int) else part.encode()
+            bulk = b"$%d\r\n%s\r\n" % (len(raw), raw)
+            if len(_bulk) >= 8192:
+                _bulk.clear()
+            _bulk[part] = bulk
+        out.append(bulk)
     return b"".join(out)
 
 
@@ -154,6 +162,7 @@ class ScriptConnection:
         self.username, self.password, self.timeout = username, password, timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
+        self.clock_offset_ms: float | None = None  # the server's clock minus ours, learnt on connecting
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -171,6 +180,12 @@ class ScriptConnection:
                     handshake.append(protocol.send(command_bytes("SELECT", self.db)))
                 for reply in handshake:
                     await reply
+                # The server's clock against ours (to the round trip's middle), so a call can carry
+                # a deadline the server understands: ``evalsha(..., deadline=True)``.
+                sent = time.time()
+                seconds, micros = await protocol.send(command_bytes("TIME"))
+                received = time.time()
+                self.clock_offset_ms = int(seconds) * 1000 + int(micros) / 1000 - (sent + received) * 500
             except BaseException:
                 if protocol.transport is not None:
                     protocol.transport.abort()
@@ -192,7 +207,7 @@ class ScriptConnection:
         self._protocol = protocol
         return protocol
 
-    async def call(self, *parts: bytes | str | int) -> Any:
+    async def call(self, *parts: Any) -> Any:
         protocol = await self._ready()
         future = protocol.send(command_bytes(*parts))
         try:
@@ -204,13 +219,24 @@ class ScriptConnection:
                 protocol.transport.abort()
             raise
 
-    async def evalsha(self, script: Script, keys: list[str], args: list[int]) -> Any:
+    async def evalsha(self, script: Script, keys: list[str], args: list[Any], *, deadline: bool = False) -> Any:
+        """Run ``script``; with ``deadline``, its first argument is the moment (the server's clock, ms)
+        after which this caller will have given up on the call, so a script run later can change nothing."""
+        if deadline:
+            await self._ready()
         try:
-            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *self._args(args, deadline))
         except RedisReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        return await self.call("EVAL", script.source, len(keys), *keys, *args)
+        return await self.call("EVAL", script.source, len(keys), *keys, *self._args(args, deadline))
+
+    def _args(self, args: list[Any], deadline: bool) -> list[Any]:
+        if not deadline:
+            return args
+        if self.clock_offset_ms is None:
+            return [0, *args]
+        return [int(time.time() * 1000 + self.clock_offset_ms + self.timeout * 1000), *args]
 
     def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:
@@ -238,3 +264,89 @@ def script_connection_for(url: str, *, timeout: float = 1.0) -> ScriptConnection
         password=options.get("password"),
         timeout=timeout,
     )
+
+
+class StoreUnavailable(ConnectionError):
+    """The store's breaker is open: the call was refused here, without touching the socket."""
+
+
+class StoreBreaker:
+    """A circuit breaker for one store, for every event loop of the process.
+
+    Closed, calls go through. The first call that fails without an answer from the store (a
+    timeout, a refused or dropped connection) opens it: from then on ``check`` raises
+    ``StoreUnavailable`` at once, so a black-holed store costs a request at most one timeout,
+    once. While open, a task probes the store every ``retry_interval`` seconds; the first
+    probe that gets an answer closes the breaker and runs ``on_close`` (resend what was kept).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        retry_interval: float,
+        probe: Callable[[], Awaitable[object]],
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.name = name
+        self.retry_interval = retry_interval
+        self._probe = probe
+        self._on_close = on_close
+        self.opened_at: float | None = None  # time.monotonic() when it opened; None while closed
+        self.last_error = ""
+        self.openings = 0
+        self._probing: asyncio.Task[None] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened_at is not None
+
+    def check(self) -> None:
+        """Raise ``StoreUnavailable`` while open (and make sure a probe runs on this loop)."""
+        if self.opened_at is None:
+            return
+        self._probe_soon()
+        raise StoreUnavailable(f"{self.name} unavailable ({self.last_error}); circuit open")
+
+    def failed(self, exc: BaseException) -> None:
+        """A call got no answer from the store: open, and probe off the request path."""
+        if isinstance(exc, StoreUnavailable):
+            return
+        self.last_error = f"{type(exc).__name__}: {exc}"[:200] if str(exc) else type(exc).__name__
+        if self.opened_at is None:
+            self.opened_at = time.monotonic()
+            self.openings += 1
+            logger.warning(
+                "%s unreachable (%s): circuit open, retried every %gs", self.name, self.last_error, self.retry_interval
+            )
+        self._probe_soon()
+
+    def _probe_soon(self) -> None:
+        task = self._probing
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        # A probe runs on one loop; one whose loop has ended (a test's, async_to_sync's) is replaced.
+        if task is not None and not task.done():
+            owner = task.get_loop()
+            if owner is loop or (owner.is_running() and not owner.is_closed()):
+                return
+        self._probing = loop.create_task(self._probe_until_closed())
+
+    async def _probe_until_closed(self) -> None:
+        while self.opened_at is not None:
+            await asyncio.sleep(self.retry_interval)
+            try:
+                await self._probe()
+            except Exception as exc:  # still unreachable: stay open
+                self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+                continue
+            outage = time.monotonic() - (self.opened_at or time.monotonic())
+            self.opened_at = None
+            logger.warning("%s answers again after %.1fs: circuit closed", self.name, outage)
+            if self._on_close is not None:
+                try:
+                    await self._on_close()
+                except Exception:
+                    logger.exception("%s: catching up after the outage failed", self.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -37,17 +38,22 @@ class Store:
         self.down = False
         self.calls = 0
 
-    async def settle(self, adjustments: list[tuple[str, int, int]]) -> list[int]:
+    async def settle(self, adjustments: list[quota.Adjustment]) -> list[int]:
         self.calls += 1
         if self.down:
             raise ConnectionError("Redis connection lost")
-        refused = [position for position, (key, _, _) in enumerate(adjustments, start=1) if key in self.refused]
+        refused = [position for position, (_, key, _, _, _) in enumerate(adjustments, start=1) if key in self.refused]
         if refused and self.whole_call:
             raise RedisReplyError("ERR value is not an integer or out of range")
-        for position, (key, delta, _) in enumerate(adjustments, start=1):
+        for position, (_, key, _, delta, _) in enumerate(adjustments, start=1):
             if position not in refused:
                 self.values[key] = max(0, self.values.get(key, 0) + delta)
         return refused
+
+
+def pending(key: str, delta: int, ttl_ms: int) -> quota.Pending:
+    """A window counter's settlement as the batch takes it: its end in epoch seconds, not a TTL."""
+    return (quota.COUNTER, key, 0, delta, time.time() + ttl_ms / 1000)
 
 
 @pytest.fixture
@@ -62,10 +68,12 @@ async def test_a_counter_the_store_refuses_is_set_aside_and_the_others_are_settl
     store.refused, store.whole_call = {"bad"}, whole_call
     before = metrics.REGISTRY.get_sample_value("llmp_writer_dead_letters_total", {"writer": "settlements"}) or 0
     batch = SettleBatch()
-    batch.add([("a", -1, 60_000), ("bad", -1, 60_000), ("b", 5, 60_000)])
+    batch.add([pending("a", -1, 60_000), pending("bad", -1, 60_000), pending("b", 5, 60_000)])
     await batch.flush()
     assert store.values == {"a": 0, "b": 5}
-    assert [letter["row"] for letter in letters(var_dir)] == [["bad", -1, 60_000]]
+    [row] = [letter["row"] for letter in letters(var_dir)]
+    assert (row[0], row[1], row[3], row[4]) == ("bad", -1, "c", 0)
+    assert 59_000 < row[2] <= 60_000
     after = metrics.REGISTRY.get_sample_value("llmp_writer_dead_letters_total", {"writer": "settlements"})
     assert after == before + 1
 
@@ -75,10 +83,10 @@ async def test_settlements_are_kept_while_the_store_is_unreachable_and_sent_when
     store.values = {"parallel": 3}
     store.down = True
     batch = SettleBatch()
-    batch.add([("parallel", -1, 60_000)])
+    batch.add([pending("parallel", -1, 60_000)])
     await batch.flush()
-    batch.add([("parallel", -1, 60_000)])  # another request ends meanwhile: added to the kept one
-    assert batch._pending == {"parallel": [-2, 60_000]}
+    batch.add([pending("parallel", -1, 60_000)])  # another request ends meanwhile: added to the kept one
+    assert [(key, entry[0]) for key, entry in batch._pending.items()] == [(("c", "parallel", 0), -2)]
     store.down = False
     await asyncio.sleep(0.2)  # the retry scheduled by the failed flush
     assert store.values == {"parallel": 1}
@@ -89,8 +97,8 @@ async def test_kept_settlements_are_bounded(store):
     store.down = True
     batch = SettleBatch()
     batch.MAX_PENDING = 2
-    batch.add([("a", 1, 1000), ("b", 1, 1000), ("c", 1, 1000)])
-    assert sorted(batch._pending) == ["a", "b"]
+    batch.add([pending("a", 1, 1000), pending("b", 1, 1000), pending("c", 1, 1000)])
+    assert sorted(key for _, key, _ in batch._pending) == ["a", "b"]
 
 
 def test_replay_settles_what_redis_now_takes_and_drops_what_has_expired(store, var_dir):
@@ -98,11 +106,12 @@ def test_replay_settles_what_redis_now_takes_and_drops_what_has_expired(store, v
     batch = SettleBatch()
 
     async def first() -> None:
-        batch.add([("fixed", -1, 600_000), ("still-bad", -1, 600_000), ("old", -1, 1)])
+        batch.add([pending("fixed", -1, 600_000), pending("still-bad", -1, 600_000), pending("old", -1, 5)])
         store.refused.add("old")
         await batch.flush()
 
     asyncio.run(first())
+    time.sleep(0.01)  # "old" has ended by now
     assert len(letters(var_dir)) == 3
     store.refused = {"still-bad"}
     result = batch.replay()
@@ -123,7 +132,11 @@ async def test_against_redis_a_key_of_another_type_holds_no_other_counter_back()
         await client.hset(f"{prefix}:hash", "field", 1)
         counters = RedisCounters(settings.REDIS_URL)
         refused = await counters.settle(
-            [(f"{prefix}:text", 1, 60_000), (f"{prefix}:a", -2, 60_000), (f"{prefix}:hash", 1, 60_000)]
+            [
+                ("c", f"{prefix}:text", 0, 1, 60_000),
+                ("c", f"{prefix}:a", 0, -2, 60_000),
+                ("c", f"{prefix}:hash", 0, 1, 60_000),
+            ]
         )
         assert refused == [1, 3]
         assert int(await client.get(f"{prefix}:a")) == 3
@@ -138,7 +151,7 @@ def test_without_redis_a_replay_keeps_the_dead_letters(store, monkeypatch, var_d
     batch = SettleBatch()
 
     async def first() -> None:
-        batch.add([("k", -1, 600_000)])
+        batch.add([pending("k", -1, 600_000)])
         await batch.flush()
 
     asyncio.run(first())
