@@ -181,8 +181,9 @@ class RedisRouteState(LocalRouteState):
                     # Redis is known to be away: route on this process's own state, at no cost.
                     return {target.id: self._state(target.id) for target in targets}
                 pending = self._fetching[ids] = asyncio.ensure_future(self._refresh(ids))
-            if max(ages) >= settings.ROUTING_STATE_MAX_STALE:
+            if max(ages) >= settings.ROUTING_STATE_MAX_STALE and redis_breaker.closed:
                 # Never longer than one Redis reply may take: past that, the local state routes.
+                # A trial while the breaker is open is not waited for at all.
                 try:
                     await asyncio.wait_for(asyncio.shield(pending), settings.REDIS_SOCKET_TIMEOUT)
                 except TimeoutError:
