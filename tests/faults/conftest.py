@@ -74,6 +74,7 @@ class Sample:
     seconds: float
     status: int
     body: str
+    server: int = 0
 
 
 @dataclass
@@ -108,7 +109,8 @@ class Load:
         with httpx.Client(timeout=30) as client:
             i = n
             while not self._stop.is_set():
-                url, secret = self.urls[i % len(self.urls)], self.secrets[i % len(self.secrets)]
+                server = i % len(self.urls)
+                url, secret = self.urls[server], self.secrets[i % len(self.secrets)]
                 i += 1
                 sent = time.monotonic()
                 try:
@@ -119,7 +121,7 @@ class Load:
                 except httpx.HTTPError as exc:
                     status, text = 0, repr(exc)
                 took = time.monotonic() - sent
-                self.samples.append(Sample(sent - self.started, took, status, text))
+                self.samples.append(Sample(sent - self.started, took, status, text, server))
                 self._stop.wait(max(0.0, self.interval - took))
 
     def window(self, start: float, end: float) -> list[Sample]:

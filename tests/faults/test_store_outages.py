@@ -49,7 +49,7 @@ def store_state(url: str, store: str) -> str:
 
 
 def summary(name: str, normal, outage, after) -> str:
-    slow = [f"{s.at:.2f}s:{s.seconds * 1000:.0f}ms" for s in outage if s.seconds > p99(normal) + 0.05]
+    slow = [f"{s.at:.2f}s:{s.seconds * 1000:.0f}ms@{s.server}" for s in outage if s.seconds > p99(normal) + 0.05]
     return (
         f"slow during the outage: {slow}\n"
         f"{name}: normal p99 {p99(normal) * 1000:.0f} ms ({len(normal)} requests), "
