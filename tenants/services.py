@@ -65,8 +65,8 @@ def tenant_save(*, tenant: Tenant, actor: str, acting_user: Any = None, ip: str 
         ip=ip,
         details={"changes": changes_between(before, after)},
     )
-    # Both are read on the hot path through the key cache.
-    if before.get("is_active") != after.get("is_active") or before.get("trace_content") != after.get("trace_content"):
+    # Read on the hot path through the key cache (the slug names the tenant in quota messages and metrics).
+    if before and any(before.get(name) != after.get(name) for name in ("is_active", "trace_content", "slug")):
         transaction.on_commit(partial(key_cache_invalidate, tenant_ids=[tenant.pk]))
     return tenant
 

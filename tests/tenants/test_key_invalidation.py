@@ -126,3 +126,15 @@ async def test_a_rotation_drops_the_old_key_so_its_grace_expiry_is_seen(issued, 
     assert context is not None and context.expires_at == rotation.old.expires_at
     database_down()
     assert (await other_process.lookup(digest(keys["a2"][1]))) is not None
+
+
+@override_settings(KEY_CACHE_TTL=3600, KEY_REVOCATION_POLL=0)
+async def test_a_renamed_tenant_is_seen_by_its_cached_keys(issued):
+    tenants, keys = issued
+    other_process = KeyCache()
+    await warm(other_process, keys)
+    tenant = tenants["b"]
+    tenant.slug = "inval-b-renamed"
+    await sync_to_async(services.tenant_save)(tenant=tenant, actor="test")
+    context = await other_process.lookup(digest(keys["b1"][1]))
+    assert context is not None and context.tenant_slug == "inval-b-renamed"
