@@ -2,9 +2,9 @@
 
 Each named epoch (``apikey``, ``deployment``, ``smart-routing``, ``mcp-catalog``) is a counter
 and a short list of the changes that moved it, in Redis. ``bump`` adds a change (what changed:
-tokens the cache understands, or ``*`` for everything). One poller per process reads every
-counter in one round trip each ``KEY_REVOCATION_POLL`` seconds, in the background, with a short
-socket timeout and no retries, and hands the new changes to the caches; the request path only
+tokens the cache understands, or ``*`` for everything). One poller thread per process reads every
+counter in one round trip each ``KEY_REVOCATION_POLL`` seconds, with a short socket timeout
+and no retries, and hands the new changes to the caches; the request path only
 looks at what the poller delivered, so it never waits on Redis. While Redis is unreachable
 the Redis breaker skips the poll (a trial each ``STORE_RETRY_INTERVAL``); changes published
 meanwhile by others are read when it answers again (all of them, or ``*`` if more than the
@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
@@ -79,11 +79,12 @@ class _Bus:
         self.seen: dict[str, int] = {}  # the counter value read last, per epoch
         self.own: set[tuple[str, int]] = set()  # published here and delivered already
         self.missed = False  # a poll failed before the first one that read the counters
-        self._lock = threading.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
         self._client: Any = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._sync_client: Any = None
+        self._sync_url = ""
         self._script: Any = None
 
     def register(self, epoch: SharedEpoch) -> None:
@@ -105,11 +106,9 @@ class _Bus:
         if not settings.REDIS_URL:
             return
         try:
+            client = self._redis_sync()
             if self._script is None:
-                import redis
-
-                self._sync_client = redis.Redis.from_url(settings.REDIS_URL, **redis_sync_options())
-                self._script = self._sync_client.register_script(PUBLISH_LUA)
+                self._script = client.register_script(PUBLISH_LUA)
             n = int(self._script(keys=list(self._keys(name)), args=[" ".join(tokens), HISTORY]))
         except Exception as exc:
             redis_breaker.failure(exc)
@@ -133,14 +132,22 @@ class _Bus:
         if settings.KEY_REVOCATION_POLL <= 0:
             await self.poll()
             return
-        task = self._task
-        if task is None or task.done() or task.get_loop().is_closed():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            with self._lock:
+                if self._thread is None or not self._thread.is_alive():
+                    # A thread, not a task: it outlives any one event loop, and a loop closing
+                    # never cancels it in the middle of a Redis reply.
+                    self._thread = threading.Thread(target=self._run, name="epoch-poller", daemon=True)
+                    self._thread.start()
 
-    async def _run(self) -> None:
+    def _run(self) -> None:
         while True:
-            await self.poll()
-            await asyncio.sleep(max(settings.KEY_REVOCATION_POLL, 0.01))
+            try:
+                self.poll_sync()
+            except Exception:
+                logger.exception("the change poller failed; trying again")
+            time.sleep(max(settings.KEY_REVOCATION_POLL, 0.01))
 
     def _redis(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -151,46 +158,94 @@ class _Bus:
             self._client_loop = loop
         return self._client
 
+    def _redis_sync(self) -> Any:
+        if self._sync_client is None or self._sync_url != settings.REDIS_URL:
+            import redis
+
+            self._sync_client = redis.Redis.from_url(settings.REDIS_URL, **redis_sync_options())
+            self._sync_url = settings.REDIS_URL
+            self._script = None
+        return self._sync_client
+
+    def _moved(self, names: list[str], counters: list[Any]) -> list[tuple[str, int | None, int]]:
+        moved = []
+        for name, raw in zip(names, counters, strict=True):
+            counter = int(raw or 0)
+            seen = self.seen.get(name)
+            if seen != counter:
+                moved.append((name, seen, counter))
+        return moved
+
+    def _lists_wanted(self, moved: list[tuple[str, int | None, int]]) -> list[tuple[str, int]]:
+        return [
+            (self._keys(name)[1], counter - seen - 1)
+            for name, seen, counter in moved
+            if seen is not None and 0 < counter - seen <= HISTORY
+        ]
+
+    def poll_sync(self) -> None:
+        """``poll`` for the poller thread, on a synchronous client."""
+        if not redis_breaker.allow():
+            return
+        names = sorted(self.epochs)
+        try:
+            client = self._redis_sync()
+            moved = self._moved(names, client.mget([self._keys(name)[0] for name in names]))
+            lists: list[list[bytes]] = []
+            wanted = self._lists_wanted(moved)
+            if wanted:
+                pipe = client.pipeline(transaction=False)
+                for key, last in wanted:
+                    pipe.lrange(key, 0, last)
+                lists = pipe.execute()
+        except Exception as exc:
+            self._failed(exc)
+            return
+        self._apply(moved, lists)
+
     async def poll(self) -> None:
         """Read every epoch's counter (one round trip) and, for those that moved, their new changes."""
         if not redis_breaker.allow():
             return
         names = sorted(self.epochs)
-        moved: list[tuple[str, int | None, int]] = []
-        lists: Iterator[list[bytes]] = iter(())
         try:
             client = self._redis()
-            counters = await client.mget([self._keys(name)[0] for name in names])
-            for name, raw in zip(names, counters, strict=True):
-                counter = int(raw or 0)
-                seen = self.seen.get(name)
-                if seen != counter:
-                    moved.append((name, seen, counter))
-            if moved:
+            moved = self._moved(names, await client.mget([self._keys(name)[0] for name in names]))
+            lists: list[list[bytes]] = []
+            wanted = self._lists_wanted(moved)
+            if wanted:
                 pipe = client.pipeline(transaction=False)
-                for name, seen, counter in moved:
-                    if seen is not None and 0 < counter - seen <= HISTORY:
-                        pipe.lrange(self._keys(name)[1], 0, counter - seen - 1)
-                lists = iter(await pipe.execute() if len(pipe) else [])
+                for key, last in wanted:
+                    pipe.lrange(key, 0, last)
+                lists = await pipe.execute()
         except Exception as exc:
-            redis_breaker.failure(exc)
-            if not self.seen:
-                self.missed = True
+            self._failed(exc)
             return
+        self._apply(moved, lists)
+
+    def _failed(self, exc: Exception) -> None:
+        redis_breaker.failure(exc)
+        if not self.seen:
+            self.missed = True
+
+    def _apply(self, moved: list[tuple[str, int | None, int]], lists: list[list[bytes]]) -> None:
         redis_breaker.success()
-        for name, seen, counter in moved:
-            if seen is None:
-                # The first read sets where this process starts; if Redis was away before it,
-                # changes may have been missed, so everything is dropped once.
-                tokens = [ALL] if self.missed else []
-            elif 0 < counter - seen <= HISTORY:
-                tokens = self._tokens(name, seen, counter, next(lists))
-            else:  # too far behind, or Redis lost its data (the counter went back)
-                tokens = [ALL]
-            self.seen[name] = counter
-            if tokens:
-                self._deliver(name, tokens)
-        self.missed = False
+        entries = iter(lists)
+        with self._lock:
+            for name, seen, counter in moved:
+                if seen is None:
+                    # The first read sets where this process starts; if Redis was away before it,
+                    # changes may have been missed, so everything is dropped once.
+                    tokens = [ALL] if self.missed else []
+                elif 0 < counter - seen <= HISTORY:
+                    tokens = self._tokens(name, seen, counter, next(entries))
+                else:  # too far behind, or Redis lost its data (the counter went back)
+                    tokens = [ALL]
+                if self.seen.get(name) == seen:  # another poll did not take these already
+                    self.seen[name] = counter
+                    if tokens:
+                        self._deliver(name, tokens)
+            self.missed = False
 
     def _tokens(self, name: str, seen: int, counter: int, entries: list[bytes]) -> list[str]:
         tokens: list[str] = []

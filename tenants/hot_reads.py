@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
 from django.conf import settings
@@ -36,23 +37,43 @@ class ReadsBacklogged(OperationalError):
 
 
 class _Pool:
-    """The executor and what it holds: its threads' connections, so tests can close them."""
+    """The read threads and what they hold: their connections, so tests can close them.
+
+    Daemon threads, not a ``ThreadPoolExecutor``: a read stuck on a black-holed connection
+    must not keep the process from exiting (the executor's threads are joined at exit).
+    """
 
     def __init__(self) -> None:
-        self.executor: ThreadPoolExecutor | None = None
+        self.jobs: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = queue.SimpleQueue()
+        self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
         self.queued = 0
         self.connections: set[Any] = set()
         self.local = threading.local()
 
-    def get(self) -> ThreadPoolExecutor:
-        if self.executor is None:
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self.jobs.put((future, fn, args))
+        if len(self.threads) < settings.DB_READ_THREADS:
             with self.lock:
-                if self.executor is None:
-                    self.executor = ThreadPoolExecutor(
-                        max_workers=settings.DB_READ_THREADS, thread_name_prefix="hot-db-read"
-                    )
-        return self.executor
+                self.threads = [thread for thread in self.threads if thread.is_alive()]
+                if len(self.threads) < settings.DB_READ_THREADS:
+                    thread = threading.Thread(target=self._work, name="hot-db-read", daemon=True)
+                    thread.start()
+                    self.threads.append(thread)
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args = self.jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
 
 
 _pool = _Pool()
@@ -70,7 +91,7 @@ def db_read(fn: Callable[..., T], *args: Any) -> Future[T]:
             future.set_exception(ReadsBacklogged(f"{MAX_QUEUED} database reads already waiting"))
             return future
         _pool.queued += 1
-    return _pool.get().submit(_run, fn, args)
+    return _pool.submit(_run, fn, args)
 
 
 async def db_read_wait(fn: Callable[..., T], *args: Any) -> T:

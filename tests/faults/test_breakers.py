@@ -107,7 +107,9 @@ async def test_in_flight_counts_redis_did_not_take_are_sent_when_it_answers(sile
     assert state._inflight == {7: 1}, "the +1, -1 and +1 are kept and summed, not dropped"
 
 
-async def test_deployments_past_their_ttl_are_served_at_once_while_one_reload_runs_behind(monkeypatch, settings):
+async def test_deployments_past_their_ttl_are_served_at_once_while_one_reload_runs_behind(
+    transactional_db, monkeypatch, settings
+):
     settings.DEPLOYMENT_CACHE_TTL = 0.05
     loads = []
     release = threading.Event()
@@ -133,7 +135,9 @@ async def test_deployments_past_their_ttl_are_served_at_once_while_one_reload_ru
     assert [t.id for t in (await cache.group("m"))[0]] == [2]
 
 
-async def test_deployments_never_loaded_are_refused_within_the_read_wait_when_the_database_hangs(monkeypatch, settings):
+async def test_deployments_never_loaded_are_refused_within_the_read_wait_when_the_database_hangs(
+    transactional_db, monkeypatch, settings
+):
     from tenants.errors import ServiceUnavailable
 
     settings.DB_READ_WAIT = 0.2
