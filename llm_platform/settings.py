@@ -114,12 +114,26 @@ _SQLITE_OPTIONS = {
 }
 if DATABASE_URL:
     try:
-        _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))
+        _db = dj_database_url.parse(
+            DATABASE_URL,
+            conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
+            # A pooled connection that died (a restart, a balancer's idle cut) is found and replaced
+            # before a query, instead of failing that query.
+            conn_health_checks=env_bool("DB_CONN_HEALTH_CHECKS", True),
+        )
     except ValueError as exc:
         raise ImproperlyConfigured(f"DATABASE_URL cannot be parsed: {exc}") from exc
     _db.setdefault("OPTIONS", {})
     if _db["ENGINE"] == "django.db.backends.postgresql":
         _db["OPTIONS"].setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT", 3, minimum=1))
+        # On a partition (packets dropped, nothing refused) a query on an open connection would
+        # wait for TCP to give up, which takes minutes: libpq gives up after DB_TCP_USER_TIMEOUT
+        # of unacknowledged data, and keepalives find a dead peer of an idle connection.
+        _db["OPTIONS"].setdefault("tcp_user_timeout", int(env_float("DB_TCP_USER_TIMEOUT", 10.0, minimum=0) * 1000))
+        _db["OPTIONS"].setdefault("keepalives", 1)
+        _db["OPTIONS"].setdefault("keepalives_idle", env_int("DB_KEEPALIVES_IDLE", 10, minimum=1))
+        _db["OPTIONS"].setdefault("keepalives_interval", 2)
+        _db["OPTIONS"].setdefault("keepalives_count", 3)
     elif _db["ENGINE"] == "django.db.backends.sqlite3":
         _db["OPTIONS"] = {**_SQLITE_OPTIONS, **_db["OPTIONS"]}
         _db["CONN_MAX_AGE"] = 0
@@ -135,13 +149,33 @@ DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHE_KEY_PREFIX = env_str("CACHE_KEY_PREFIX", "llmp")
+# Redis on the request path (routing state, change notices, MCP sessions, the cache): a reply
+# takes well under a millisecond, so a socket that says nothing for this long is treated as
+# an outage (and no retries: the store's circuit breaker decides when to try again).
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.25, minimum=0.01)
+# After a store (Redis, the database) failed, this process leaves it alone this long before one
+# caller, mostly a background refresh, tries it again; its success closes the breaker.
+STORE_RETRY_INTERVAL = env_float("STORE_RETRY_INTERVAL", 1.0, minimum=0.05)
+
+
+def _redis_cache_options() -> dict[str, object]:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return {
+        "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
+        "socket_timeout": REDIS_SOCKET_TIMEOUT,
+        "retry": Retry(NoBackoff(), 0),
+    }
+
+
 if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": CACHE_KEY_PREFIX,
-            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+            "OPTIONS": _redis_cache_options(),
         }
     }
     CHANNEL_LAYERS = {
@@ -263,6 +297,13 @@ QUOTA_PARALLEL_LEASE = env_float("QUOTA_PARALLEL_LEASE", 60.0, minimum=0.3)
 QUOTA_RECONCILE_INTERVAL = env_float("QUOTA_RECONCILE_INTERVAL", 60.0, minimum=0)
 QUOTA_RECONCILE_LAG = env_float("QUOTA_RECONCILE_LAG", 660.0, minimum=0)
 DEPLOYMENT_CACHE_TTL = env_float("DEPLOYMENT_CACHE_TTL", 10.0, minimum=0)
+# Database reads of the hot path (key lookups, deployments, route and smart groups, the MCP
+# catalogue) run on DB_READ_THREADS threads of their own; a request waits at most DB_READ_WAIT
+# seconds for one (then a key it cannot serve gets 503 auth_backend_unavailable), and each
+# query there is cut by PostgreSQL after DB_STATEMENT_TIMEOUT seconds (0: no limit).
+DB_READ_THREADS = env_int("DB_READ_THREADS", 4, minimum=1)
+DB_READ_WAIT = env_float("DB_READ_WAIT", 1.0, minimum=0.01)
+DB_STATEMENT_TIMEOUT = env_float("DB_STATEMENT_TIMEOUT", 5.0, minimum=0)
 UPSTREAM_TIMEOUT = env_float("UPSTREAM_TIMEOUT", 600.0, minimum=0.1)
 UPSTREAM_CONNECT_TIMEOUT = env_float("UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.1)
 USAGE_FLUSH_INTERVAL = env_float("USAGE_FLUSH_INTERVAL", 1.0, minimum=0.01)

@@ -20,6 +20,8 @@ from typing import Any
 
 from django.conf import settings
 
+from tenants.breaker import redis_options
+
 ID_SEPARATOR = "_"
 # Expired logs are swept once the process holds this many, and again at twice what a sweep left.
 PRUNE_AT = 10_000
@@ -149,10 +151,11 @@ class RedisEventLog:
         if client is None:
             import redis.asyncio as redis
 
-            # A blocking read waits up to a heartbeat: its socket must not time out first.
-            client = redis.Redis.from_url(
-                self.url, socket_timeout=None if blocking else 2, socket_connect_timeout=2, decode_responses=True
-            )
+            options = redis_options()
+            if blocking:
+                # A blocking read waits up to a heartbeat: its socket must not time out first (read bounds it).
+                options["socket_timeout"] = None
+            client = redis.Redis.from_url(self.url, decode_responses=True, **options)
             self._clients[(loop, blocking)] = client
         return client
 
@@ -186,7 +189,9 @@ class RedisEventLog:
 
     async def read(self, stream_id: str, after: str, *, wait: float = 0) -> list[StoredEvent]:
         block = int(wait * 1000) if wait > 0 else None
-        answer = await self._client(blocking=block is not None).xread({self._key(stream_id): after}, block=block)
+        read = self._client(blocking=block is not None).xread({self._key(stream_id): after}, block=block)
+        # Bounded here, not by the socket: Redis answers a blocking read when ``wait`` is over.
+        answer = await asyncio.wait_for(read, wait + settings.REDIS_SOCKET_TIMEOUT) if block is not None else await read
         events = []
         for _, entries in answer or []:
             for entry, fields in entries:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
 from django.db.models import Q, QuerySet
 
 from mcp_gateway.models import TOOL_SEPARATOR, SsrfAllowEntry, ToolGrant, UpstreamServer, UpstreamTool, VirtualServer
 from tenants.auth import KeyContext
 from tenants.epoch import SharedEpoch
+from tenants.errors import ServiceUnavailable
+from tenants.hot_reads import ReloadedValue
 
 
 def upstream_target(server: UpstreamServer, allowlist: list[str]) -> Any:
@@ -116,7 +115,6 @@ class Catalog:
 
 
 def _catalog_load_sync() -> Catalog:
-    close_old_connections()
     catalog = Catalog()
     allowlist = list(SsrfAllowEntry.objects.values_list("value", flat=True))
     # In name order: where several servers offer one resource URI, the first granted one serves it.
@@ -159,23 +157,30 @@ def _catalog_load_sync() -> Catalog:
 
 
 class CatalogCache:
-    """The catalog, cached in process for ``MCP_CATALOG_TTL`` seconds and dropped on any change."""
+    """The catalog, reloaded in the background every ``MCP_CATALOG_TTL`` seconds and on any change.
+
+    After a change the next request waits for the reload (at most ``DB_READ_WAIT``); while
+    the database is away the last catalog keeps serving.
+    """
 
     def __init__(self) -> None:
         self.epoch = SharedEpoch("mcp-catalog")
-        self._catalog: Catalog | None = None
-        self._loaded_at = 0.0
+        self._loaded: ReloadedValue[Catalog] = ReloadedValue(
+            "MCP catalog", _catalog_load_sync, lambda: settings.MCP_CATALOG_TTL
+        )
 
     def clear(self) -> None:
-        self._catalog = None
+        self._loaded.invalidate()
 
     async def get(self) -> Catalog:
         if await self.epoch.moved():
-            self._catalog = None
-        if self._catalog is None or time.monotonic() - self._loaded_at >= settings.MCP_CATALOG_TTL:
-            self._catalog = await sync_to_async(_catalog_load_sync, thread_sensitive=True)()
-            self._loaded_at = time.monotonic()
-        return self._catalog
+            self.clear()
+        catalog = await self._loaded.get()
+        if catalog is None:
+            raise ServiceUnavailable(
+                "The MCP tool catalog cannot be loaded right now (database unavailable); retry shortly."
+            )
+        return catalog
 
 
 catalog_cache = CatalogCache()

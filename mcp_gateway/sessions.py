@@ -11,6 +11,8 @@ from typing import Any
 
 from django.conf import settings
 
+from tenants.breaker import redis_options
+
 
 def stream_lease() -> float:
     """How long an open stream counts without a heartbeat: a crashed process's streams stop counting after this."""
@@ -107,7 +109,7 @@ class RedisSessionStore:
         if client is None:
             import redis.asyncio as redis
 
-            client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+            client = redis.Redis.from_url(self.url, **redis_options())
             client.stream_open_script = client.register_script(STREAM_OPEN_LUA)  # type: ignore[attr-defined]
             self._clients[loop] = client
         return client

@@ -183,6 +183,20 @@ DRAINING = Gauge(
     multiprocess_mode="livemax",
     registry=REGISTRY,
 )
+STORE_BREAKER = Gauge(
+    "llmp_store_breaker_state",
+    "A store's circuit breaker as a process sees it: 0 closed (healthy), 1 half-open (trying), 2 open (unreachable).",
+    ["store"],
+    multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
+STORE_BREAKER_OPENINGS = Counter(
+    "llmp_store_breaker_openings",
+    "Times a store's circuit breaker opened (the store stopped answering), by store.",
+    ["store"],
+    registry=REGISTRY,
+)
+_BREAKER_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 
 
 def _tenant(slug: str | None) -> str:
@@ -225,6 +239,14 @@ def request_observe(
 
 def quota_refusal_observe(tenant: str | None, limit: str) -> None:
     QUOTA_REFUSALS.labels(_tenant(tenant), limit or UNKNOWN).inc()
+
+
+def store_breaker_state(store: str, state: str) -> None:
+    STORE_BREAKER.labels(store).set(_BREAKER_VALUES[state])
+
+
+def store_breaker_opened(store: str) -> None:
+    STORE_BREAKER_OPENINGS.labels(store).inc()
 
 
 def upstream_error_observe(model: str, deployment: str, error: str) -> None:

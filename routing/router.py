@@ -6,9 +6,12 @@ process memory otherwise. On the hot path a process reads its snapshot of a grou
 plus its own changes not yet sent. A snapshot older than ``ROUTING_STATE_SYNC`` is
 refreshed in the background (one pipelined round trip per group, shared by every request
 meanwhile); a request waits for the refresh only when the snapshot is older than
-``ROUTING_STATE_MAX_STALE`` (an idle group) or missing. Its own changes go to Redis in one
-pipeline every ``FLUSH_INTERVAL``. Only a failure pays a round trip of its own: one Lua
-script counts it and starts the cooldown atomically.
+``ROUTING_STATE_MAX_STALE`` (an idle group) or missing, and then at most
+``REDIS_SOCKET_TIMEOUT``. Its own changes go to Redis in one pipeline every
+``FLUSH_INTERVAL``. Only a failure pays a round trip of its own: one Lua script counts it
+and starts the cooldown atomically. While Redis is unreachable (its circuit breaker open)
+nothing waits on it: the process routes on its own state and keeps its in-flight changes
+for when Redis answers again.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from observability import metrics
 from routing.pricing import token_prices
 from routing.selectors import DeploymentTarget, GroupPolicy, deployment_cache
 from tenants.auth import KeyContext
+from tenants.breaker import redis_breaker, redis_options
 from tenants.errors import NotFound, PlatformError, RateLimited, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
@@ -148,7 +152,7 @@ class RedisRouteState(LocalRouteState):
         if client is None:
             import redis.asyncio as redis
 
-            client = cast(Any, redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1))
+            client = cast(Any, redis.Redis.from_url(self.url, **redis_options()))
             client.fail_script = client.register_script(FAIL_LUA)
             self._clients[loop] = client
         return client
@@ -158,6 +162,7 @@ class RedisRouteState(LocalRouteState):
 
     def _unavailable(self, exc: Exception) -> None:
         # Route on what this process knows rather than fail requests; say so, but not per request.
+        redis_breaker.failure(exc)
         now = time.monotonic()
         if now - self._warned_at > 10:
             self._warned_at = now
@@ -172,9 +177,17 @@ class RedisRouteState(LocalRouteState):
             ids = frozenset(t.id for t in targets)
             pending = self._fetching.get(ids)
             if pending is None:
+                if not redis_breaker.allow():
+                    # Redis is known to be away: route on this process's own state, at no cost.
+                    return {target.id: self._state(target.id) for target in targets}
                 pending = self._fetching[ids] = asyncio.ensure_future(self._refresh(ids))
-            if max(ages) >= settings.ROUTING_STATE_MAX_STALE:
-                await asyncio.shield(pending)
+            if max(ages) >= settings.ROUTING_STATE_MAX_STALE and redis_breaker.closed:
+                # Never longer than one Redis reply may take: past that, the local state routes.
+                # A trial while the breaker is open is not waited for at all.
+                try:
+                    await asyncio.wait_for(asyncio.shield(pending), settings.REDIS_SOCKET_TIMEOUT)
+                except TimeoutError:
+                    pass
         return {target.id: self._state(target.id) for target in targets}
 
     async def _refresh(self, ids: frozenset[int]) -> None:
@@ -202,6 +215,7 @@ class RedisRouteState(LocalRouteState):
             for deployment_id in ids:
                 self._fetched[deployment_id] = time.monotonic()
             return
+        redis_breaker.success()
         fetched = time.monotonic()
         for index, deployment_id in enumerate(ids):
             cooldown, inflight, rpm, tpm, latencies, ttfts = reply[6 * index : 6 * index + 6]
@@ -240,6 +254,8 @@ class RedisRouteState(LocalRouteState):
         self._flush_later()
 
     async def fail(self, deployment_id: int, policy: GroupPolicy) -> float:
+        if not redis_breaker.allow():
+            return await super().fail(deployment_id, policy)
         now = time.time()
         try:
             self.round_trips += 1
@@ -278,6 +294,9 @@ class RedisRouteState(LocalRouteState):
         latencies, self._latencies = self._latencies, {}
         if not (inflight or usage or latencies):
             return
+        if not redis_breaker.allow():
+            self._keep(inflight, usage)
+            return
         window = settings.ROUTING_LATENCY_WINDOW
         try:
             pipe = self._client().pipeline(transaction=False)
@@ -301,6 +320,22 @@ class RedisRouteState(LocalRouteState):
             await pipe.execute()
         except Exception as exc:
             self._unavailable(exc)
+            self._keep(inflight, usage)
+            return
+        redis_breaker.success()
+
+    def _keep(self, inflight: dict[int, int], usage: dict[tuple[int, int], list[int]]) -> None:
+        """Changes Redis did not take, kept for the next flush: an in-flight +1 whose -1 is sent
+        alone would leave the shared count too low (or the reverse, too high) for INFLIGHT_TTL_S.
+        Usage of past minutes no longer routes anything, and latency samples are only samples."""
+        for deployment_id, delta in inflight.items():
+            self._inflight[deployment_id] = self._inflight.get(deployment_id, 0) + delta
+        minute = _minute(time.time())
+        for (deployment_id, at), (requests, tokens) in usage.items():
+            if at == minute:
+                kept = self._usage.setdefault((deployment_id, at), [0, 0])
+                kept[0] += requests
+                kept[1] += tokens
 
 
 _flushing: set[asyncio.Task[None]] = set()

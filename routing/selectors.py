@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
 
 from routing.credentials import params_merge
 from routing.models import OPENAI_DEFAULT_API_BASE, ModelDeployment, RouteGroup
 from tenants.epoch import SharedEpoch
 from tenants.errors import ServiceUnavailable
+from tenants.hot_reads import ReloadedValue
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,51 +96,55 @@ class GroupPolicy:
 
 
 class DeploymentCache:
-    """All enabled deployments, grouped by public model name, with their route groups'
-    policies; refreshed every few seconds or as soon as the shared epoch says an admin
-    changed one."""
+    """All enabled deployments, grouped by public model name, with their route groups' policies.
+
+    Reloaded in the background every ``DEPLOYMENT_CACHE_TTL`` seconds, or as soon as the
+    shared epoch says an admin changed one (then the next request waits for the reload, at
+    most ``DB_READ_WAIT``); while the database is away the last load keeps serving.
+    """
 
     def __init__(self) -> None:
-        self._groups: dict[str, list[DeploymentTarget]] = {}
-        self._policies: dict[str, GroupPolicy] = {}
-        self._loaded_at = float("-inf")
+        self._loaded: ReloadedValue[tuple[dict[str, list[DeploymentTarget]], dict[str, GroupPolicy]]] = ReloadedValue(
+            "model deployments", lambda: _deployments_load_sync(), lambda: settings.DEPLOYMENT_CACHE_TTL
+        )
         self.epoch = SharedEpoch("deployment")
 
     def clear(self) -> None:
-        self._loaded_at = float("-inf")
+        self._loaded.invalidate()
 
-    async def groups(self) -> dict[str, list[DeploymentTarget]]:
+    @property
+    def loaded(self) -> bool:
+        """Has this process anything to route with (readiness)?"""
+        return self._loaded.value is not None
+
+    async def _current(self) -> tuple[dict[str, list[DeploymentTarget]], dict[str, GroupPolicy]]:
         if await self.epoch.moved():
             self.clear()
-        if time.monotonic() - self._loaded_at >= settings.DEPLOYMENT_CACHE_TTL:
-            try:
-                self._groups, self._policies = await _deployments_load()
-            except DatabaseError as exc:
-                if not self._groups:
-                    raise ServiceUnavailable(
-                        "Model deployments cannot be loaded right now (database unavailable); retry shortly."
-                    ) from exc
-            self._loaded_at = time.monotonic()
-        return self._groups
+        loaded = await self._loaded.get()
+        if loaded is None:
+            raise ServiceUnavailable(
+                "Model deployments cannot be loaded right now (database unavailable); retry shortly."
+            )
+        return loaded
+
+    async def groups(self) -> dict[str, list[DeploymentTarget]]:
+        return (await self._current())[0]
 
     async def group(self, model_name: str) -> tuple[list[DeploymentTarget], GroupPolicy]:
         """The enabled deployments of ``model_name`` (empty if none) and its policy."""
-        groups = await self.groups()
-        policy = self._policies.get(model_name)
+        groups, policies = await self._current()
+        policy = policies.get(model_name)
         if policy is None:
-            policy = self._policies[model_name] = GroupPolicy.default(model_name)
+            policy = policies[model_name] = GroupPolicy.default(model_name)
         return groups.get(model_name, []), policy
 
 
 def _deployments_load_sync() -> tuple[dict[str, list[DeploymentTarget]], dict[str, GroupPolicy]]:
-    close_old_connections()
     groups: dict[str, list[DeploymentTarget]] = {}
     for deployment in ModelDeployment.objects.filter(enabled=True).order_by("model_name", "id"):
         groups.setdefault(deployment.model_name, []).append(DeploymentTarget.from_model(deployment))
     policies = {group.model_name: GroupPolicy.from_model(group) for group in RouteGroup.objects.all()}
     return groups, policies
 
-
-_deployments_load = sync_to_async(_deployments_load_sync, thread_sensitive=True)
 
 deployment_cache = DeploymentCache()

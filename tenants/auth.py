@@ -2,30 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, models
+from django.db import DatabaseError, models
 from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import AuditEntry, audit_denial_record
+from tenants.breaker import database_breaker
 from tenants.epoch import SharedEpoch
 from tenants.errors import AuthenticationFailed, PermissionDenied, PlatformError, ServiceUnavailable
+from tenants.hot_reads import db_read
 from tenants.quota import MICROS, QuotaRule
 from tenants.request_input import credential_header
 
 logger = logging.getLogger(__name__)
-
-DB_RETRY_INTERVAL = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,42 +81,93 @@ class _Entry:
 class KeyCache:
     """In-process cache of key lookups, keyed by the secret's SHA-256.
 
-    Entries are fresh for ``KEY_CACHE_TTL`` seconds. Any change to keys or tenants bumps a
-    shared epoch (in the Django cache, i.e. Redis when configured); each process reads the
-    epoch at most every ``KEY_REVOCATION_POLL`` seconds and drops its entries when it
-    moved, so a revocation reaches every process within about that long. When the
-    database cannot be reached, entries up to ``KEY_CACHE_STALE_TTL`` old keep serving
-    (a valid key must not start failing) and unseen keys get 503, never 401.
+    Entries are fresh for ``KEY_CACHE_TTL`` seconds; after that a known key is served as it
+    is while one reload runs in the background (``KEY_CACHE_TTL=0``: every lookup reads
+    through). A change to keys, quotas or tenants is published on the shared ``apikey``
+    epoch with what it touched (secret hashes, a tenant), and every process drops just those
+    entries within ``KEY_REVOCATION_POLL`` seconds. Database reads run on the hot-path read
+    threads, one per key at a time. A request waits at most ``DB_READ_WAIT`` for a key this
+    process cannot serve; when the database does not answer, entries up to
+    ``KEY_CACHE_STALE_TTL`` old keep serving (a valid key must not start failing) and unseen
+    keys get 503, never 401.
     """
 
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
+        self._loading: dict[str, asyncio.Task[KeyContext | None]] = {}
+        self._generation = 0  # moves with every change, so a load that raced one is not kept
         self.epoch = SharedEpoch("apikey")
-        # After a failed lookup the database is not tried again for a moment, so an outage
-        # costs one connect timeout per DB_RETRY_INTERVAL, not one per request.
-        self._db_down_until = 0.0
 
     def clear(self) -> None:
         self._entries.clear()
+        self._generation += 1
+
+    def forget(self, tokens: Iterable[str]) -> None:
+        """Drop the entries a change names: ``h:<secret hash>``, ``t:<tenant id>``; ``*`` (or anything else) all."""
+        self._generation += 1
+        tenants = set()
+        for token in tokens:
+            kind, _, value = token.partition(":")
+            if kind == "h":
+                self._entries.pop(value, None)
+            elif kind == "t" and value.isdigit():
+                tenants.add(int(value))
+            else:
+                self._entries.clear()
+                return
+        if tenants:
+            for secret_hash, entry in list(self._entries.items()):
+                if entry.context is not None and entry.context.tenant_id in tenants:
+                    self._entries.pop(secret_hash, None)
 
     async def lookup(self, secret_hash: str) -> KeyContext | None:
-        if await self.epoch.moved():
-            self._entries.clear()
+        changes = await self.epoch.changes()
+        if changes:
+            self.forget(changes)
         now = time.monotonic()
         entry = self._entries.get(secret_hash)
-        if entry is not None and now - entry.fetched_at < settings.KEY_CACHE_TTL:
-            return entry.context
-        if now < self._db_down_until:
+        ttl = settings.KEY_CACHE_TTL
+        if entry is not None:
+            age = now - entry.fetched_at
+            if age < ttl:
+                return entry.context
+            if entry.context is not None and ttl > 0 and age < settings.KEY_CACHE_STALE_TTL:
+                # A change reaches this cache through the epoch, not the TTL: serve, and reload behind.
+                self._loader(secret_hash, start=database_breaker.allow)
+                return entry.context
+        task = self._loader(secret_hash, start=database_breaker.allow)
+        if task is None:  # the database is known to be away: no waiting
             return self._stale(entry, now)
         try:
-            context = await _key_fetch(secret_hash)
+            return await asyncio.wait_for(asyncio.shield(task), settings.DB_READ_WAIT)
+        except TimeoutError:
+            database_breaker.failure(f"no answer within {settings.DB_READ_WAIT:g} s")
         except DatabaseError as exc:
             logger.warning("key lookup failed: database unavailable (%s)", exc)
-            self._db_down_until = time.monotonic() + DB_RETRY_INTERVAL
-            return self._stale(entry, now)
-        if len(self._entries) > 100_000:
-            self._entries.clear()
-        self._entries[secret_hash] = _Entry(context, time.monotonic())
+        return self._stale(entry, now)
+
+    def _loader(self, secret_hash: str, *, start: Callable[[], bool]) -> asyncio.Task[KeyContext | None] | None:
+        """The load of this key in flight, or a new one if ``start()`` allows; None otherwise."""
+        task = self._loading.get(secret_hash)
+        if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
+            return task
+        if not start():
+            return None
+        task = self._loading[secret_hash] = asyncio.ensure_future(self._load(secret_hash))
+        task.add_done_callback(_retrieve)
+        return task
+
+    async def _load(self, secret_hash: str) -> KeyContext | None:
+        generation = self._generation
+        try:
+            context = await _key_fetch(secret_hash)
+        finally:
+            if self._loading.get(secret_hash) is asyncio.current_task():
+                del self._loading[secret_hash]
+        if generation == self._generation:
+            if len(self._entries) > 100_000:
+                self._entries.clear()
+            self._entries[secret_hash] = _Entry(context, time.monotonic())
         return context
 
     @staticmethod
@@ -127,6 +178,11 @@ class KeyCache:
             "The platform cannot verify API keys right now (database unavailable); retry shortly.",
             code="auth_backend_unavailable",
         )
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a failed background reload is logged where it is awaited, or not at all
 
 
 def quota_rules(quotas: Iterable[Any], tenant_slug: str) -> tuple[QuotaRule, ...]:
@@ -158,7 +214,6 @@ def quota_rules(quotas: Iterable[Any], tenant_slug: str) -> tuple[QuotaRule, ...
 def _key_fetch_sync(secret_hash: str) -> KeyContext | None:
     from tenants.models import ApiKey, Quota
 
-    close_old_connections()
     row = (
         ApiKey.objects.filter(secret_hash=secret_hash)
         .values(
@@ -197,15 +252,21 @@ def _key_fetch_sync(secret_hash: str) -> KeyContext | None:
     )
 
 
-_key_fetch = sync_to_async(_key_fetch_sync, thread_sensitive=True)
+async def _key_fetch(secret_hash: str) -> KeyContext | None:
+    return await asyncio.wrap_future(db_read(_key_fetch_sync, secret_hash))
+
 
 key_cache = KeyCache()
 
 
-def key_cache_invalidate() -> None:
-    """Tell every process to drop cached key lookups (call after a key or tenant change commits)."""
-    key_cache.clear()
-    key_cache.epoch.bump()
+def key_cache_invalidate(*, secret_hashes: Iterable[str] = (), tenant_ids: Iterable[int] = ()) -> None:
+    """Tell every process to drop the cached lookups a committed change touched (neither given: all of them).
+
+    ``secret_hashes``: the keys changed (created, edited, revoked, rotated, deleted, or given a
+    quota); ``tenant_ids``: tenants whose every key changed (the tenant itself, its quotas).
+    """
+    tokens = [f"h:{value}" for value in secret_hashes] + [f"t:{value}" for value in tenant_ids]
+    key_cache.epoch.bump(*tokens)
 
 
 def bearer_secret(authorization: str | None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from django.apps import apps
@@ -197,7 +198,8 @@ def api_key_rotate(
             "changes": {"expires_at": {"before": before["expires_at"], "after": snapshot(old, ["expires_at"])}},
         },
     )
-    transaction.on_commit(key_cache_invalidate)
+    # The successor announced itself (api_key_create); the old key's expiry moved.
+    transaction.on_commit(partial(key_cache_invalidate, secret_hashes=[old.secret_hash]))
     return KeyRotation(old=old, new=new, secret=secret)
 
 

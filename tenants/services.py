@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 from django.db import models, transaction
@@ -64,9 +65,9 @@ def tenant_save(*, tenant: Tenant, actor: str, acting_user: Any = None, ip: str 
         ip=ip,
         details={"changes": changes_between(before, after)},
     )
-    # Both are read on the hot path through the key cache.
-    if before.get("is_active") != after.get("is_active") or before.get("trace_content") != after.get("trace_content"):
-        transaction.on_commit(key_cache_invalidate)
+    # Read on the hot path through the key cache (the slug names the tenant in quota messages and metrics).
+    if before and any(before.get(name) != after.get(name) for name in ("is_active", "trace_content", "slug")):
+        transaction.on_commit(partial(key_cache_invalidate, tenant_ids=[tenant.pk]))
     return tenant
 
 
@@ -84,7 +85,7 @@ def tenant_delete(*, tenant: Tenant, actor: str, acting_user: Any = None, ip: st
         ip=ip,
         details={"before": before},
     )
-    transaction.on_commit(key_cache_invalidate)
+    transaction.on_commit(partial(key_cache_invalidate, tenant_ids=[tenant_id]))
 
 
 def api_key_scopes_refused(*, acting_user: Any, tenant_id: int | None, scopes: Any, before: Any = ()) -> list[str]:
@@ -171,7 +172,8 @@ def api_key_create(
         ip=ip,
         details={"after": snapshot(api_key, KEY_AUDIT_FIELDS)},
     )
-    transaction.on_commit(key_cache_invalidate)
+    # Its secret may be cached as unknown (someone tried it first, or config-as-code named it).
+    transaction.on_commit(partial(key_cache_invalidate, secret_hashes=[api_key.secret_hash]))
     return api_key, secret
 
 
@@ -195,7 +197,7 @@ def api_key_update(*, api_key: ApiKey, actor: str, acting_user: Any = None, ip: 
         ip=ip,
         details={"changes": changes_between(before, after)},
     )
-    transaction.on_commit(key_cache_invalidate)
+    transaction.on_commit(partial(key_cache_invalidate, secret_hashes=[api_key.secret_hash]))
     return api_key
 
 
@@ -214,7 +216,7 @@ def api_key_revoke(*, api_key: ApiKey, actor: str, acting_user: Any = None, ip: 
         ip=ip,
         details={"changes": {"revoked_at": {"before": None, "after": api_key.revoked_at.isoformat()}}},
     )
-    transaction.on_commit(key_cache_invalidate)
+    transaction.on_commit(partial(key_cache_invalidate, secret_hashes=[api_key.secret_hash]))
     return api_key
 
 
@@ -222,7 +224,7 @@ def api_key_revoke(*, api_key: ApiKey, actor: str, acting_user: Any = None, ip: 
 def api_key_delete(*, api_key: ApiKey, actor: str, acting_user: Any = None, ip: str | None = None) -> None:
     _stored_key_check(acting_user, api_key, "delete", "delete")
     before = snapshot(api_key, KEY_AUDIT_FIELDS)
-    tenant_id, prefix = api_key.tenant_id, api_key.prefix
+    tenant_id, prefix, secret_hash = api_key.tenant_id, api_key.prefix, api_key.secret_hash
     api_key.delete()
     audit_record(
         actor=actor,
@@ -232,7 +234,7 @@ def api_key_delete(*, api_key: ApiKey, actor: str, acting_user: Any = None, ip: 
         ip=ip,
         details={"before": before},
     )
-    transaction.on_commit(key_cache_invalidate)
+    transaction.on_commit(partial(key_cache_invalidate, secret_hashes=[secret_hash]))
 
 
 QUOTA_AUDIT_FIELDS = ("tenant", "api_key", "model", "budget_duration", *Quota.LIMIT_FIELDS)
@@ -262,6 +264,14 @@ def _quota_check(acting_user: Any, quota: Quota, action: str) -> None:
         )
 
 
+def _quota_keys_invalidate(*quotas: Quota | None) -> None:
+    """On commit, drop the cached keys the quotas bind, as stored and as saved: one key's, or its tenant's."""
+    key_ids = {quota.api_key_id for quota in quotas if quota is not None and quota.api_key_id}
+    tenant_ids = {quota.tenant_id for quota in quotas if quota is not None and quota.tenant_id}
+    secret_hashes = list(ApiKey.objects.filter(pk__in=key_ids).values_list("secret_hash", flat=True))
+    transaction.on_commit(partial(key_cache_invalidate, secret_hashes=secret_hashes, tenant_ids=sorted(tenant_ids)))
+
+
 @transaction.atomic
 def quota_save(*, quota: Quota, actor: str, acting_user: Any = None, ip: str | None = None) -> Quota:
     old = Quota.objects.filter(pk=quota.pk).first() if quota.pk else None
@@ -279,7 +289,7 @@ def quota_save(*, quota: Quota, actor: str, acting_user: Any = None, ip: str | N
         ip=ip,
         details={"changes": changes_between(before, _quota_snapshot(quota))},
     )
-    transaction.on_commit(key_cache_invalidate)
+    _quota_keys_invalidate(old, quota)
     return quota
 
 
@@ -287,12 +297,12 @@ def quota_save(*, quota: Quota, actor: str, acting_user: Any = None, ip: str | N
 def quota_delete(*, quota: Quota, actor: str, acting_user: Any = None, ip: str | None = None) -> None:
     stored = Quota.objects.filter(pk=quota.pk).first()
     _quota_check(acting_user, stored or quota, "delete")
+    _quota_keys_invalidate(stored, quota)
     before, target, tenant_id = _quota_snapshot(quota), f"quota:{quota.pk}:{quota}", _quota_tenant_id(quota)
     quota.delete()
     audit_record(
         actor=actor, action="quota.delete", target=target, tenant_id=tenant_id, ip=ip, details={"before": before}
     )
-    transaction.on_commit(key_cache_invalidate)
 
 
 MEMBERSHIP_AUDIT_FIELDS = ("user", "tenant", "role")

@@ -5,18 +5,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import close_old_connections, connection
 
 from routing.ml.models import RouterArtifact, SmartGroup, SmartGroupTenantShare, TenantRoutingData
 from routing.ml.routers import LearnedRouter, router_from_bytes
 from tenants.epoch import SharedEpoch
+from tenants.hot_reads import ReloadedValue
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -70,7 +69,6 @@ def _ref(artifact: RouterArtifact | None) -> ArtifactRef | None:
 
 
 def _snapshot_load_sync() -> Snapshot:
-    close_old_connections()
     heavy = ("active_artifact__blob", "shadow_artifact__blob", "ab_artifact__blob")
     groups = list(
         SmartGroup.objects.filter(enabled=True)
@@ -133,6 +131,8 @@ def artifact_load_sync(artifact_id: int) -> LearnedRouter:
     return router_from_bytes(blob, kind=artifact.kind, backend=artifact.backend, params=artifact.params)
 
 
+_NO_GROUPS = Snapshot({}, frozenset())
+
 # Router inference (and loading) runs here, never on the event loop.
 inference_executor = ThreadPoolExecutor(max_workers=settings.ML_ROUTER_THREADS, thread_name_prefix="smart-router")
 
@@ -146,32 +146,48 @@ class SmartCache:
     """
 
     def __init__(self) -> None:
-        self.snapshot = Snapshot({}, frozenset())
-        self._loaded_at = float("-inf")
+        self._loaded: ReloadedValue[Snapshot] = ReloadedValue(
+            "smart groups", _snapshot_load_sync, lambda: settings.ML_ROUTER_CACHE_TTL
+        )
         self._routers: dict[int, LearnedRouter] = {}
         self._failed: dict[int, str] = {}  # artifact id -> why it cannot be used (until the epoch moves)
         self._lock = threading.Lock()
+        self._warmed: Snapshot | None = None
         self.epoch = SharedEpoch("smart-routing")
 
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._loaded.value or _NO_GROUPS
+
+    @snapshot.setter
+    def snapshot(self, value: Snapshot) -> None:
+        self._loaded.set(value)
+
+    @property
+    def _loaded_at(self) -> float:
+        return self._loaded.loaded_at
+
+    @_loaded_at.setter
+    def _loaded_at(self, value: float) -> None:
+        self._loaded.loaded_at = value
+
     def clear(self) -> None:
-        self._loaded_at = float("-inf")
+        self._loaded.invalidate()
         with self._lock:
             self._routers = {}
             self._failed = {}
 
     async def current(self) -> Snapshot:
+        """The groups, reloaded in the background (database away: the cached ones, or none yet)."""
         if await self.epoch.moved():
             self.clear()
-        if time.monotonic() - self._loaded_at >= settings.ML_ROUTER_CACHE_TTL:
-            try:
-                self.snapshot = await _snapshot_load()
-            except DatabaseError:
-                # Keep routing with what we have; the deployment cache reports the outage.
-                logger.warning("smart groups could not be reloaded; keeping the cached ones", exc_info=True)
-            else:
-                self._warm_up()
-            self._loaded_at = time.monotonic()
-        return self.snapshot
+        snapshot = await self._loaded.get()
+        if snapshot is None:
+            return _NO_GROUPS
+        if snapshot is not self._warmed:
+            self._warmed = snapshot
+            self._warm_up()
+        return snapshot
 
     def _warm_up(self) -> None:
         """Load the routers the groups use in the background, so no request waits for a first load."""
@@ -210,7 +226,5 @@ class SmartCache:
             self._routers = {**self._routers, artifact_id: router}
         return router
 
-
-_snapshot_load = sync_to_async(_snapshot_load_sync, thread_sensitive=True)
 
 smart_cache = SmartCache()
