@@ -113,10 +113,24 @@ def _write_usage(rows: list[UsageRow]) -> None:
     with transaction.atomic():
         # bulk_insert makes the logs' text writable (NUL, lone surrogates) in place, so the
         # rollups below group by the same model names the logs hold.
-        bulk_insert(RequestLog, logs)
+        inserted = bulk_insert(RequestLog, logs, returning="request_id")
         for key_id, when in last_used.items():
             ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gt=when).update(last_used_at=when)
-        _rollups_add(logs)
+        # Only the rows this insert added, in the same transaction: a batch retried after a
+        # lost commit acknowledgement, a replayed dead letter or journal, or one request twice
+        # in a batch adds to the rollups once.
+        _rollups_add(_added(logs, inserted))
+
+
+def _added(logs: list[RequestLog], inserted: list[str]) -> list[RequestLog]:
+    """The logs an insert added, given the request ids it returned (each id once: the first log that holds it)."""
+    remaining = set(inserted)
+    added = []
+    for log in logs:
+        if log.request_id in remaining:
+            remaining.remove(log.request_id)
+            added.append(log)
+    return added
 
 
 def _latency_bucket(latency_ms: float) -> int:
