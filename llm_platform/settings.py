@@ -340,6 +340,11 @@ if BEAT_LEASE_BACKEND == "redis" and not REDIS_URL:
 # A standby takes over at most BEAT_LEASE_TTL + BEAT_LEASE_POLL seconds after the leader dies.
 BEAT_LEASE_TTL = env_float("BEAT_LEASE_TTL", 10.0, minimum=1.0)
 BEAT_LEASE_POLL = env_float("BEAT_LEASE_POLL", 1.0, minimum=0.05)
+# A period of a job that ended without a run (its leader died, or beat was down) is run when
+# a leader notices, under its own period key: at most this many of the latest missed periods
+# per job (0: none). Jobs whose run covers all before it (audit export, secret rotation,
+# usage prune) run the latest missed period only.
+BEAT_CATCH_UP_PERIODS = env_int("BEAT_CATCH_UP_PERIODS", 3, minimum=0)
 AUDIT_EXPORT_INTERVAL = env_int("AUDIT_EXPORT_INTERVAL", 5, minimum=1)
 SECRET_ROTATION_INTERVAL = env_int("SECRET_ROTATION_INTERVAL", 60, minimum=1)
 SECRET_ROTATION_BATCH = env_int("SECRET_ROTATION_BATCH", 200, minimum=1)
