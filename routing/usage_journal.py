@@ -21,6 +21,11 @@ go out together in the next, so the event loop never waits on the disk and the c
 row falls as load rises. A caller awaits a future, bounded by a timeout: a disk that
 stalls or fails degrades the request to the batch writer's guarantee and is logged, it
 never holds the response back for long.
+
+Memory stays bounded while the database is down: a file of a dead process is read only
+when its rows are tried (one file at a time, in the writer's thread), and when more than
+``max_tracked`` rows wait, the oldest full files are let go (their lock released, the
+files kept) and then adopted and written from disk like a dead process's.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from audit.dead_letters import DeadLetterFile, record_line
 from audit.writer import BatchWriter
@@ -56,8 +61,7 @@ class Segment:
     size: int = 0
     outstanding: int = 0  # rows appended and not yet committed or set aside
     sealed: bool = False  # no more appends: deleted as soon as ``outstanding`` is 0
-    adopted: list[Any] | None = None  # the rows of a dead process's file, until they are written
-    unreadable: int = 0  # lines of an adopted file that could not be read back
+    adopted: bool = False  # a dead process's file: its rows are read and written from it
     recovering: bool = False
 
 
@@ -100,6 +104,7 @@ class UsageJournal(Generic[Row]):
         segment_bytes: int = 4 * 1024 * 1024,
         scan_every: float = 10.0,
         max_waiting: int = 20_000,
+        max_tracked: int | None = None,
     ) -> None:
         self.directory = directory
         self.writer = writer
@@ -107,6 +112,8 @@ class UsageJournal(Generic[Row]):
         self.segment_bytes = segment_bytes
         self.scan_every = scan_every
         self.max_waiting = max_waiting
+        # Rows appended and not yet done, tracked in memory; beyond, files are let go (see above).
+        self.max_tracked = max_tracked if max_tracked is not None else 2 * writer.max_pending
         self._lock = threading.Condition()
         self._reset()
 
@@ -119,6 +126,8 @@ class UsageJournal(Generic[Row]):
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._last_scan = 0.0
+        self._failures = 0  # appends that failed since the last complaint in the log
+        self._complained = 0.0
 
     # --- the request side (event loop) ---
 
@@ -219,11 +228,7 @@ class UsageJournal(Generic[Row]):
                 data = data[os.write(segment.fd, data) :]
             os.fdatasync(segment.fd)
         except OSError as exc:
-            logger.error(
-                "usage journal: %d rows could not be made durable (%s); the batch writer still has them",
-                len(written),
-                exc,
-            )
+            self._complain(len(written), exc)
             error = exc
             with self._lock:
                 if self._active is not None:
@@ -234,6 +239,8 @@ class UsageJournal(Generic[Row]):
                 for waiting in written:
                     self._pending[self.key(waiting.row)] = segment
                 segment.outstanding += len(written)
+                if len(self._pending) > self.max_tracked:
+                    self._let_go()
         by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for waiting in written:
             by_loop.setdefault(waiting.loop, []).append(waiting.future)
@@ -242,6 +249,37 @@ class UsageJournal(Generic[Row]):
                 loop.call_soon_threadsafe(_resolve, futures, error)
             except RuntimeError:  # that loop is closed: nobody waits any more
                 pass
+
+    def _complain(self, rows: int, error: OSError) -> None:
+        """Log a disk that fails at most once a minute, with how many rows it failed meanwhile."""
+        self._failures += rows
+        now = time.monotonic()
+        if now - self._complained >= 60:
+            logger.error(
+                "usage journal: %d rows could not be made durable (%s); the batch writer still has them",
+                self._failures,
+                error,
+            )
+            self._complained, self._failures = now, 0
+
+    def _let_go(self) -> None:
+        """Stop tracking the oldest files (the database has been unavailable long): adopted again from disk."""
+        if self._active is not None:
+            self._seal(self._active)
+        for segment in list(self._segments.values()):
+            if len(self._pending) <= self.max_tracked // 2:
+                break
+            if segment.adopted or segment.outstanding <= 0:
+                continue
+            for key in [key for key, held in self._pending.items() if held is segment]:
+                del self._pending[key]
+            self._segments.pop(segment.path, None)
+            os.close(segment.fd)  # kept on disk, its lock released: the next scan adopts it
+            logger.warning(
+                "usage journal: %d rows wait for the database; %s is written from disk once it is back",
+                segment.outstanding,
+                segment.path.name,
+            )
 
     def _segment(self) -> Segment:
         """The file to append to: a new one when the current is full, or holds only finished rows."""
@@ -281,7 +319,7 @@ class UsageJournal(Generic[Row]):
         segment.sealed = True
         if self._active is segment:
             self._active = None
-        if segment.outstanding <= 0 and segment.adopted is None:
+        if segment.outstanding <= 0 and not segment.adopted:
             self._retire(segment)
 
     def _retire(self, segment: Segment) -> None:
@@ -312,7 +350,7 @@ class UsageJournal(Generic[Row]):
         except OSError:
             logger.exception("usage journal: looking for journals of dead processes failed")
         with self._lock:
-            waiting = [segment for segment in self._segments.values() if segment.adopted is not None]
+            waiting = [segment for segment in self._segments.values() if segment.adopted]
             for segment in waiting:
                 if not segment.recovering:
                     segment.recovering = True
@@ -340,12 +378,10 @@ class UsageJournal(Generic[Row]):
             if os.fstat(fd).st_nlink == 0:  # another process adopted and finished it meanwhile
                 os.close(fd)
                 continue
-            rows, unreadable = self._read(path)
-            segment = Segment(path, fd, size=os.fstat(fd).st_size, sealed=True, adopted=rows, unreadable=unreadable)
             with self._lock:
-                self._segments[path] = segment
+                self._segments[path] = Segment(path, fd, size=os.fstat(fd).st_size, sealed=True, adopted=True)
             adopted += 1
-            logger.warning("usage journal: %s was left by a dead process; writing its %d rows", path.name, len(rows))
+            logger.warning("usage journal: %s was left by a dead process; writing its rows", path.name)
         return adopted
 
     def _remove_abandoned(self, path: Path) -> None:
@@ -379,16 +415,14 @@ class UsageJournal(Generic[Row]):
 
     def _recover(self, segment: Segment) -> RecoveryResult:
         """In the writer's thread: write an adopted file's rows; the file goes once none is left to try."""
-        rows = segment.adopted or []
-        result = RecoveryResult(files=1, rows=len(rows), unreadable=segment.unreadable)
+        rows, unreadable = self._read(segment.path)
+        result = RecoveryResult(files=1, rows=len(rows), unreadable=unreadable)
         outcome = self.writer.write_now(rows)
         result.written = outcome.written
         result.refused = len(outcome.refused)
-        if outcome.unwritten:
-            result.kept = len(outcome.unwritten)
-            segment.adopted = outcome.unwritten
-        else:
-            segment.adopted = None
+        result.kept = len(outcome.unwritten)
+        # Rows already written are skipped by the next attempt's insert: trying the whole file again is exact.
+        segment.adopted = bool(outcome.unwritten)
         return result
 
     def _when_recovered(self, segment: Segment) -> Callable[[ThreadFuture[RecoveryResult]], None]:
@@ -402,7 +436,7 @@ class UsageJournal(Generic[Row]):
                 logger.error("usage journal: replaying %s failed (%s); tried again later", segment.path.name, error)
                 return
             result = done.result()
-            if segment.adopted is None:
+            if not segment.adopted:
                 self._retire(segment)
                 logger.warning(
                     "usage journal: replayed %s: %d rows written (those already in the database skipped), "
@@ -424,12 +458,12 @@ class UsageJournal(Generic[Row]):
         total = RecoveryResult()
         self._adopt()
         with self._lock:
-            adopted = [segment for segment in self._segments.values() if segment.adopted is not None]
+            adopted = [segment for segment in self._segments.values() if segment.adopted and not segment.recovering]
         for segment in adopted:
             result = self._recover(segment)
             for name in ("files", "rows", "written", "refused", "unreadable", "kept"):
                 setattr(total, name, getattr(total, name) + getattr(result, name))
-            if segment.adopted is None:
+            if not segment.adopted:
                 with self._lock:
                     self._retire(segment)
         return total

@@ -228,3 +228,33 @@ async def test_a_disk_that_fails_or_stalls_degrades_the_request_instead_of_holdi
     waited = time.monotonic() - started
     release.set()
     assert 0.2 <= waited < 0.5, f"held the response {waited:.2f} s"
+
+
+def test_rows_waiting_for_an_unavailable_database_are_tracked_in_bounded_memory_and_written_from_disk_later(
+    journals, owner_key, monkeypatch
+):
+    journal = journals.open(segment_bytes=1_500, max_tracked=12)
+    rows = [usage(owner_key) for _ in range(40)]
+
+    async def answer() -> None:
+        for row in rows:
+            await journal.append(row)
+
+    asyncio.run(answer())
+    assert len(journal._pending) <= 12, "the oldest files were let go"
+    monkeypatch.setattr(journal.writer, "_write", down)
+    journal.writer._rows = list(rows)  # the final rows, waiting for the database
+    journal.writer.flush_now()
+    assert RequestLog.objects.count() == 0
+    result = journal.recover_now()  # what the journal thread's next scan does
+    assert result.files > 0 and result.kept == result.rows  # the database is still down: files stay
+    monkeypatch.setattr(journal.writer, "_write", _write_usage)
+    result = journal.recover_now()
+    assert result.kept == 0
+    assert RequestLog.objects.count() > len(rows) - 12  # every row of the files let go
+    journal.writer.flush_now()  # the writer's own backlog, once the database is back
+    journal.stop()
+    assert RequestLog.objects.count() == 40
+    assert journals.files() == []
+    logs, rollups = books()
+    assert rollups == logs
