@@ -281,13 +281,13 @@ async def usage_record_durable(row: UsageRow) -> bool:
     try:
         async with asyncio.timeout(settings.USAGE_JOURNAL_TIMEOUT):
             await journal.append(row)
-    except (TimeoutError, OSError) as exc:
+    except Exception as exc:  # whatever the journal meets, the answer goes out
         now = time.monotonic()
         if now - _journal_complaint >= 60:
             _journal_complaint = now
             logger.error(
                 "usage journal: a row was not made durable in time (%s); answered anyway, as under batch durability",
-                type(exc).__name__ if isinstance(exc, TimeoutError) else exc,
+                f"{type(exc).__name__}: {exc}",
             )
         return False
     return True

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import logging
 import os
 import threading
@@ -41,15 +42,16 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from audit.dead_letters import DeadLetterFile, record_line
+from audit.dead_letters import record_line
 from audit.writer import BatchWriter
 
 logger = logging.getLogger(__name__)
 Row = TypeVar("Row")
 
 SUFFIX = ".jsonl"
+ABANDONED_AFTER = 60.0  # seconds: a hidden file still unrenamed this long was left by a dead process
 
 
 @dataclass(eq=False)
@@ -92,6 +94,18 @@ def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -
             future.set_exception(error)
 
 
+def _answer(batch: list[_Waiting[Any]], error: BaseException | None) -> None:
+    """Complete the futures of ``batch`` on their event loops (one call per loop)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for waiting in batch:
+        by_loop.setdefault(waiting.loop, []).append(waiting.future)
+    for loop, futures in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, futures, error)
+        except RuntimeError:  # that loop is closed: nobody waits any more
+            pass
+
+
 class UsageJournal(Generic[Row]):
     """Durable appends for a batch writer's rows, and the replay of journals that dead processes left."""
 
@@ -125,7 +139,7 @@ class UsageJournal(Generic[Row]):
         self._active: Segment | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._last_scan = 0.0
+        self._last_scan: float | None = None  # the first thing the thread does is to look
         self._failures = 0  # appends that failed since the last complaint in the log
         self._complained = 0.0
 
@@ -191,19 +205,26 @@ class UsageJournal(Generic[Row]):
             self._stopping = False
 
     def _run(self) -> None:
-        self._scan()
         while True:
             with self._lock:
-                if not self._waiting and not self._stopping:
+                if not self._waiting and not self._stopping and self._last_scan is not None:
                     self._lock.wait(timeout=1.0)
                 batch, self._waiting = self._waiting, []
                 stopping = self._stopping
-            if batch:
-                self._write(batch)
-            else:
-                self._idle()
-            if time.monotonic() - self._last_scan >= self.scan_every:
-                self._scan()
+            # Whatever goes wrong, the thread goes on: requests wait on it.
+            try:
+                if batch:
+                    self._write(batch)
+                else:
+                    self._idle()
+            except Exception as exc:
+                logger.exception("usage journal: appending failed")
+                _answer(batch, exc)
+            if self._last_scan is None or time.monotonic() - self._last_scan >= self.scan_every:
+                try:
+                    self._scan()
+                except Exception:
+                    logger.exception("usage journal: replaying the journals of dead processes failed")
             if stopping and not batch:
                 return
 
@@ -214,7 +235,7 @@ class UsageJournal(Generic[Row]):
             try:
                 lines.append(record_line(self.writer.codec.dump(waiting.row)))
             except Exception as exc:
-                waiting.loop.call_soon_threadsafe(_resolve, [waiting.future], exc)
+                _answer([waiting], exc)
                 continue
             written.append(waiting)
         if not written:
@@ -241,14 +262,7 @@ class UsageJournal(Generic[Row]):
                 segment.outstanding += len(written)
                 if len(self._pending) > self.max_tracked:
                     self._let_go()
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-        for waiting in written:
-            by_loop.setdefault(waiting.loop, []).append(waiting.future)
-        for loop, futures in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_resolve, futures, error)
-            except RuntimeError:  # that loop is closed: nobody waits any more
-                pass
+        _answer(written, error)
 
     def _complain(self, rows: int, error: OSError) -> None:
         """Log a disk that fails at most once a minute, with how many rows it failed meanwhile."""
@@ -387,6 +401,8 @@ class UsageJournal(Generic[Row]):
     def _remove_abandoned(self, path: Path) -> None:
         """A file a process died creating (before it held any row) is deleted once nobody holds it."""
         try:
+            if time.time() - path.stat().st_mtime < ABANDONED_AFTER:
+                return  # perhaps being created right now, not yet locked
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return
@@ -399,18 +415,19 @@ class UsageJournal(Generic[Row]):
             os.close(fd)
 
     def _read(self, path: Path) -> tuple[list[Row], int]:
+        """The rows of a file, and how many lines could not be read (a torn last line: never acknowledged)."""
         rows: list[Row] = []
         unreadable = 0
-        for record in DeadLetterFile.records(path):
-            if "unreadable" in record:
-                # The last line of a process killed mid-write: never acknowledged, so never answered.
-                unreadable += 1
-                continue
-            try:
-                rows.append(self.writer.codec.load(record))
-            except Exception:
-                logger.exception("usage journal: a row of %s cannot be read back", path.name)
-                unreadable += 1
+        with path.open("rb") as lines:
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(self.writer.codec.load(json.loads(line)))
+                except Exception:
+                    unreadable += 1
+        if unreadable:
+            logger.warning("usage journal: %d lines of %s could not be read back", unreadable, path.name)
         return rows, unreadable
 
     def _recover(self, segment: Segment) -> RecoveryResult:

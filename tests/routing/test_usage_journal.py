@@ -221,6 +221,12 @@ async def test_a_disk_that_fails_or_stalls_degrades_the_request_instead_of_holdi
     assert await usage_record_durable(usage(owner_key)) is False
     assert time.monotonic() - started < 0.2
 
+    monkeypatch.setattr(routing.usage_journal, "record_line", lambda document: 1 / 0)
+    assert await usage_record_durable(usage(owner_key)) is False  # a row that cannot be encoded
+    assert journal._thread is not None and journal._thread.is_alive()
+    monkeypatch.undo()  # a disk that works again, but slowly
+    monkeypatch.setattr(routing.usage, "usage_journal", journal)
+
     release = threading.Event()
     monkeypatch.setattr(routing.usage_journal.os, "fdatasync", lambda fd: release.wait(5))
     started = time.monotonic()
