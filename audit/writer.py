@@ -11,7 +11,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -273,9 +273,7 @@ class BatchWriter(Generic[Row]):
         rows = self._take()
         if not rows:
             return 0
-        outcome = self.write_isolating(rows)
-        if outcome.refused:
-            self._dead_letter([(row, exc, 1) for row, exc in outcome.refused])
+        outcome = self.write_now(rows)
         if outcome.unwritten:
             logger.error(
                 "%s writer: database unavailable (%s); %d rows kept for the next flush",
@@ -285,6 +283,17 @@ class BatchWriter(Generic[Row]):
             )
             self._keep(outcome.unwritten)
         return outcome.written
+
+    def write_now(self, rows: list[Row]) -> WriteOutcome[Row]:
+        """Write ``rows`` from the calling thread, setting refused ones aside; the unwritten ones are returned."""
+        outcome = self.write_isolating(rows)
+        if outcome.refused:
+            self._dead_letter([(row, exc, 1) for row, exc in outcome.refused])
+        return outcome
+
+    def submit(self, work: Callable[..., Item], *args: Any) -> Future[Item]:
+        """Run ``work`` in the writer's thread, after the flushes queued before it (one writer, one connection)."""
+        return self._executor.submit(work, *args)
 
     def write_isolating(self, rows: list[Row]) -> WriteOutcome[Row]:
         """Write ``rows``, isolating the ones the database refuses; stop at the first sign it is unavailable."""

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py [--seconds 8] [--runs 3] [--streams 200] [--redis URL]
     .venv/bin/python bench/run.py --quota-compare [--runs 5] [--redis URL --database URL]
+    .venv/bin/python bench/run.py --durability-compare [--runs 5] [--redis URL --database URL]
 
 Prints a Markdown table and writes bench/results/<timestamp>.json. Needs `wrk`.
 """
@@ -34,6 +35,7 @@ KEY = "sk-bench-0123456789abcdefghijklmnop"
 QUOTA_KEY = "sk-benchq-0123456789abcdefghijklmno"  # --quota-compare: a second tenant, with quotas
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello to the benchmark."}]}
 CHUNKS, GAP_MS = 20, 10.0
+APPLICATION = "llm_platform.asgi:application"
 
 
 def free_port() -> int:
@@ -245,6 +247,61 @@ def quota_compare_table(rounds: dict[str, list[dict[str, float]]], redis: bool) 
     return table
 
 
+def durability_compare(args: argparse.Namespace, gateways: dict[str, tuple[str, int]]) -> dict[str, object]:
+    """Interleave rounds on two gateway processes that differ only in USAGE_DURABILITY (batch, journal).
+
+    As ``quota_compare``: per round, c=1 latency timed request by request, then req/s and the
+    gateway process's CPU per request at c=16, the two processes in alternating order.
+    """
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in gateways}
+    for round_index in range(args.runs):
+        order = list(gateways) if round_index % 2 == 0 else list(reversed(gateways))
+        for name in order:
+            url, pid = gateways[name]
+            times = sequential(url, KEY, args.sequential)
+            cpu0 = cpu_seconds(pid)
+            result = wrk(url, 16, args.seconds)
+            cpu1 = cpu_seconds(pid)
+            rounds[name].append(
+                {
+                    "rps": result["rps"],
+                    "errors": result["non2xx"] + result["errors"],
+                    "cpu_us_per_request": (cpu1 - cpu0) / result["requests"] * 1e6,
+                    "c1_p50_ms": statistics.median(times),
+                    "c1_p95_ms": percentile(times, 95),
+                    "c1_p99_ms": percentile(times, 99),
+                }
+            )
+            print(f"round {round_index + 1} {name}: {json.dumps(rounds[name][-1])}", file=sys.stderr)
+    return rounds
+
+
+def durability_compare_table(rounds: dict[str, list[dict[str, float]]]) -> list[str]:
+    def med(name: str, field: str) -> float:
+        return statistics.median(run[field] for run in rounds[name])
+
+    rps_ratio = statistics.median(
+        journal["rps"] / batch["rps"] for batch, journal in zip(rounds["batch"], rounds["journal"], strict=True)
+    )
+    table = ["| Metric | batch | journal | Added |", "|---|---|---|---|"]
+    for label, field, fmt in (
+        ("Latency, c=1, median (ms)", "c1_p50_ms", "{:.2f}"),
+        ("Latency, c=1, p95 (ms)", "c1_p95_ms", "{:.2f}"),
+        ("Latency, c=1, p99 (ms)", "c1_p99_ms", "{:.2f}"),
+        ("Requests/s, c=16", "rps", "{:.0f}"),
+        ("Gateway CPU per request, c=16 (µs)", "cpu_us_per_request", "{:.0f}"),
+    ):
+        batch, journal = med("batch", field), med("journal", field)
+        if field == "rps":
+            added = f"{(rps_ratio - 1) * 100:+.0f}% (median of per-round ratios)"
+        elif field.endswith("_ms"):
+            added = f"{journal - batch:+.2f} ms"
+        else:
+            added = f"{journal - batch:+.0f} µs ({(journal / batch - 1) * 100:+.0f}%)"
+        table.append(f"| {label} | {fmt.format(batch)} | {fmt.format(journal)} | {added} |")
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8)
@@ -260,6 +317,11 @@ def main() -> None:
         "--quota-compare",
         action="store_true",
         help="only the cost of quotas: a key without and a key with quotas, interleaved rounds on one server",
+    )
+    parser.add_argument(
+        "--durability-compare",
+        action="store_true",
+        help="only the cost of USAGE_DURABILITY=journal: a batch and a journal gateway, interleaved rounds",
     )
     parser.add_argument("--sequential", type=int, default=1000, help="requests timed one by one per round (c=1)")
     args = parser.parse_args()
@@ -279,7 +341,9 @@ def main() -> None:
     env["DATABASE_URL"] = args.database or f"sqlite:///{var / 'db.sqlite3'}"
     if args.redis:
         env["REDIS_URL"] = args.redis
-    up_port, gw_port = free_port(), free_port()
+    up_port, gw_port, journal_port = free_port(), free_port(), free_port()
+    if args.durability_compare:
+        env["USAGE_DURABILITY"] = "batch"  # the second gateway, started below, journals
     direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
     gateway = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
     setup(env, f"http://127.0.0.1:{up_port}/v1", quota=args.quota, quota_key=args.quota_compare)
@@ -300,6 +364,16 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         ),
     ]
+    if args.durability_compare:
+        processes.append(
+            subprocess.Popen(
+                [python, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(journal_port), APPLICATION],
+                cwd=ROOT,
+                env={**env, "USAGE_DURABILITY": "journal"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     results: dict[str, object] = {
         "date": dt.datetime.now(dt.UTC).isoformat(),
         "redis": bool(args.redis),
@@ -310,9 +384,16 @@ def main() -> None:
     try:
         http_wait(f"http://127.0.0.1:{up_port}/healthz", processes[0])
         http_wait(f"http://127.0.0.1:{gw_port}/healthz", processes[1])
-        for url in (direct, gateway):  # warm-up: connections, caches, lazy imports
-            wrk(url, 16, 3)
-        if args.quota_compare:
+        journal_gateway = f"http://127.0.0.1:{journal_port}/v1/chat/completions"
+        if args.durability_compare:
+            http_wait(f"http://127.0.0.1:{journal_port}/healthz", processes[2])
+        for url in (direct, gateway, *([journal_gateway] if args.durability_compare else [])):
+            wrk(url, 16, 3)  # warm-up: connections, caches, lazy imports
+        if args.durability_compare:
+            rounds = durability_compare(
+                args, {"batch": (gateway, processes[1].pid), "journal": (journal_gateway, processes[2].pid)}
+            )
+        elif args.quota_compare:
             wrk(gateway, 16, 3, QUOTA_KEY)
             rounds = quota_compare(args, gateway, processes[1].pid)
         else:
@@ -336,6 +417,14 @@ def main() -> None:
 
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
+    if args.durability_compare:
+        table = durability_compare_table(rounds)
+        print("\n".join(table))
+        errors = sum(run["errors"] for runs in rounds.values() for run in runs)
+        print(f"\ngateway errors during load: {errors}")
+        results.update(rounds=rounds, table=table, seconds=args.seconds, sequential=args.sequential)
+        (out / f"{dt.datetime.now():%Y%m%d-%H%M%S}-durability.json").write_text(json.dumps(results, indent=1))
+        return
     if args.quota_compare:
         table = quota_compare_table(rounds, bool(args.redis))
         print("\n".join(table))

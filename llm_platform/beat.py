@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import socket
@@ -16,7 +17,16 @@ from django.db import close_old_connections, connections
 from django.utils import timezone
 from django_celery_beat.schedulers import DatabaseScheduler
 
-from llm_platform.jobs import FENCE_HEADER, JOB_HEADER, PERIOD_HEADER, period_start, periodic_tasks_seed
+from llm_platform.jobs import (
+    FENCE_HEADER,
+    JOB_HEADER,
+    PERIOD_HEADER,
+    catch_up_limit,
+    last_claimed,
+    period_start,
+    periodic_tasks_seed,
+    periods_missed,
+)
 from llm_platform.leader import Lease, lease_for
 
 logger = logging.getLogger(__name__)
@@ -27,6 +37,11 @@ class LeaderScheduler(DatabaseScheduler):
 
     Each dispatched run carries its job name, period start and the leader's fencing token
     as headers; the task claims that period before its body runs (llm_platform.jobs).
+
+    A period that ended without a run is caught up: when a leader takes over, and before
+    each dispatch, the periods of interval jobs since their last claimed (or dispatched)
+    period are looked up and the missed ones dispatched under their own period keys
+    (bounded by ``catch_up_limit``), so the claims keep each period to one run.
     """
 
     lease: Lease | None = None
@@ -35,6 +50,10 @@ class LeaderScheduler(DatabaseScheduler):
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.token: int | None = None
         self.renewed_at = 0.0
+        self.catch_up_pending = False
+        # The latest period this leader has dispatched per job: a run sent but not yet
+        # claimed is not a missed period.
+        self.dispatched: dict[str, dt.datetime] = {}
         super().__init__(*args, **kwargs)
 
     def setup_schedule(self) -> None:
@@ -63,6 +82,8 @@ class LeaderScheduler(DatabaseScheduler):
                     # Re-read the schedule: the previous leader's last runs are in the database.
                     self._initial_read = True
                     self._heap = None
+                    self.dispatched = {}
+                    self.catch_up_pending = True
                 return self.token is not None
             if time.monotonic() - self.renewed_at >= self.renew_every:
                 close_old_connections()
@@ -81,22 +102,60 @@ class LeaderScheduler(DatabaseScheduler):
     def tick(self, *args: Any, **kwargs: Any) -> float:
         if not self.is_leader():
             return settings.BEAT_LEASE_POLL
+        if self.catch_up_pending:
+            self.catch_up_pending = False
+            self.catch_up(list(self.schedule.values()))
         delay = super().tick(*args, **kwargs)
         return min(delay, max(self.renew_every - (time.monotonic() - self.renewed_at), 0.0))
 
-    def period_headers(self, entry: Any) -> dict[str, Any]:
-        """The idempotency key (job, period start) and the fencing token a dispatched run carries."""
-        return {
-            JOB_HEADER: entry.name,
-            PERIOD_HEADER: period_start(entry.schedule, timezone.now()).isoformat(),
-            FENCE_HEADER: self.token,
-        }
+    def catch_up(self, entries: list[Any], producer: Any = None) -> int:
+        """Dispatch the missed periods of ``entries`` (each once, under its own period key); returns how many."""
+        entries = [entry for entry in entries if _catches_up(entry)]
+        if not entries:
+            return 0
+        try:
+            close_old_connections()
+            claimed = last_claimed(entry.name for entry in entries)
+        except Exception:
+            logger.exception("beat: could not look up the jobs' last periods; catching up later")
+            self.catch_up_pending = True
+            return 0
+        now = timezone.now()
+        sent = 0
+        for entry in entries:
+            known = [when for when in (claimed.get(entry.name), self.dispatched.get(entry.name)) if when is not None]
+            for period in periods_missed(
+                entry.schedule, last_run=max(known, default=None), now=now, limit=catch_up_limit(entry.task)
+            ):
+                logger.warning("beat: job %s missed its period %s; running it now", entry.name, period.isoformat())
+                try:
+                    self.apply_async(entry, producer, advance=False, period=period)
+                except Exception:  # as for a due run: one that cannot be sent must not stop the others
+                    logger.exception("beat: could not send job %s for its missed period %s", entry.name, period)
+                    continue
+                sent += 1
+        return sent
 
-    def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
+    def period_headers(self, entry: Any, period: dt.datetime) -> dict[str, Any]:
+        """The idempotency key (job, period start) and the fencing token a dispatched run carries."""
+        return {JOB_HEADER: entry.name, PERIOD_HEADER: period.isoformat(), FENCE_HEADER: self.token}
+
+    def apply_async(
+        self, entry: Any, producer: Any = None, advance: bool = True, period: dt.datetime | None = None, **kwargs: Any
+    ) -> Any:
+        """Send one run of ``entry``: for the current period (after any missed ones), or for ``period``."""
         if self.token is None:
             return None
-        entry.options.setdefault("headers", {}).update(self.period_headers(entry))
-        return super().apply_async(entry, producer, advance, **kwargs)
+        if period is None:
+            self.catch_up([entry], producer)
+            period = period_start(entry.schedule, timezone.now())
+        if period >= self.dispatched.get(entry.name, period):
+            self.dispatched[entry.name] = period
+        return self.dispatch(entry, producer, advance, self.period_headers(entry, period), **kwargs)
+
+    def dispatch(self, entry: Any, producer: Any, advance: bool, headers: dict[str, Any], **kwargs: Any) -> Any:
+        entry.options.setdefault("headers", {}).update(headers)
+        return DatabaseScheduler.apply_async(self, entry, producer, advance, **kwargs)
 
     def close(self) -> None:
         if self.token is not None:
@@ -115,10 +174,7 @@ class InProcessScheduler(LeaderScheduler):
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="job")
         super().__init__(*args, **kwargs)
 
-    def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
-        if self.token is None:
-            return None
-        headers = self.period_headers(entry)
+    def dispatch(self, entry: Any, producer: Any, advance: bool, headers: dict[str, Any], **kwargs: Any) -> Any:
         entry = self.reserve(entry) if advance else entry
         try:
             task = self.app.tasks.get(entry.task)
@@ -135,6 +191,16 @@ class InProcessScheduler(LeaderScheduler):
         super().close()
         self.executor.shutdown(wait=True)
         connections.close_all()  # this scheduler thread's own connections
+
+
+def _catches_up(entry: Any) -> bool:
+    """Whether a schedule entry runs again and again (not a one-off, not disabled or past its expiry)."""
+    model = getattr(entry, "model", None)
+    if model is None:
+        return True
+    if model.one_off or not model.enabled:
+        return False
+    return model.expires is None or model.expires > timezone.now()
 
 
 def _run_local(task: Any, args: Any, kwargs: Any, headers: dict[str, Any]) -> Any:

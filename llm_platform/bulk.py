@@ -6,7 +6,9 @@ request under load, and it holds the GIL the event loop needs. ``COPY`` hands th
 psycopg's C adapters instead. Conflicting rows are skipped, as ``ignore_conflicts`` does,
 by copying into a per-connection staging table first and inserting from it with
 ``ON CONFLICT DO NOTHING``, so a batch retried after a lost commit acknowledgement never
-duplicates or fails.
+duplicates or fails. Asked for a ``returning`` column, the insert says which rows it
+actually added (``RETURNING``), so whatever is derived from them (the usage rollups) counts
+a row written twice only once.
 
 Before either, text the database would refuse is made writable: NUL and lone surrogates
 become U+FFFD (in JSON values too), and text longer than its column is cut, except in a
@@ -84,34 +86,86 @@ def _objs_writable(fields: list[models.Field[Any, Any]], objs: Sequence[models.M
                 setattr(obj, name, cleaner(value))
 
 
-def bulk_insert(model: type[models.Model], objs: Sequence[models.Model], *, ignore_conflicts: bool = True) -> None:
+def _sqlite_variables(connection: Any) -> int:
+    """How many ``?`` one SQLite statement may hold (Django assumes 999; SQLite 3.32+ allows 32766)."""
+    import sqlite3
+
+    try:
+        return int(connection.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    except (AttributeError, sqlite3.Error):
+        return connection.features.max_query_params or 999
+
+
+def _column(model: type[models.Model], name: str) -> models.Field[Any, Any]:
+    field = model._meta.get_field(name)
+    if not isinstance(field, models.Field) or field.column is None:
+        raise ValueError(f"{model.__name__}.{name} is not a column")
+    return field
+
+
+def bulk_insert(
+    model: type[models.Model],
+    objs: Sequence[models.Model],
+    *,
+    ignore_conflicts: bool = True,
+    returning: str | None = None,
+) -> list[Any]:
     """Insert ``objs`` in one round trip (two statements on PostgreSQL); primary keys are not set.
 
     With ``ignore_conflicts`` a row that duplicates a unique value is skipped; any other
-    constraint a row breaks fails the insert, on every database.
+    constraint a row breaks fails the insert, on every database. With ``returning`` (a column
+    name), returns that column's value for every row the insert added, and for no row it
+    skipped; otherwise an empty list.
     """
     if not objs:
-        return
+        return []
     alias = router.db_for_write(model)
     connection = connections[alias]
     fields = _insert_fields(model)
     _objs_writable(fields, objs)
     table = connection.ops.quote_name(model._meta.db_table)
     columns = ", ".join(connection.ops.quote_name(str(field.column)) for field in fields)
+    returned, attname = "", ""
+    if returning:
+        field = _column(model, returning)
+        returned, attname = f" RETURNING {connection.ops.quote_name(str(field.column))}", field.attname
     if connection.vendor == "sqlite" and ignore_conflicts:
         # Django's ignore_conflicts is INSERT OR IGNORE on SQLite, which also skips rows that
         # break a CHECK or NOT NULL constraint: a refused row would vanish without a trace.
-        # ON CONFLICT DO NOTHING skips duplicates only, as on PostgreSQL.
-        sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))}) ON CONFLICT DO NOTHING"
+        # ON CONFLICT DO NOTHING skips duplicates only, as on PostgreSQL. Multi-row VALUES
+        # rather than executemany, whose statements cannot return rows.
         values = [
             tuple(field.get_db_prep_save(field.pre_save(obj, True), connection) for field in fields) for obj in objs
         ]
+        placeholders = f"({', '.join(['%s'] * len(fields))})"
+        per_statement = max(1, _sqlite_variables(connection) // len(fields))
+        inserted: list[Any] = []
         with transaction.atomic(using=alias, savepoint=False), connection.cursor() as cursor:
-            cursor.executemany(sql, values)
-        return
+            for start in range(0, len(values), per_statement):
+                chunk = values[start : start + per_statement]
+                cursor.execute(
+                    f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholders] * len(chunk))}"
+                    f" ON CONFLICT DO NOTHING{returned}",
+                    [value for row in chunk for value in row],
+                )
+                if returning:
+                    inserted += [row[0] for row in cursor.fetchall()]
+        return inserted
     if connection.vendor != "postgresql":
+        # Neither database the platform runs on comes here; without RETURNING, what existed
+        # before the insert tells what it added (exact while no other writer races it).
+        before: set[Any] = set()
+        if returning:
+            values_of = {getattr(obj, attname) for obj in objs}
+            before = set(
+                model._default_manager.using(alias)
+                .filter(**{f"{returning}__in": values_of})
+                .values_list(returning, flat=True)
+            )
         model._default_manager.using(alias).bulk_create(objs, ignore_conflicts=ignore_conflicts)
-        return
+        if not returning:
+            return []
+        return list(dict.fromkeys(value for obj in objs if (value := getattr(obj, attname)) not in before))
     getters = [(field.attname, None if _plain(field) else field.get_db_prep_save) for field in fields]
     rows = (
         tuple(getattr(obj, name) if prep is None else prep(getattr(obj, name), connection) for name, prep in getters)
@@ -127,7 +181,8 @@ def bulk_insert(model: type[models.Model], objs: Sequence[models.Model], *, igno
             with raw.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
-            return
+            # All or nothing: every row was added.
+            return [getattr(obj, attname) for obj in objs] if returning else []
         stage = connection.ops.quote_name(f"stage_{model._meta.db_table}")
         # A temporary table lives as long as the connection (created again after a reconnect);
         # WITH NO DATA copies the columns without their constraints.
@@ -135,5 +190,7 @@ def bulk_insert(model: type[models.Model], objs: Sequence[models.Model], *, igno
         with raw.copy(f"COPY {stage} ({columns}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
-        raw.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage} ON CONFLICT DO NOTHING")
+        raw.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage} ON CONFLICT DO NOTHING{returned}")
+        inserted = [row[0] for row in raw.fetchall()] if returning else []
         raw.execute(f"DELETE FROM {stage}")
+        return inserted

@@ -40,6 +40,13 @@ class ConfigReport:
     unchanged: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     new_keys: dict[str, str] = field(default_factory=dict)  # "tenant/key name" -> plaintext, shown once
+    declared: dict[tuple[str, ...], str] = field(default_factory=dict, repr=False)
+
+    def declare(self, identity: tuple[str, ...], where: str, what: str) -> None:
+        """Refuse a second entry for one row: the later would overwrite the earlier, and a reload flip them."""
+        first = self.declared.setdefault(identity, where)
+        if first != where:
+            raise ConfigError(f"{where}: {what} is declared already at {first}; declare it once")
 
 
 def _resolve(value: Any, where: str) -> Any:
@@ -107,6 +114,11 @@ def _apply_deployment(entry: Any, where: str, actor: str, report: ConfigReport) 
     for cost_key in ("input_cost_per_token", "output_cost_per_token"):
         if isinstance(info, dict) and cost_key in info:
             extra.setdefault(cost_key, info[cost_key])
+    report.declare(
+        ("deployment", model_name, litellm_model, api_base),
+        where,
+        f"the deployment of {model_name} to {litellm_model} at {api_base or 'the default api_base'}",
+    )
     deployment = ModelDeployment.objects.filter(
         model_name=model_name, litellm_model=litellm_model, api_base=api_base
     ).first()
@@ -252,7 +264,28 @@ def _limit_entries(value: Any, where: str) -> list[tuple[str, dict[str, Any], st
     return rows
 
 
-def _apply_limits(scope: dict[str, Any], value: Any, where: str, actor: str, report: ConfigReport) -> None:
+def _limit_value(name: str, value: Any, here: str) -> Any:
+    """A limit as its field stores it, so a reload compares equal (the field would turn 60.5 or "60" into 60)."""
+    if name == "max_budget":
+        try:
+            return Decimal(str(value))
+        except ArithmeticError:
+            raise ConfigError(f"{here}.max_budget must be a number of USD") from None
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole:
+        raise ConfigError(f"{here}.{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def _quota_rows(value: Any, where: str) -> dict[tuple[str, str], dict[str, tuple[Any, str]]]:
+    """The quota rows a ``limits`` list makes: one per (model, budget duration), entries merged field by field.
+
+    A quota row is unique per scope, model and budget duration, and a rate limit alone
+    belongs to the default duration (30d): ``[{rpm_limit: 60}, {max_budget: 100}]`` is one
+    row holding both. Two entries giving one limit of one row different values are refused:
+    one of them would otherwise be dropped, and re-running the file would flip between them.
+    """
+    rows: dict[tuple[str, str], dict[str, tuple[Any, str]]] = {}  # each limit with where it was given
     for model, limits, here in _limit_entries(value, where):
         unknown = sorted(set(limits) - LIMIT_NAMES - {"budget_duration"})
         if unknown:
@@ -262,14 +295,26 @@ def _apply_limits(scope: dict[str, Any], value: Any, where: str, actor: str, rep
         duration = DURATIONS.get(str(limits.pop("budget_duration", "30d")))
         if duration is None:
             raise ConfigError(f"{here}.budget_duration must be 1d or 30d")
-        desired: dict[str, Any] = {name: limits.get(name) for name in LIMIT_NAMES}
-        if desired["max_budget"] is not None:
-            try:
-                desired["max_budget"] = Decimal(str(desired["max_budget"]))
-            except ArithmeticError:
-                raise ConfigError(f"{here}.max_budget must be a number of USD") from None
+        merged = rows.setdefault((model, duration), {})
+        for name in sorted(LIMIT_NAMES):
+            if limits.get(name) is None:
+                continue
+            limit = _limit_value(name, limits[name], here)
+            earlier = merged.setdefault(name, (limit, here))
+            if earlier[0] != limit:
+                raise ConfigError(
+                    f"{here}.{name}: {limits[name]!r} conflicts with {earlier[0]!r} given at {earlier[1]} for "
+                    f"{model or 'all models'} ({duration}); a scope has one quota per model and budget duration, "
+                    "so give each limit once"
+                )
+    return rows
+
+
+def _apply_limits(scope: dict[str, Any], value: Any, where: str, actor: str, report: ConfigReport) -> None:
+    for (model, duration), limits in _quota_rows(value, where).items():
+        desired: dict[str, Any] = {name: limits[name][0] if name in limits else None for name in LIMIT_NAMES}
         quota = Quota.objects.filter(**scope, model=model, budget_duration=duration).first()
-        label = f"quota {here}"
+        label = f"quota {where} ({model or 'all models'}, {duration})"
         if quota is not None and all(getattr(quota, k) == v for k, v in desired.items()):
             report.unchanged.append(label)
             continue
@@ -280,9 +325,10 @@ def _apply_limits(scope: dict[str, Any], value: Any, where: str, actor: str, rep
         try:
             tenant_services.quota_save(quota=quota, actor=actor)
         except ValidationError as exc:
-            raise _validation(here, exc) from exc
+            blamed = next((limits[name][1] for name in exc.message_dict if name in limits), where)
+            raise _validation(blamed, exc) from exc
         except (TypeError, ValueError, ArithmeticError) as exc:
-            raise ConfigError(f"{here}: limits must be non-negative numbers ({exc})") from exc
+            raise ConfigError(f"{where}: limits must be non-negative numbers ({exc})") from exc
         (report.created if is_new else report.updated).append(label)
 
 
@@ -311,6 +357,7 @@ def _apply_key(tenant: Tenant, entry: Any, where: str, actor: str, report: Confi
     if not isinstance(scopes, list) or not all(isinstance(scope, str) for scope in scopes):
         raise ConfigError(f"{where}.scopes must be a list of endpoint names")
     label = f"api key {tenant.slug}/{name}"
+    report.declare(("api key", tenant.slug, name), where, f"api key {name!r} of tenant {tenant.slug!r}")
     existing = ApiKey.objects.filter(tenant=tenant, name=name, revoked_at__isnull=True).first()
     if existing is None:
         if secret is not None and ApiKey.objects.filter(secret_hash=key_hash(secret)).exists():
@@ -361,6 +408,7 @@ def _apply_tenant(entry: Any, where: str, actor: str, report: ConfigReport) -> N
     active = entry.get("active", True)
     if not isinstance(active, bool):
         raise ConfigError(f"{where}.active must be true or false")
+    report.declare(("tenant", slug), where, f"tenant {slug!r}")
     tenant = Tenant.objects.filter(slug=slug).first()
     label = f"tenant {slug}"
     if tenant is None or tenant.name != name or tenant.is_active != active:
@@ -386,6 +434,7 @@ def _apply_smart_group(entry: Any, where: str, actor: str, report: ConfigReport)
         raise ConfigError(str(exc)) from exc
     except ValidationError as exc:
         raise _validation(where, exc) from exc
+    report.declare(("smart group", label), where, label)  # after the write: the config rolls back as a whole
     getattr(report, outcome).append(label)
 
 
@@ -434,6 +483,7 @@ def _apply_mcp_server(entry: Any, where: str, actor: str, report: ConfigReport) 
         "enabled": enabled,
         "tenant_self_service": self_service,
     }
+    report.declare(("mcp server", name), where, f"mcp server {name!r}")
     server = UpstreamServer.objects.filter(name=name).first()
     label = f"mcp server {name}"
     touched: UpstreamServer | None = None

@@ -7,13 +7,14 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from celery import Task
 from celery.schedules import BaseSchedule, schedule
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from llm_platform.models import JobRun
@@ -23,6 +24,11 @@ logger = logging.getLogger(__name__)
 JOB_HEADER = "periodic_job"
 PERIOD_HEADER = "period_start"
 FENCE_HEADER = "fence"
+
+# Tasks whose run covers every period before it: the export writes each event since its
+# checkpoint, the rotation whatever is due, the prune whatever is past retention. Of their
+# missed periods only the latest is run; other jobs catch up BEAT_CATCH_UP_PERIODS of them.
+CATCH_UP_ONCE = frozenset({"audit.tasks.audit_export", "tenants.tasks.secret_rotate", "routing.tasks.usage_prune"})
 
 # Called after every run with (job, outcome, seconds); metrics hook in here.
 job_finished_hooks: list[Callable[[str, str, float], None]] = []
@@ -39,6 +45,38 @@ def period_start(run_schedule: BaseSchedule, now: dt.datetime) -> dt.datetime:
         seconds = max(run_schedule.run_every.total_seconds(), 1.0)
         return dt.datetime.fromtimestamp(now.timestamp() // seconds * seconds, tz=dt.UTC)
     return now.replace(second=0, microsecond=0)  # crontab, solar and clocked fire at most once a minute
+
+
+def catch_up_limit(task: str) -> int:
+    """How many missed periods of a job with this task a leader runs when it finds them."""
+    return min(1, settings.BEAT_CATCH_UP_PERIODS) if task in CATCH_UP_ONCE else settings.BEAT_CATCH_UP_PERIODS
+
+
+def periods_missed(
+    run_schedule: BaseSchedule, *, last_run: dt.datetime | None, now: dt.datetime, limit: int
+) -> list[dt.datetime]:
+    """The periods that ended after the one ``last_run`` falls in without a run: the latest ``limit``, oldest first.
+
+    Only interval schedules have periods to miss: a crontab-like schedule's missed fire is
+    run once by celery itself when a leader next looks at it (under the minute it runs in).
+    A job that never ran has nothing to catch up.
+    """
+    if last_run is None or limit <= 0 or not isinstance(run_schedule, schedule):
+        return []
+    step = dt.timedelta(seconds=max(run_schedule.run_every.total_seconds(), 1.0))
+    first = period_start(run_schedule, last_run) + step
+    period = period_start(run_schedule, now) - step
+    missed: list[dt.datetime] = []
+    while period >= first and len(missed) < limit:
+        missed.append(period)
+        period -= step
+    return missed[::-1]
+
+
+def last_claimed(jobs: Iterable[str]) -> dict[str, dt.datetime]:
+    """The latest period each of ``jobs`` has claimed (jobs that never ran are absent)."""
+    rows = JobRun.objects.filter(job__in=list(jobs)).values("job").annotate(last=Max("period_start"))
+    return {row["job"]: row["last"] for row in rows}
 
 
 def job_claim(*, job: str, period: dt.datetime, fence: int, task: str, task_id: str = "") -> JobRun | None:

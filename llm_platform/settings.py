@@ -309,6 +309,15 @@ UPSTREAM_CONNECT_TIMEOUT = env_float("UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0
 USAGE_FLUSH_INTERVAL = env_float("USAGE_FLUSH_INTERVAL", 1.0, minimum=0.01)
 USAGE_RETENTION_DAYS = env_int("USAGE_RETENTION_DAYS", 30, minimum=0)
 USAGE_FLUSH_BATCH = env_int("USAGE_FLUSH_BATCH", 500, minimum=1)
+# batch: usage rows wait in memory for the next flush, so a killed process (SIGKILL, OOM, power)
+# loses up to USAGE_FLUSH_INTERVAL of answered requests. journal: each answered request's row
+# is appended and fsync'd to VAR_DIR/usage-journal before the response's last bytes, and a
+# restarted process writes what a dead one left there.
+USAGE_DURABILITY = env_str("USAGE_DURABILITY", "batch").lower()
+if USAGE_DURABILITY not in ("batch", "journal"):
+    raise ImproperlyConfigured(f"USAGE_DURABILITY={USAGE_DURABILITY!r} must be 'batch' or 'journal'.")
+# Longest a response waits for its journal append; beyond it, it is sent as under batch.
+USAGE_JOURNAL_TIMEOUT = env_float("USAGE_JOURNAL_TIMEOUT", 1.0, minimum=0.001)
 # Rows the database refuses are kept per writer in VAR_DIR/dead-letter/<writer>.jsonl, each
 # file up to this size (beyond it they are counted in llmp_writer_rows_dropped_total and lost).
 DEAD_LETTER_MAX_BYTES = env_int("DEAD_LETTER_MAX_MB", 100, minimum=1) * 1024 * 1024
@@ -398,6 +407,11 @@ if BEAT_LEASE_BACKEND == "redis" and not REDIS_URL:
 # A standby takes over at most BEAT_LEASE_TTL + BEAT_LEASE_POLL seconds after the leader dies.
 BEAT_LEASE_TTL = env_float("BEAT_LEASE_TTL", 10.0, minimum=1.0)
 BEAT_LEASE_POLL = env_float("BEAT_LEASE_POLL", 1.0, minimum=0.05)
+# A period of a job that ended without a run (its leader died, or beat was down) is run when
+# a leader notices, under its own period key: at most this many of the latest missed periods
+# per job (0: none). Jobs whose run covers all before it (audit export, secret rotation,
+# usage prune) run the latest missed period only.
+BEAT_CATCH_UP_PERIODS = env_int("BEAT_CATCH_UP_PERIODS", 3, minimum=0)
 AUDIT_EXPORT_INTERVAL = env_int("AUDIT_EXPORT_INTERVAL", 5, minimum=1)
 SECRET_ROTATION_INTERVAL = env_int("SECRET_ROTATION_INTERVAL", 60, minimum=1)
 SECRET_ROTATION_BATCH = env_int("SECRET_ROTATION_BATCH", 200, minimum=1)

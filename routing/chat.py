@@ -22,7 +22,7 @@ from routing.pricing import usage_cost
 from routing.router import RouteRun
 from routing.selectors import DeploymentTarget
 from routing.smart import SmartDecision, smart_route
-from routing.usage import UsageRow, usage_record
+from routing.usage import UsageRow, usage_journaled, usage_record, usage_record_durable
 from tenants.auth import KeyContext, key_authenticate_request
 from tenants.errors import InvalidRequest, PlatformError
 from tenants.quota import QuotaExceeded, Reservation, quota_reserve, quota_settle
@@ -323,6 +323,7 @@ class ChatCompletion:
         self.status = status
         self.response_started = True
         await self._send_start(status, [*headers, *self._base_headers()])
+        await self._record_durably(self.usage)
         self.response_complete = True
         await self._send_body(body, False)
 
@@ -417,6 +418,9 @@ class ChatCompletion:
             if relay.error is not None:
                 self.status = relay.error.status
                 self.error_type = relay.error.code or relay.error.type
+            if usage_journaled():
+                self.usage = relay.usage or upstream.usage_estimate(request.payload, relay.content_events)
+                await self._record_durably(self.usage)
             self.response_complete = True
             await self._send_body(b"data: [DONE]\n\n", False)
         finally:
@@ -505,8 +509,17 @@ class ChatCompletion:
         # Synchronous (it queues the adjustment), so a cancelled (disconnected) request settles too.
         quota_settle(reservation, tokens_in=usage.prompt_tokens, tokens_out=usage.completion_tokens, cost=cost)
 
+    async def _record_durably(self, usage: upstream.Usage | None) -> None:
+        """Under USAGE_DURABILITY=journal, the usage row is on disk before the response's last bytes go out.
+
+        The row is provisional (no routing decision yet); the final one is recorded by
+        ``_account`` as always, and a restart writes this one only if the final one was lost.
+        """
+        if usage_journaled() and self.key is not None:
+            await usage_record_durable(self._usage_row(usage or upstream.Usage(), time.perf_counter() - self.started))
+
     def _account(self) -> None:
-        key, request, target, route = self.key, self.request, self.target, self.route
+        key, request, route = self.key, self.request, self.route
         if key is None:
             return
         usage = self.usage or upstream.Usage()
@@ -522,32 +535,35 @@ class ChatCompletion:
             decision = route.decision_record()
             if self.smart is not None:
                 decision["ml"] = self.smart.record
-        usage_record(
-            UsageRow(
-                request_id=self.request_id,
-                created_at=self.created_at,
-                tenant_id=key.tenant_id,
-                api_key_id=key.key_id,
-                key_prefix=key.prefix,
-                endpoint=self.endpoint.name,
-                model_requested=request.model if request else "",
-                deployment_id=target.id if target else None,
-                model_served=target.litellm_model if target else "",
-                stream=bool(request and request.stream),
-                status_code=self.status or 499,
-                error_type=self.error_type or ("client_disconnected" if self.disconnected else ""),
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                total_tokens=usage.total_tokens,
-                usage_estimated=usage.estimated,
-                latency_ms=_ms(total),
-                ttfb_ms=None if self.ttfb_s is None else _ms(self.ttfb_s),
-                overhead_ms=_ms(max(0.0, total - self.wait_s)),
-                client_disconnected=self.disconnected,
-                cost_overrides=target.extra_params if target else None,
-                route_decision=decision,
-                prompt=upstream.prompt_of(request.payload) if request and decision else None,
-            )
+        usage_record(self._usage_row(usage, total, decision))
+
+    def _usage_row(self, usage: upstream.Usage, total: float, decision: dict[str, Any] | None = None) -> UsageRow:
+        key, request, target = self.key, self.request, self.target
+        assert key is not None
+        return UsageRow(
+            request_id=self.request_id,
+            created_at=self.created_at,
+            tenant_id=key.tenant_id,
+            api_key_id=key.key_id,
+            key_prefix=key.prefix,
+            endpoint=self.endpoint.name,
+            model_requested=request.model if request else "",
+            deployment_id=target.id if target else None,
+            model_served=target.litellm_model if target else "",
+            stream=bool(request and request.stream),
+            status_code=self.status or 499,
+            error_type=self.error_type or ("client_disconnected" if self.disconnected else ""),
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            usage_estimated=usage.estimated,
+            latency_ms=_ms(total),
+            ttfb_ms=None if self.ttfb_s is None else _ms(self.ttfb_s),
+            overhead_ms=_ms(max(0.0, total - self.wait_s)),
+            client_disconnected=self.disconnected,
+            cost_overrides=target.extra_params if target else None,
+            route_decision=decision,
+            prompt=upstream.prompt_of(request.payload) if request and decision else None,
         )
 
     def _route_record(self) -> dict[str, Any]:

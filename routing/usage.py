@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import bisect
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.db.models import F
 
-from audit.writer import BatchWriter, Codec
+from audit.writer import BatchWriter, Codec, WriteOutcome
 from llm_platform.bulk import bulk_insert
 from routing.models import LATENCY_BUCKETS_MS, ModelDeployment, RequestLog, UsageRollup
 from routing.pricing import usage_cost
+from routing.usage_journal import UsageJournal
 from tenants.models import ApiKey, Tenant
 
 logger = logging.getLogger(__name__)
@@ -113,10 +119,24 @@ def _write_usage(rows: list[UsageRow]) -> None:
     with transaction.atomic():
         # bulk_insert makes the logs' text writable (NUL, lone surrogates) in place, so the
         # rollups below group by the same model names the logs hold.
-        bulk_insert(RequestLog, logs)
+        inserted = bulk_insert(RequestLog, logs, returning="request_id")
         for key_id, when in last_used.items():
             ApiKey.objects.filter(pk=key_id).exclude(last_used_at__gt=when).update(last_used_at=when)
-        _rollups_add(logs)
+        # Only the rows this insert added, in the same transaction: a batch retried after a
+        # lost commit acknowledgement, a replayed dead letter or journal, or one request twice
+        # in a batch adds to the rollups once.
+        _rollups_add(_added(logs, inserted))
+
+
+def _added(logs: list[RequestLog], inserted: list[str]) -> list[RequestLog]:
+    """The logs an insert added, given the request ids it returned (each id once: the first log that holds it)."""
+    remaining = set(inserted)
+    added = []
+    for log in logs:
+        if log.request_id in remaining:
+            remaining.remove(log.request_id)
+            added.append(log)
+    return added
 
 
 def _latency_bucket(latency_ms: float) -> int:
@@ -188,7 +208,26 @@ def _usage_load(document: dict[str, Any]) -> UsageRow:
     return UsageRow(**values)
 
 
-usage_writer = BatchWriter[UsageRow](
+class UsageWriter(BatchWriter[UsageRow]):
+    """The usage batch writer; with a journal, the rows it has committed or set aside end their journal entries."""
+
+    journal: UsageJournal[UsageRow] | None = None
+
+    def write_isolating(self, rows: list[UsageRow]) -> WriteOutcome[UsageRow]:
+        outcome = super().write_isolating(rows)
+        if self.journal is not None:
+            self.journal.settled(_done(rows, outcome.unwritten))
+        return outcome
+
+
+def _done(rows: list[UsageRow], unwritten: list[UsageRow]) -> Iterable[UsageRow]:
+    if not unwritten:
+        return rows
+    kept = {id(row) for row in unwritten}
+    return (row for row in rows if id(row) not in kept)
+
+
+usage_writer = UsageWriter(
     "usage",
     _write_usage,
     interval=settings.USAGE_FLUSH_INTERVAL,
@@ -197,5 +236,58 @@ usage_writer = BatchWriter[UsageRow](
 )
 
 
+def usage_journal_open(directory: Path, writer: UsageWriter) -> UsageJournal[UsageRow]:
+    """A journal for ``writer``'s rows in ``directory``, started: it first replays what dead processes left there."""
+    journal = UsageJournal[UsageRow](directory, writer, key=lambda row: row.request_id)
+    writer.journal = journal
+    journal.start()
+    atexit.register(journal.stop)
+    return journal
+
+
+# USAGE_DURABILITY=journal: opened when the process loads the usage writer (a server does as it
+# starts), so the journals of processes that died on this host are written at once.
+usage_journal: UsageJournal[UsageRow] | None = (
+    usage_journal_open(Path(settings.VAR_DIR) / "usage-journal", usage_writer)
+    if settings.USAGE_DURABILITY == "journal"
+    else None
+)
+
+
 def usage_record(row: UsageRow) -> None:
     usage_writer.add(row)
+
+
+def usage_journaled() -> bool:
+    """Whether answered requests await ``usage_record_durable`` before their last bytes (USAGE_DURABILITY)."""
+    return usage_journal is not None
+
+
+_journal_complaint = 0.0
+
+
+async def usage_record_durable(row: UsageRow) -> bool:
+    """Under USAGE_DURABILITY=journal, return once ``row`` is on local disk; the caller then sends its last bytes.
+
+    ``row`` may be provisional (the request's final row goes through ``usage_record`` as
+    usual): it is what a restart writes if the process dies before the final row is
+    committed. A disk that fails or takes longer than USAGE_JOURNAL_TIMEOUT degrades the
+    request to the batch writer's guarantee (logged, at most once a minute); False then.
+    """
+    global _journal_complaint
+    journal = usage_journal
+    if journal is None:
+        return True
+    try:
+        async with asyncio.timeout(settings.USAGE_JOURNAL_TIMEOUT):
+            await journal.append(row)
+    except Exception as exc:  # whatever the journal meets, the answer goes out
+        now = time.monotonic()
+        if now - _journal_complaint >= 60:
+            _journal_complaint = now
+            logger.error(
+                "usage journal: a row was not made durable in time (%s); answered anyway, as under batch durability",
+                f"{type(exc).__name__}: {exc}",
+            )
+        return False
+    return True

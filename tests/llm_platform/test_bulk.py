@@ -81,3 +81,15 @@ def test_a_value_the_column_cannot_hold_is_a_data_error_the_batch_writer_can_iso
     with pytest.raises(DataError):
         bulk_insert(RequestLog, [_log("x" * 41)])  # request_id is varchar(40)
     assert not RequestLog.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_returning_names_exactly_the_rows_the_insert_added(monkeypatch):
+    # A few rows per statement on SQLite, so the answer spans several statements.
+    monkeypatch.setattr("llm_platform.bulk._sqlite_variables", lambda connection: 50)
+    assert bulk_insert(RequestLog, [_log("a"), _log("b")], returning="request_id") == ["a", "b"]
+    added = bulk_insert(RequestLog, [_log(n) for n in ("b", "c", "a", "d", "c", "e", "f")], returning="request_id")
+    assert sorted(added) == ["c", "d", "e", "f"]  # "c" twice in the batch: added once
+    assert bulk_insert(RequestLog, [_log("a"), _log("f")], returning="request_id") == []
+    assert bulk_insert(RequestLog, [_log("g")]) == []  # nothing asked, nothing returned
+    assert RequestLog.objects.count() == 7

@@ -170,6 +170,97 @@ def test_litellm_style_limits_become_quotas_for_tenants_and_keys(db, tmp_path):
     assert "0 created, 0 updated" in out
 
 
+RATE_AND_BUDGET = """
+tenants:
+  - slug: acme
+    limits:
+      - {rpm_limit: 600, tpm_limit: 100000}
+      - {max_budget: 100, budget_duration: 30d}
+    api_keys:
+      - name: ci
+        key: sk-acme-ci-0123456789abcdef
+        limits:
+          - {rpm_limit: 60, max_parallel_requests: 2}
+          - {max_budget: 25}
+          - {max_budget: 1.5, budget_duration: 1d}
+          - {model: gpt-4o, tpm_limit: 5000}
+          - {model: gpt-4o, rpm_limit: 6, tpm_limit: 5000.0}
+"""
+
+
+def test_a_rate_limit_and_a_monthly_budget_listed_apart_keep_every_limit_and_reload_as_no_change(db, tmp_path):
+    load(tmp_path, RATE_AND_BUDGET)
+    tenant = Tenant.objects.get(slug="acme")
+    (tenant_quota,) = Quota.objects.filter(tenant=tenant)
+    assert (tenant_quota.budget_duration, tenant_quota.rpm_limit, tenant_quota.tpm_limit) == ("30d", 600, 100000)
+    assert tenant_quota.max_budget == 100
+    key_quotas = {(q.model, q.budget_duration): q for q in Quota.objects.filter(api_key__name="ci")}
+    assert {
+        where: (q.rpm_limit, q.tpm_limit, q.max_parallel_requests, q.max_budget) for where, q in key_quotas.items()
+    } == {
+        ("", "30d"): (60, None, 2, Decimal("25")),
+        ("", "1d"): (None, None, None, Decimal("1.5")),
+        ("gpt-4o", "30d"): (6, 5000, None, None),
+    }
+    events = AuditEvent.objects.count()
+    out, _ = load(tmp_path, RATE_AND_BUDGET)
+    assert "0 created, 0 updated" in out
+    assert AuditEvent.objects.count() == events, "a reload of the same file must audit nothing"
+    assert Quota.objects.count() == 4
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ("[{rpm_limit: 60}, {rpm_limit: 100, max_budget: 5}]", "limits[1].rpm_limit: 100 conflicts with 60 given at"),
+        ("[{max_budget: 5}, {max_budget: 6, budget_duration: month}]", "limits[1].max_budget: 6 conflicts with"),
+        ("{rpm_limit: 60.5}", "limits.rpm_limit must be a whole number, got 60.5"),
+        ("{tpm_limit: '60'}", "limits.tpm_limit must be a whole number"),
+        ("{max_parallel_requests: true}", "limits.max_parallel_requests must be a whole number"),
+    ],
+)
+def test_limits_that_one_quota_row_cannot_hold_as_given_are_refused(db, tmp_path, limits, message):
+    with pytest.raises(CommandError, match=re.escape(message)):
+        load(tmp_path, f"tenants:\n  - slug: acme\n    limits: {limits}\n")
+    assert not Quota.objects.exists() and not Tenant.objects.exists()
+
+
+DEPLOYMENT = "  - model_name: m\n    litellm_params: {{model: openai/m, api_base: 'http://127.0.0.1:9/v1', {extra}}}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "model_list:\n" + DEPLOYMENT.format(extra="timeout: 5") + DEPLOYMENT.format(extra="timeout: 9"),
+            "model_list[1]: the deployment of m to openai/m at http://127.0.0.1:9/v1"
+            " is declared already at model_list[0]",
+        ),
+        (
+            "tenants:\n  - slug: acme\n  - slug: acme\n    name: Other\n",
+            "tenants[1]: tenant 'acme' is declared already",
+        ),
+        (
+            "tenants:\n  - slug: acme\n    api_keys:\n      - name: ci\n      - name: ci\n        models: [m]\n",
+            "tenants[0].api_keys[1]: api key 'ci' of tenant 'acme' is declared already at tenants[0].api_keys[0]",
+        ),
+        (
+            "mcp_servers:\n  - name: tools\n    url: http://127.0.0.1:1/mcp\n  - name: tools\n    url: http://127.0.0.1:2/mcp\n",
+            "mcp_servers[1]: mcp server 'tools' is declared already at mcp_servers[0]",
+        ),
+        (
+            "smart_groups:\n  - {name: auto, strong: a, weak: b}\n  - {name: auto, strong: a, weak: c}\n",
+            "smart_groups[1]: smart group auto is declared already at smart_groups[0]",
+        ),
+    ],
+)
+def test_one_row_declared_twice_is_refused_rather_than_overwritten(db, tmp_path, settings, text, message):
+    settings.SSRF_ALLOWLIST = ["127.0.0.1"]
+    with pytest.raises(CommandError, match=re.escape(message)):
+        load(tmp_path, text)
+    assert not Tenant.objects.exists() and not ModelDeployment.objects.exists()
+
+
 @pytest.mark.parametrize(
     ("limits", "message"),
     [

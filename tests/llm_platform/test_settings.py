@@ -32,6 +32,9 @@ def start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ({"DATABASE_URL": "sqlite:////tmp/x.sqlite3"}, "SECRET_KEY is not set"),
         ({"FERNET_KEYS": "not-a-key"}, "FERNET_KEYS entry 1 is not a Fernet key"),
         ({"SECRET_KEY_FILE": "/nonexistent/secret"}, "SECRET_KEY_FILE='/nonexistent/secret' cannot be read"),
+        ({"USAGE_DURABILITY": "fsync"}, "USAGE_DURABILITY='fsync' must be 'batch' or 'journal'"),
+        ({"USAGE_JOURNAL_TIMEOUT": "0"}, "USAGE_JOURNAL_TIMEOUT=0.0 must be at least 0.001"),
+        ({"BEAT_CATCH_UP_PERIODS": "-1"}, "BEAT_CATCH_UP_PERIODS=-1 must be at least 0"),
     ],
 )
 def test_bad_environment_fails_at_start_up_saying_what_to_set(env, message):
