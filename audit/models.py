@@ -42,10 +42,17 @@ class AuditEvent(models.Model):
     seq = models.BigIntegerField(editable=False, help_text="Position in the chain, from 1, without gaps")
     prev_hash = models.CharField(max_length=64, editable=False)
     hash = models.CharField(max_length=64, editable=False, help_text="SHA-256 of the canonical JSON")
+    # Not hashed: it only lets a retried write recognise events it already appended.
+    entry_key = models.CharField(max_length=32, null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["tenant_id", "created_at"], name="audit_tenant_time_idx")]
+        indexes = [
+            models.Index(fields=["tenant_id", "created_at"], name="audit_tenant_time_idx"),
+            # A Meta index, not db_index: on SQLite a field index makes adding or removing the
+            # column rebuild the table, which the guard's triggers do not survive.
+            models.Index(fields=["entry_key"], name="audit_entry_key_idx"),
+        ]
         constraints = [models.UniqueConstraint(fields=["chain", "seq"], name="audit_chain_seq_unique")]
         permissions = [("export_auditevent", "Can export audit events")]
 

@@ -16,6 +16,7 @@ import ipaddress
 import json
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ class AuditEntry:
     details: dict[str, Any] = field(default_factory=dict)
     # When it happened: a deferred entry is written up to a flush interval later.
     created_at: dt.datetime = field(default_factory=timezone.now)
+    # Identifies a deferred entry across retries: a batch written again after a lost commit
+    # acknowledgement (or a dead letter replayed twice) must not append its events twice.
+    entry_key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def to_model(self) -> AuditEvent:
         """The unsaved event with its values as the database will return them (so the hash holds).
@@ -65,6 +69,7 @@ class AuditEntry:
             ip=ip,
             # A JSON round trip: tuples become lists, keys strings — what the column will hold.
             details=details,
+            entry_key=self.entry_key or None,
         )
 
 
@@ -110,7 +115,9 @@ def audit_append(events: list[AuditEvent]) -> list[AuditEvent]:
     with transaction.atomic():
         for chain in sorted(by_chain):
             head = _head_lock(chain)
-            linked = by_chain[chain]
+            linked = _not_yet_written(by_chain[chain])
+            if not linked:
+                continue
             for event in linked:
                 event.chain, event.seq, event.prev_hash = chain, head.seq + 1, head.hash
                 event.hash = event_hash(event.chained_fields())
@@ -118,6 +125,22 @@ def audit_append(events: list[AuditEvent]) -> list[AuditEvent]:
             AuditEvent.objects.bulk_create(linked)
             AuditChainHead.objects.filter(chain=chain).update(seq=head.seq, hash=head.hash)
     return events
+
+
+def _not_yet_written(events: list[AuditEvent]) -> list[AuditEvent]:
+    """``events`` less those whose entry key is already in the trail (or earlier in the list)."""
+    keys = [event.entry_key for event in events if event.entry_key]
+    if not keys:
+        return events
+    seen = set(AuditEvent.objects.filter(entry_key__in=keys).values_list("entry_key", flat=True))
+    fresh = []
+    for event in events:
+        if event.entry_key:
+            if event.entry_key in seen:
+                continue
+            seen.add(event.entry_key)
+        fresh.append(event)
+    return fresh
 
 
 def audit_record(
@@ -131,7 +154,8 @@ def audit_record(
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Write one audit event now, in the caller's transaction (so it commits or rolls back with the change)."""
-    entry = AuditEntry(actor, action, target, tenant_id, outcome, ip, details or {})
+    # Written once, in the caller's transaction: no retry to recognise, so no entry key.
+    entry = AuditEntry(actor, action, target, tenant_id, outcome, ip, details or {}, entry_key="")
     return audit_append([entry.to_model()])[0]
 
 
@@ -263,6 +287,7 @@ class _Bucket:
     def summary(self, interval: float) -> AuditEntry:
         return dataclasses.replace(
             self.entry,
+            entry_key=uuid.uuid4().hex,  # another event than the first refusal written as it was
             details={
                 "reason": _reason(self.entry),
                 "count": self.count,

@@ -54,6 +54,19 @@ def test_deferred_batches_are_chained_in_order():
     assert audit_chain_verify("platform").ok and audit_chain_verify("tenant:3").ok
 
 
+def test_a_deferred_batch_written_again_after_a_lost_commit_acknowledgement_appends_nothing_twice():
+    entries = [AuditEntry(actor="key:sk-x", action="auth.failure", tenant_id=3, details={"n": n}) for n in range(4)]
+    deferred_audit._write(entries)
+    # The commit happened but its acknowledgement was lost: the writer keeps the rows and
+    # writes them again, with one more that arrived meanwhile (and one listed twice).
+    late = AuditEntry(actor="key:sk-x", action="auth.failure", tenant_id=3, details={"n": 4})
+    deferred_audit._write([*entries, late, late])
+    events = list(AuditEvent.objects.filter(chain="tenant:3").order_by("seq"))
+    assert [event.details["n"] for event in events] == [0, 1, 2, 3, 4]
+    assert [event.seq for event in events] == [1, 2, 3, 4, 5]
+    assert audit_chain_verify("tenant:3").ok
+
+
 def test_the_database_refuses_updates_and_deletes_of_audit_rows():
     event = audit_record(actor="user:a", action="t.one", tenant_id=1)
     for sql in (
