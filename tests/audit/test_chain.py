@@ -126,7 +126,9 @@ def test_concurrent_writers_never_fork_a_chain(postgres_only):
             start.wait()
             for n in range(per_thread):
                 if n % 5 == 4:
-                    deferred_audit._write([AuditEntry(actor=f"w{worker}", action="batch", tenant_id=42) for _ in range(3)])
+                    deferred_audit._write(
+                        [AuditEntry(actor=f"w{worker}", action="batch", tenant_id=42) for _ in range(3)]
+                    )
                 else:
                     audit_record(actor=f"w{worker}", action="single", tenant_id=42 if n % 2 else None)
         except BaseException as exc:  # pragma: no cover - reported below
