@@ -144,10 +144,10 @@ class McpConsumer(AsyncHttpConsumer):
         """Answer a request that failed: its JSON-RPC error, or, once a stream's headers are out, the stream's end."""
         if not isinstance(exc, (RpcError, PlatformError)):
             logger.exception("MCP request failed", exc_info=exc)
+        stream = getattr(self, "stream", None)
+        if stream is not None:  # a stream that failed to open, or failed once open, ends here
+            await stream.close()
         if self.status:  # a response has begun: a second one cannot be sent, the stream ends instead
-            stream = getattr(self, "stream", None)
-            if stream is not None:
-                await stream.close()
             with contextlib.suppress(Exception):
                 await self.send_body(b"", more_body=False)
             return
@@ -476,6 +476,9 @@ class StreamableHttpConsumer(McpConsumer):
         meta = {SUBSCRIPTION_ID: message.id}
         session = McpSession("", key.key_id, key.tenant_id, version, "streamable_http", bundle)
         self.stream = SseStream(self, session)
+        kinds = frozenset(LISTEN_FILTER[name] for name in honoured)
+        if kinds:
+            await self.stream.watch(key, bundle, kinds, meta)
         await self.stream.open()
         ack = {
             "jsonrpc": "2.0",
@@ -483,9 +486,7 @@ class StreamableHttpConsumer(McpConsumer):
             "params": {"_meta": meta, "notifications": honoured},
         }
         await self.stream.send_message(message_dump(ack))
-        kinds = frozenset(LISTEN_FILTER[name] for name in honoured)
-        if kinds:
-            await self.stream.watch(key, bundle, kinds, meta)
+        await self.stream.go_live()
 
     async def open_stream(self, key: KeyContext) -> bool:
         if self.header(b"mcp-protocol-version") in MODERN_VERSIONS:
@@ -501,17 +502,18 @@ class StreamableHttpConsumer(McpConsumer):
         if resumed is None or info is None or info.session_id != session.id:
             # Unknown, expired or another session's stream: nothing to replay, a fresh stream.
             self.stream = SseStream(self, session, log=log, prime=session.version >= "2025-11-25")
-            await self.stream.open()
             await self.stream.watch(key, session.bundle)
+            await self.stream.open()
+            await self.stream.go_live()
             return True
         stream_id, after = resumed
         self.stream = SseStream(self, session, log=log, stream_id=stream_id)
         if info.kind == "post":
             await self.stream.open(resume_after=after, follow=True)
         else:
+            await self.stream.watch(key, session.bundle)
             await self.stream.open(resume_after=after)
-            if not self.stream.closed:
-                await self.stream.watch(key, session.bundle)
+            await self.stream.go_live()
         return True
 
     async def http_disconnect(self, message: dict[str, Any]) -> None:
@@ -549,6 +551,10 @@ class SseStream:
         self.stream_id = stream_id or session_id_new()
         self.prime = prime
         self.watcher: Watcher | None = None
+        # A stream watches the catalogue from before it opens (so no change made while it opens
+        # is missed) but tells the client only once it is open: until then changes wait here.
+        self.live = False
+        self._held: list[str] = []
 
     async def open(self, *, resume_after: str | None = None, follow: bool = False) -> None:
         """Start the response; with ``resume_after``, first replay the stream's events after that entry.
@@ -655,6 +661,9 @@ class SseStream:
         """Send ``notifications/<kind>/list_changed`` whenever a list this key sees changes."""
 
         async def deliver(changed: list[str]) -> None:
+            if not self.live:
+                self._held.extend(kind for kind in changed if kind not in self._held)
+                return
             for kind in changed:
                 await self.send_message(message_dump(list_changed(kind, meta)))
 
@@ -662,6 +671,15 @@ class SseStream:
         if kinds is not None:
             self.watcher.kinds = kinds
         await catalog_watch.add(self.watcher)
+
+    async def go_live(self) -> None:
+        """The stream is open: send the list changes held while it opened, and from now on as they come."""
+        if self.closed or self.live:
+            return
+        self.live = True
+        held, self._held = self._held, []
+        if held and self.watcher is not None:
+            await self.watcher.deliver(held)
 
     async def close(self) -> None:
         if self.closed:
@@ -696,12 +714,13 @@ class LegacySseConsumer(McpConsumer):
         self.stream.endpoint = f"{self.scope.get('root_path', '')}/mcp/messages?session_id={session_id}"
         await session_store().save(session)
         try:
+            await self.stream.watch(key, bundle)
             await self.stream.open()
-        except RpcError:
+        except Exception:
             relay.unregister(session_id)
             await session_store().delete(session_id)
             raise
-        await self.stream.watch(key, bundle)
+        await self.stream.go_live()
         return True
 
     async def http_disconnect(self, message: dict[str, Any]) -> None:

@@ -189,19 +189,33 @@ class CatalogWatch:
         self.watchers: set[Watcher] = set()
         self.epoch = SharedEpoch("mcp-catalog")
         self._task: asyncio.Task[None] | None = None
+        self._started = asyncio.Event()
+        self._adding = 0  # streams between "the poller runs" and "in the watch list"
 
     async def add(self, watcher: Watcher) -> None:
-        watcher.seen = catalog_view(await catalog_cache.get(), watcher.key, watcher.bundle)
-        self.watchers.add(watcher)
-        if self._task is None or self._task.done():
-            await self.epoch.moved()  # note the current epoch: only later changes count
-            self._task = asyncio.ensure_future(self._run())
+        self._adding += 1
+        try:
+            task = self._task
+            if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+                self._started = asyncio.Event()
+                self._task = asyncio.ensure_future(self._run(self._started))
+            # The view is read only after the poller noted the epoch, so a change made meanwhile
+            # (even one made while this stream opened) is either in the view or still to come.
+            await self._started.wait()
+            watcher.seen = catalog_view(await catalog_cache.get(), watcher.key, watcher.bundle)
+            self.watchers.add(watcher)
+        finally:
+            self._adding -= 1
 
     def remove(self, watcher: Watcher) -> None:
         self.watchers.discard(watcher)
 
-    async def _run(self) -> None:
-        while self.watchers:
+    async def _run(self, started: asyncio.Event) -> None:
+        try:
+            await self.epoch.moved()  # note the current epoch: only later changes count
+        finally:
+            started.set()
+        while self.watchers or self._adding:
             await asyncio.sleep(max(settings.KEY_REVOCATION_POLL, 0.25))
             try:
                 if await self.epoch.moved():

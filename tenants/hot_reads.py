@@ -176,6 +176,7 @@ class ReloadedValue(Generic[T]):
         self.invalid = True
         self._generation = 0
         self._task: asyncio.Task[None] | None = None
+        self._task_generation = -1  # the generation the running reload started at
 
     def invalidate(self) -> None:
         self.invalid = True
@@ -190,19 +191,25 @@ class ReloadedValue(Generic[T]):
             return self.value
         must_wait = self.invalid or self.value is None or ttl <= 0
         task = self._task
-        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+        running = task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop()
+        # A reload that started before the latest change may not see it: a waiter needs one after it.
+        if not running or (self.invalid and self._task_generation != self._generation):
             if not database_breaker.allow():
                 return self.value
-            task = self._task = asyncio.ensure_future(self._reload())
+            task = self._task = asyncio.ensure_future(self._reload(task if running else None))
+            self._task_generation = self._generation
         # With the breaker open a stale value is served at once; only "nothing at all" waits.
         if must_wait and (self.value is None or database_breaker.closed):
+            assert task is not None
             try:
                 await asyncio.wait_for(asyncio.shield(task), settings.DB_READ_WAIT)
             except TimeoutError:
                 database_breaker.failure(f"no answer within {settings.DB_READ_WAIT:g} s")
         return self.value
 
-    async def _reload(self) -> None:
+    async def _reload(self, previous: asyncio.Task[None] | None = None) -> None:
+        if previous is not None:  # one reload at a time: this one follows the one still running
+            await asyncio.shield(previous)
         generation = self._generation
         try:
             value = await asyncio.wrap_future(db_read(self.load))
