@@ -1,4 +1,4 @@
-"""Django settings, read from the environment in one place (see README's configuration table)."""
+"""Django settings, read from the environment in one place (every setting: docs/configuration.md)."""
 
 from __future__ import annotations
 

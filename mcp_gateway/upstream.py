@@ -183,7 +183,7 @@ class UpstreamLink:
 
     def _modes(self) -> tuple[str, ...]:
         # "auto" finds 2026-07-28 where the upstream speaks it and falls back to the handshake.
-        # (A handshake-first link measured slower per call inside daphne; see README, benchmarks.)
+        # (A handshake-first link measured slower per call inside daphne; see docs/benchmarks.md.)
         return ("legacy",) if self.target.transport == "sse" else ("auto",)
 
     async def _message(self, message: Any) -> None:

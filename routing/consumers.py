@@ -22,7 +22,7 @@ class ChatCompletionsConsumer(AsyncHttpConsumer):
     would only notice a disconnect after the stream ended. Here the loop stays free to
     receive ``http.disconnect``; the task is then cancelled and its usage still recorded.
     Using Channels directly (not Django's view stack) also keeps middleware and signal
-    dispatch off this hot path; see README, "Why a Channels consumer".
+    dispatch off this hot path; see docs/architecture.md, "Why a Channels consumer".
     """
 
     # No channel layer: a plain HTTP request needs no group messaging (and with Redis
