@@ -32,13 +32,17 @@ STREAM_EXTENSION = "llmp.stream"
 GONE_GRACE = 1.0
 
 
+# Linux's ioctl for a TCP socket's send queue (SIOCOUTQ); elsewhere the kernel's share is not counted.
+_OUTQ = getattr(termios, "TIOCOUTQ", None)
+
+
 def _kernel_unsent(transport: Any) -> int:
     """Bytes the kernel holds in the socket's send queue, not yet acknowledged by the client (Linux)."""
     sock = getattr(transport, "socket", None)
-    if not isinstance(sock, socket.socket) or sock.fileno() < 0:
+    if _OUTQ is None or not isinstance(sock, socket.socket) or sock.fileno() < 0:
         return 0
     try:
-        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        raw = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
     except OSError:
         return 0
     return int(struct.unpack("i", raw)[0])

@@ -77,7 +77,8 @@ class PlatformServer(Server):
         gate.transport = transport
         gate.registered = True
         protocol.registerProducer(gate, True)
-        # Registered while the channel is already waiting for its transport: no pause will come.
+        # The channel may be waiting for its transport already: that pause came before this
+        # producer did (the resume will reach it).
         gate.paused = bool(getattr(channel, "_waitingForTransport", False))
 
     @staticmethod
