@@ -11,9 +11,13 @@ from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
-from llm_platform.flow import STREAM_EXTENSION
 from routing.chat import CHAT, COMPLETIONS, EMBEDDINGS, ChatCompletion, Endpoint
 from tenants.errors import InvalidRequest, PayloadTooLarge
+
+# The ASGI scope extension in which the server (``manage.py serve``) hands each request an
+# object whose ``delivered()`` says how many bytes of the response reached the client. By
+# name, not import: apps do not import the project package (its flow control lives there).
+STREAM_EXTENSION = "llmp.stream"
 
 
 class ChatCompletionsConsumer(AsyncHttpConsumer):

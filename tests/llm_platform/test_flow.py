@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+from llm_platform import flow
 from llm_platform.flow import StreamGate, chunk_framing
+from routing import consumers
 
 
 class Transport:
@@ -68,3 +70,7 @@ def test_chunk_framing_is_the_hex_size_and_two_line_ends():
     assert chunk_framing(0) == 0
     assert chunk_framing(15) == len(b"f\r\n\r\n")
     assert chunk_framing(4096) == len(b"1000\r\n\r\n")
+
+
+def test_the_consumers_read_the_gate_under_the_name_the_server_gives_it():
+    assert consumers.STREAM_EXTENSION == flow.STREAM_EXTENSION
