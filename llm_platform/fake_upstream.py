@@ -17,7 +17,8 @@ header as the reply text (``-`` when absent), so a test can see what reached the
 A whole upstream can be told to misbehave too, for tests and the failover benchmark:
 ``POST /fake/behaviour`` with a JSON object of the same fields changes its defaults
 (``{}`` restores the command-line ones), and the same fields can be given on the command
-line. ``GET /healthz`` reports how many requests it has seen.
+line. ``GET /healthz`` reports how many requests it has seen and how many content events it
+has written into streams.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ class FakeUpstream:
         self.initial = self.behaviour = behaviour
         self.api_key = api_key
         self.requests = 0
+        # Content events written into streams: a test can see whether a reader held a stream back.
+        self.events_sent = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=32 * 1024 * 1024)
@@ -134,7 +137,7 @@ class FakeUpstream:
         return app
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "requests": self.requests})
+        return web.json_response({"ok": True, "requests": self.requests, "events_sent": self.events_sent})
 
     async def behaviour_set(self, request: web.Request) -> web.Response:
         try:
@@ -227,6 +230,7 @@ class FakeUpstream:
                         request.transport.abort()
                     return response
                 await response.write(chunk({"content": word}, None))
+                self.events_sent += 1
             await response.write(chunk({}, "stop"))
             if include_usage:
                 final = {
@@ -293,6 +297,7 @@ class FakeUpstream:
                         request.transport.abort()
                     return response
                 await response.write(b"data: " + json.dumps(body(word, None, False)).encode() + b"\n\n")
+                self.events_sent += 1
             await response.write(b"data: " + json.dumps(body("", "stop", False)).encode() + b"\n\n")
             if include_usage:
                 await response.write(b"data: " + json.dumps(body("", None, True)).encode() + b"\n\n")

@@ -454,6 +454,14 @@ METRICS_PORT = env_int("METRICS_PORT", 0, minimum=0)
 METRICS_TENANT_LABEL = env_bool("METRICS_TENANT_LABEL", True)
 READYZ_CACHE_SECONDS = env_float("READYZ_CACHE_SECONDS", 1.0, minimum=0)
 DRAIN_TIMEOUT = env_float("DRAIN_TIMEOUT", 30.0, minimum=0)
+# Streamed responses (manage.py serve): a connection buffers at most STREAM_BUFFER_BYTES the
+# client has not read; while it is full the stream (and its upstream) waits, and a client that
+# leaves it full for STREAM_STALL_TIMEOUT seconds is cut. See docs/operations.md, "Slow clients".
+STREAM_BACKPRESSURE = env_bool("STREAM_BACKPRESSURE", True)
+STREAM_BUFFER_BYTES = env_int("STREAM_BUFFER_BYTES", 65536, minimum=1024)
+if STREAM_BUFFER_BYTES > 64 * 1024 * 1024:
+    raise ImproperlyConfigured(f"STREAM_BUFFER_BYTES={STREAM_BUFFER_BYTES} must be at most 67108864 (64 MiB).")
+STREAM_STALL_TIMEOUT = env_float("STREAM_STALL_TIMEOUT", 30.0, minimum=0.1)
 
 # --- ML routing ---
 # Seconds a process keeps its smart groups before re-reading them (a promotion or edit

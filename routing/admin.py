@@ -446,6 +446,7 @@ class RequestLogAdmin(TenantScopedAdmin):
         "ttfb_ms",
         "overhead_ms",
         "client_disconnected",
+        "cut_after_bytes",
     ]
     list_filter = [
         "status_code",

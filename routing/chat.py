@@ -279,6 +279,7 @@ class ChatCompletion:
         send_start: SendStart,
         send_body: SendBody,
         endpoint: Endpoint = CHAT,
+        delivered: Callable[[], int] | None = None,
     ):
         self.started = time.perf_counter()
         self.created_at = dt.datetime.now(dt.UTC)
@@ -289,6 +290,8 @@ class ChatCompletion:
         self.client_ip = client_ip
         self._send_start = send_start
         self._send_body = send_body
+        # Body bytes the client has received so far, as the transport knows it.
+        self._delivered = delivered
         self.key: KeyContext | None = None
         self.request: ChatRequest | None = None
         self.target: DeploymentTarget | None = None
@@ -561,10 +564,17 @@ class ChatCompletion:
             ttfb_ms=None if self.ttfb_s is None else _ms(self.ttfb_s),
             overhead_ms=_ms(max(0.0, total - self.wait_s)),
             client_disconnected=self.disconnected,
+            cut_after_bytes=self._cut_after_bytes(),
             cost_overrides=target.extra_params if target else None,
             route_decision=decision,
             prompt=upstream.prompt_of(request.payload) if request and decision else None,
         )
+
+    def _cut_after_bytes(self) -> int | None:
+        """What the client had received of an answer it did not receive whole; None when it got it all."""
+        if not self.disconnected:
+            return None
+        return self._delivered() if self._delivered is not None else 0
 
     def _route_record(self) -> dict[str, Any]:
         """What routing decided, for the trace: requested and chosen model, deployment, smart router."""

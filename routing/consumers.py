@@ -14,6 +14,11 @@ from django.conf import settings
 from routing.chat import CHAT, COMPLETIONS, EMBEDDINGS, ChatCompletion, Endpoint
 from tenants.errors import InvalidRequest, PayloadTooLarge
 
+# The ASGI scope extension in which the server (``manage.py serve``) hands each request an
+# object whose ``delivered()`` says how many bytes of the response reached the client. By
+# name, not import: apps do not import the project package (its flow control lives there).
+STREAM_EXTENSION = "llmp.stream"
+
 
 class ChatCompletionsConsumer(AsyncHttpConsumer):
     """Runs each request as a task so a client disconnect can cancel it mid-stream.
@@ -36,6 +41,7 @@ class ChatCompletionsConsumer(AsyncHttpConsumer):
         self.too_large = False
         self.task: asyncio.Task[None] | None = None
         self.completion: ChatCompletion | None = None
+        self.sent = 0
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels' dispatch first runs close_old_connections through sync_to_async: a thread
@@ -66,6 +72,7 @@ class ChatCompletionsConsumer(AsyncHttpConsumer):
             send_start=self._start,
             send_body=self._body,
             endpoint=self.endpoint,
+            delivered=self._delivered,
         )
         if self.scope["method"] != "POST":
             await completion.refuse(
@@ -84,6 +91,12 @@ class ChatCompletionsConsumer(AsyncHttpConsumer):
 
     async def _body(self, body: bytes, more: bool) -> None:
         await self.send({"type": "http.response.body", "body": body, "more_body": more})
+        self.sent += len(body)
+
+    def _delivered(self) -> int:
+        """Bytes the client received: the server's count when it keeps one (``serve``), else the body bytes sent."""
+        gate = (self.scope.get("extensions") or {}).get(STREAM_EXTENSION)
+        return gate.delivered() if gate is not None else self.sent
 
     async def http_disconnect(self, message: dict[str, Any]) -> None:
         task = self.task

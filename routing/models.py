@@ -267,6 +267,12 @@ class RequestLog(models.Model):
     ttfb_ms = models.FloatField(null=True, blank=True, help_text="Time to first byte, for streams.")
     overhead_ms = models.FloatField(default=0, help_text="Time spent in the gateway, not waiting on the upstream.")
     client_disconnected = models.BooleanField(default=False)
+    cut_after_bytes = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Body bytes the client had received when its response was cut short (it left, stalled or "
+        "the server stopped); empty when the client received the whole answer.",
+    )
     route_decision = models.JSONField(
         null=True, blank=True, help_text="How the request was routed: candidates, scores, attempts, fallbacks."
     )

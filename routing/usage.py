@@ -53,6 +53,7 @@ class UsageRow:
     ttfb_ms: float | None
     overhead_ms: float
     client_disconnected: bool
+    cut_after_bytes: int | None = None
     cost_overrides: dict[str, Any] | None = None
     route_decision: dict[str, Any] | None = None
     prompt: Any = None  # kept only as a hash in the decision record, computed by the writer
@@ -108,6 +109,7 @@ def _write_usage(rows: list[UsageRow]) -> None:
             ttfb_ms=None if row.ttfb_ms is None else round(row.ttfb_ms, 3),
             overhead_ms=round(row.overhead_ms, 3),
             client_disconnected=row.client_disconnected,
+            cut_after_bytes=row.cut_after_bytes,
             route_decision=_decision(row),
         )
         for row in rows

@@ -1,4 +1,4 @@
-"""Real processes for the tests: the fake upstream and a daphne server on the test database."""
+"""Real processes for the tests: the fake upstream, and daphne or `manage.py serve` on the test database."""
 
 from __future__ import annotations
 
@@ -124,6 +124,24 @@ def daphne_server(tmp: Path, **env: str) -> Iterator[Server]:
     server = Server(f"http://127.0.0.1:{port}", process, log)
     try:
         http_wait(f"{server.url}/admin/login/", process, timeout=START_TIMEOUT)
+        yield server
+    finally:
+        server.stop()
+        if os.environ.get("SHOW_SERVER_LOGS"):
+            sys.stderr.write(log.read_text())
+
+
+@contextmanager
+def served(tmp: Path, *, port: int | None = None, **env: str) -> Iterator[Server]:
+    """One ``manage.py serve`` process (the production server), stopped with SIGTERM (then killed) at the end."""
+    port = port or free_port()
+    log = tmp / f"serve-{port}.log"
+    args = [sys.executable, "manage.py", "serve", "--bind", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out:
+        process = spawn(args, out=out, env=child_env(**env))
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+    try:
+        http_wait(f"{server.url}/healthz", process, timeout=START_TIMEOUT)
         yield server
     finally:
         server.stop()

@@ -35,6 +35,10 @@ def start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ({"USAGE_DURABILITY": "fsync"}, "USAGE_DURABILITY='fsync' must be 'batch' or 'journal'"),
         ({"USAGE_JOURNAL_TIMEOUT": "0"}, "USAGE_JOURNAL_TIMEOUT=0.0 must be at least 0.001"),
         ({"BEAT_CATCH_UP_PERIODS": "-1"}, "BEAT_CATCH_UP_PERIODS=-1 must be at least 0"),
+        ({"STREAM_BACKPRESSURE": "sometimes"}, "STREAM_BACKPRESSURE='sometimes' is not a boolean"),
+        ({"STREAM_BUFFER_BYTES": "100"}, "STREAM_BUFFER_BYTES=100 must be at least 1024"),
+        ({"STREAM_BUFFER_BYTES": "1000000000"}, "STREAM_BUFFER_BYTES=1000000000 must be at most 67108864"),
+        ({"STREAM_STALL_TIMEOUT": "0"}, "STREAM_STALL_TIMEOUT=0.0 must be at least 0.1"),
     ],
 )
 def test_bad_environment_fails_at_start_up_saying_what_to_set(env, message):

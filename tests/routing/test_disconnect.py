@@ -37,6 +37,7 @@ def test_client_disconnect_mid_stream_is_recorded_with_the_tokens_so_far(server,
     assert log.client_disconnected and log.stream
     assert log.error_type == "client_disconnected"
     assert log.usage_estimated and 3 <= log.completion_tokens < 200
+    assert log.cut_after_bytes is not None and log.cut_after_bytes > 0
     assert log.latency_ms < 3000, "the stream must stop when the client leaves, not run to its end"
 
 
@@ -51,3 +52,4 @@ def test_a_stream_read_to_the_end_is_not_marked_disconnected(server, owner_key, 
     assert response.text.endswith("data: [DONE]\n\n")
     log = wait_for_log(request_id=response.headers["x-request-id"])
     assert not log.client_disconnected and log.status_code == 200 and log.completion_tokens == 5
+    assert log.cut_after_bytes is None

@@ -77,15 +77,15 @@ class Command(BaseCommand):
                 "--gap-ms",
                 "40",
             ],
-            "web (daphne)": [
+            # The production server (daphne with flow control and a graceful drain).
+            "web (serve)": [
                 python,
-                "-m",
-                "daphne",
-                "-b",
+                "manage.py",
+                "serve",
+                "--bind",
                 options["host"],
-                "-p",
+                "--port",
                 str(options["port"]),
-                "llm_platform.asgi:application",
             ],
         }
         if not options["no_worker"]:
@@ -111,7 +111,7 @@ class Command(BaseCommand):
                 children[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
             base = f"http://{options['host']}:{options['port']}"
             self._wait(f"{upstream_url[:-3]}/healthz", children["fake upstream"])
-            self._wait(f"{base}/admin/login/", children["web (daphne)"])
+            self._wait(f"{base}/admin/login/", children["web (serve)"])
             if not options["no_worker"]:
                 scheduler = embedded_scheduler_start(celery_app)
             self._banner(base, username, password, demo_key, logs)

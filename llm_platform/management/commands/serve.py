@@ -168,11 +168,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         # daphne.server installs Twisted's asyncio reactor; it must be imported before the app.
+        import daphne.server  # noqa: F401
         from daphne.access import AccessLogGenerator
         from daphne.endpoints import build_endpoint_description_strings
-        from daphne.server import Server
 
         from llm_platform.asgi import application
+        from llm_platform.server import PlatformServer
         from observability import metrics, telemetry
 
         timeout = settings.DRAIN_TIMEOUT if options["drain_timeout"] is None else options["drain_timeout"]
@@ -181,7 +182,7 @@ class Command(BaseCommand):
             metrics.serve_port(metrics_port)
         drain: Drain | None = None
 
-        class DrainingServer(Server):
+        class DrainingServer(PlatformServer):
             def listen_success(self, port: Any) -> None:
                 super().listen_success(port)
                 assert drain is not None
