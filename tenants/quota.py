@@ -700,11 +700,23 @@ class RedisCounters:
         if not self._held:
             return
         keys: list[str] = []
-        args: list[Any] = [int(settings.QUOTA_PARALLEL_LEASE * 1000)]
-        for key, members in list(self._held.items()):
+        lease_ms = int(settings.QUOTA_PARALLEL_LEASE * 1000)
+        args: list[Any] = [lease_ms]
+        sent = [(key, tuple(members)) for key, members in self._held.items()]
+        for key, members in sent:
             keys.append(key)
             args += [len(members), *members]
         await self._script(_LEASE, keys, args)
+        # A slot released while the renewal was on its way may have been added back by it (its
+        # release reached Redis first): release it again, or it would hold a slot for a lease.
+        stale: list[Adjustment] = []
+        for key, members in sent:
+            held = self._held.get(key, ())
+            ended = tuple(member for member in members if member not in held)
+            if ended:
+                stale.append((SLOTS, key, ended, -len(ended), lease_ms))
+        if stale:
+            await self.settle(stale)
 
     async def values(self, checks: list[Check]) -> list[int]:
         if not checks:

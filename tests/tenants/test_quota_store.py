@@ -171,6 +171,29 @@ async def test_concurrency_slots_held_under_steady_load_do_not_lapse(redis_store
 
 
 @needs_redis
+async def test_a_slot_released_while_its_renewal_is_on_the_way_is_not_kept(redis_store, settings):
+    settings.QUOTA_PARALLEL_LEASE = 30.0  # a resurrected slot would hold for this long
+    limited = (rule(parallel=1),)
+    held = await reserve(limited)
+    store = quota.counters()
+    assert isinstance(store, RedisCounters)
+    script = store._script
+
+    async def release_reaching_redis_first(which, keys, args):
+        if which is quota._LEASE:  # the slot's request ends, and its release overtakes the renewal
+            quota_settle(held, tokens_in=0, tokens_out=0, cost=Decimal(0))
+            await quota._settle_batch.flush()
+        return await script(which, keys, args)
+
+    store._script = release_reaching_redis_first  # type: ignore[method-assign]
+    try:
+        await store._renew_leases()
+    finally:
+        store._script = script  # type: ignore[method-assign]
+    await reserve(limited)  # the one slot is free again, not held by the renewal for a lease
+
+
+@needs_redis
 async def test_a_dead_process_slots_free_within_the_lease(redis_store, settings):
     settings.QUOTA_PARALLEL_LEASE = 0.5
     limited = (rule(parallel=1),)
