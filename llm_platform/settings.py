@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "channels",
     "ninja",  # serves the API docs' Swagger UI from local static files, not a CDN
     "django_celery_beat",
+    "observability",
     "audit",
     "tenants",
     "routing",

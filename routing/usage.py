@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.db.models import F
 
-from audit.writer import BatchWriter, Codec, WriteOutcome
+from core.batch_writer import BatchWriter, Codec, WriteOutcome
 from llm_platform.bulk import bulk_insert
 from routing.models import LATENCY_BUCKETS_MS, ModelDeployment, RequestLog, UsageRollup
 from routing.pricing import usage_cost

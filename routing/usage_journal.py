@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from audit.dead_letters import record_line
-from audit.writer import BatchWriter
+from core.batch_writer import BatchWriter
+from core.dead_letters import record_line
 
 logger = logging.getLogger(__name__)
 Row = TypeVar("Row")

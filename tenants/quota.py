@@ -34,8 +34,8 @@ from typing import Any
 from django.conf import settings
 from redis.exceptions import ResponseError
 
-from audit.dead_letters import DeadLetterFile, record_line
-from audit.writer import ReplayResult
+from core.batch_writer import ReplayResult
+from core.dead_letters import DeadLetterFile, record_line
 from observability import metrics
 from tenants.errors import PlatformError, RateLimited, ServiceUnavailable
 from tenants.quota_redis import (

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
-from audit.writer import BatchWriter, Codec
+from core.batch_writer import BatchWriter, Codec
 from llm_platform.bulk import bulk_insert
 from routing.ml.models import RouterSample, SmartGroup
 from tenants.models import Tenant

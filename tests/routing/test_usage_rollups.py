@@ -17,7 +17,7 @@ import pytest
 from django.db import OperationalError, connection
 from django.db.models import Count, Q, Sum
 
-from audit.writer import BatchWriter
+from core.batch_writer import BatchWriter
 from routing.models import RequestLog, UsageRollup
 from routing.usage import UsageRow, _write_usage, usage_writer
 from tests.conftest import Issued

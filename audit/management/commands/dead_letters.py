@@ -10,8 +10,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.module_loading import import_string
 
-from audit.dead_letters import DeadLetterFile
-from audit.writer import ReplayResult
+from core.batch_writer import ReplayResult
+from core.dead_letters import DeadLetterFile
 
 
 class DeadLetterWriter(Protocol):

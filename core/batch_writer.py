@@ -19,8 +19,8 @@ from typing import Any, Generic, TypeVar
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections, connections
 
-from audit.dead_letters import DeadLetterFile, record_line
-from observability import metrics
+from core.dead_letters import DeadLetterFile, record_line
+from core.metrics import metrics
 
 logger = logging.getLogger(__name__)
 Row = TypeVar("Row")
@@ -211,7 +211,7 @@ class BatchWriter(Generic[Row]):
     A write that fails is the rows' fault when the database still answers (``reachable``,
     one ``SELECT 1``) and the error is not about the database itself (``database_condition``):
     the batch is halved until the refused rows stand alone, the others are written, and the
-    refused ones become dead letters (``audit.dead_letters``, counted in
+    refused ones become dead letters (``core.dead_letters``, counted in
     ``llmp_writer_dead_letters_total``). Only while the database is unavailable are rows
     kept for the next flush, at most ``max_pending`` of them.
     """

@@ -9,7 +9,7 @@ import stat
 
 from django.db import DataError, OperationalError
 
-from audit.writer import BatchWriter, database_condition
+from core.batch_writer import BatchWriter, database_condition
 from observability import metrics
 
 
