@@ -14,12 +14,12 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
 
 from audit.api import router as audit_router
+from core.errors import AuthenticationFailed, InvalidRequest, NotFound, PayloadTooLarge, PlatformError
 from llm_platform.middleware import error_response as platform_error_response
 from routing.api import router as routing_router
 from routing.chat import request_id_new
 from routing.ml.api import router as routing_ml_router
 from tenants.auth import KeyContext, key_authenticate_request
-from tenants.errors import AuthenticationFailed, InvalidRequest, NotFound, PayloadTooLarge, PlatformError
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
-from routing.chat import request_id_new
-from tenants.errors import (
+from core.errors import (
     AuthenticationFailed,
     InvalidRequest,
     NotFound,
@@ -22,6 +21,7 @@ from tenants.errors import (
     PlatformError,
     RateLimited,
 )
+from routing.chat import request_id_new
 from tenants.request_input import json_body_parse
 
 API_PREFIX = "/v1/"

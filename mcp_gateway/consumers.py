@@ -17,6 +17,7 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 from mcp.shared.inbound import decode_header_value
 
+from core.errors import PlatformError
 from mcp_gateway.events import LocalEventLog, RedisEventLog, StreamInfo, event_id, event_id_parse, event_log
 from mcp_gateway.jsonrpc import (
     HEADER_MISMATCH,
@@ -61,7 +62,6 @@ from mcp_gateway.streams import (
 )
 from observability import metrics, telemetry
 from tenants.auth import KeyContext, key_authenticate_request
-from tenants.errors import PlatformError
 
 logger = logging.getLogger(__name__)
 

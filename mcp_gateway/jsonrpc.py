@@ -10,7 +10,7 @@ from typing import Any
 
 from django.conf import settings
 
-from tenants.errors import InvalidRequest, PlatformError
+from core.errors import InvalidRequest, PlatformError
 from tenants.request_input import json_body_parse
 
 PARSE_ERROR = -32700

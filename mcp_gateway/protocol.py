@@ -14,6 +14,7 @@ from mcp.shared.exceptions import MCPError
 
 from audit.models import AuditEvent
 from audit.services import AuditEntry, audit_denial_record, audit_record_deferred
+from core.errors import PlatformError
 from mcp_gateway import ssrf
 from mcp_gateway.jsonrpc import (
     HEADER_MISMATCH,
@@ -32,7 +33,6 @@ from mcp_gateway.selectors import Catalog, catalog_cache
 from mcp_gateway.upstream import UnsendableMessage, UpstreamCallFailed, UpstreamUnavailable, pool
 from observability import metrics, telemetry
 from tenants.auth import KeyContext
-from tenants.errors import PlatformError
 from tenants.quota import QuotaExceeded, tool_call_quota_reserve
 
 logger = logging.getLogger(__name__)

@@ -8,10 +8,10 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Q, QuerySet
 
+from core.errors import ServiceUnavailable
 from mcp_gateway.models import TOOL_SEPARATOR, SsrfAllowEntry, ToolGrant, UpstreamServer, UpstreamTool, VirtualServer
 from tenants.auth import KeyContext
 from tenants.epoch import SharedEpoch
-from tenants.errors import ServiceUnavailable
 from tenants.hot_reads import ReloadedValue
 
 

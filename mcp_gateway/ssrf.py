@@ -16,7 +16,7 @@ import httpcore2
 import httpx2
 from django.conf import settings
 
-from tenants.errors import PermissionDenied
+from core.errors import PermissionDenied
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -16,6 +16,7 @@ from django.conf import settings
 
 from audit.models import AuditEvent
 from audit.services import AuditEntry, audit_denial_record
+from core.errors import InvalidRequest, PlatformError
 from observability import logs, metrics, telemetry
 from routing import upstream
 from routing.pricing import usage_cost
@@ -24,7 +25,6 @@ from routing.selectors import DeploymentTarget
 from routing.smart import SmartDecision, smart_route
 from routing.usage import UsageRow, usage_journaled, usage_record, usage_record_durable
 from tenants.auth import KeyContext, key_authenticate_request
-from tenants.errors import InvalidRequest, PlatformError
 from tenants.quota import QuotaExceeded, Reservation, quota_reserve, quota_settle
 from tenants.request_input import json_body_parse
 

@@ -11,8 +11,8 @@ from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
+from core.errors import InvalidRequest, PayloadTooLarge
 from routing.chat import CHAT, COMPLETIONS, EMBEDDINGS, ChatCompletion, Endpoint
-from tenants.errors import InvalidRequest, PayloadTooLarge
 
 # The ASGI scope extension in which the server (``manage.py serve``) hands each request an
 # object whose ``delivered()`` says how many bytes of the response reached the client. By

@@ -7,10 +7,10 @@ from typing import Any
 
 from django.conf import settings
 
+from core.errors import ServiceUnavailable
 from routing.credentials import params_merge
 from routing.models import OPENAI_DEFAULT_API_BASE, ModelDeployment, RouteGroup
 from tenants.epoch import SharedEpoch
-from tenants.errors import ServiceUnavailable
 from tenants.hot_reads import ReloadedValue
 
 

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import aiohttp
 from django.conf import settings
 
+from core.errors import InvalidRequest, PlatformError, RateLimited, UpstreamError
 from observability import telemetry
 from routing.selectors import DeploymentTarget
-from tenants.errors import InvalidRequest, PlatformError, RateLimited, UpstreamError
 
 logger = logging.getLogger(__name__)
 

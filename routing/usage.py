@@ -22,7 +22,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import F
 
 from core.batch_writer import BatchWriter, Codec, WriteOutcome
-from llm_platform.bulk import bulk_insert
+from core.bulk import bulk_insert
 from routing.models import LATENCY_BUCKETS_MS, ModelDeployment, RequestLog, UsageRollup
 from routing.pricing import usage_cost
 from routing.usage_journal import UsageJournal

@@ -18,9 +18,9 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import AuditEntry, audit_denial_record
+from core.errors import AuthenticationFailed, PermissionDenied, PlatformError, ServiceUnavailable
 from tenants.breaker import database_breaker
 from tenants.epoch import SharedEpoch
-from tenants.errors import AuthenticationFailed, PermissionDenied, PlatformError, ServiceUnavailable
 from tenants.hot_reads import db_read
 from tenants.quota import MICROS, QuotaRule
 from tenants.request_input import credential_header

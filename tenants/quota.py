@@ -36,8 +36,8 @@ from redis.exceptions import ResponseError
 
 from core.batch_writer import ReplayResult
 from core.dead_letters import DeadLetterFile, record_line
+from core.errors import PlatformError, RateLimited, ServiceUnavailable
 from observability import metrics
-from tenants.errors import PlatformError, RateLimited, ServiceUnavailable
 from tenants.quota_redis import (
     RedisReplyError,
     Script,

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from tenants.errors import AuthenticationFailed, InvalidRequest
+from core.errors import AuthenticationFailed, InvalidRequest
 
 # Deeper documents are refused: nothing an API client sends legitimately comes close, and
 # re-encoding (for the upstream, the usage record, pydantic) recurses once per level.

@@ -19,7 +19,7 @@ from django.apps import apps
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import models
 
-from tenants.errors import PermissionDenied
+from core.errors import PermissionDenied
 
 TENANT_ADMIN, DEVELOPER, AUDITOR, VIEWER = "tenant_admin", "developer", "auditor", "viewer"
 

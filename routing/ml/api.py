@@ -7,9 +7,9 @@ from django.http import HttpRequest
 from ninja import Field, Router, Schema
 from pydantic import ValidationError
 
+from core.errors import InvalidRequest, NotFound
 from routing.ml.services import FeedbackTargetMissing, feedback_record
 from tenants.auth import KeyContext
-from tenants.errors import InvalidRequest, NotFound
 from tenants.request_input import json_body_parse
 
 router = Router(tags=["feedback"])

@@ -10,11 +10,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from core.errors import InvalidRequest
 from routing.ml.features import prompt_text
 from routing.ml.routers import threshold_for_share
 from routing.ml.samples import SampleRow, sample_record
 from routing.ml.selectors import ArtifactIntegrityError, ArtifactRef, GroupState, inference_executor, smart_cache
-from tenants.errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
 DEFAULT_OUTPUT_TOKENS = 256

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 
 from core.batch_writer import BatchWriter, Codec
-from llm_platform.bulk import bulk_insert
+from core.bulk import bulk_insert
 from routing.ml.models import RouterSample, SmartGroup
 from tenants.models import Tenant
 

@@ -138,7 +138,7 @@ async def test_deployments_past_their_ttl_are_served_at_once_while_one_reload_ru
 async def test_deployments_never_loaded_are_refused_within_the_read_wait_when_the_database_hangs(
     transactional_db, monkeypatch, settings
 ):
-    from tenants.errors import ServiceUnavailable
+    from core.errors import ServiceUnavailable
 
     settings.DB_READ_WAIT = 0.2
     release = threading.Event()

@@ -8,8 +8,8 @@ import pytest
 
 from audit.models import AuditEvent
 from audit.services import deferred_audit
+from core.errors import ServiceUnavailable
 from mcp_gateway import protocol
-from tenants.errors import ServiceUnavailable
 from tenants.models import Tenant
 from tests.conftest import Issued
 from tests.mcp_gateway.inprocess import modern_call

@@ -9,9 +9,9 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 from django.test import override_settings
 
+from core.errors import AuthenticationFailed, PermissionDenied
 from tenants import auth, services
 from tenants.auth import KeyCache, key_authenticate
-from tenants.errors import AuthenticationFailed, PermissionDenied
 from tenants.models import Tenant
 
 

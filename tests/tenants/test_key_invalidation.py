@@ -9,10 +9,10 @@ from asgiref.sync import sync_to_async
 from django.db import OperationalError, connections
 from django.test import override_settings
 
+from core.errors import ServiceUnavailable
 from tenants import auth, services
 from tenants.auth import KeyCache
 from tenants.breaker import BREAKERS
-from tenants.errors import ServiceUnavailable
 from tenants.hot_reads import db_read_connections_close
 from tenants.models import Quota, Tenant
 

@@ -12,11 +12,11 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 from django.test import override_settings
 
+from core.errors import ServiceUnavailable
 from tenants import auth, services
 from tenants.auth import KeyCache
 from tenants.breaker import BREAKERS, database_breaker
 from tenants.epoch import SharedEpoch
-from tenants.errors import ServiceUnavailable
 from tenants.hot_reads import db_read_connections_close
 from tenants.models import Tenant
 

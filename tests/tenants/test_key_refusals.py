@@ -13,10 +13,10 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import AuditEntry, DenialAggregator, deferred_audit, denial_aggregator
+from core.errors import AuthenticationFailed, PermissionDenied
 from llm_platform.asgi import application
 from tenants import services
 from tenants.auth import key_authenticate_header, key_cache, secret_hash_of
-from tenants.errors import AuthenticationFailed, PermissionDenied
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from django.conf import settings
 
+from core.errors import ServiceUnavailable
 from tenants import quota
-from tenants.errors import ServiceUnavailable
 from tenants.quota import LocalCounters, QuotaExceeded, QuotaRule, RedisCounters, quota_reserve, quota_settle
 from tests.live import TcpProxy
 

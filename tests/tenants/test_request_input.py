@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tenants.errors import AuthenticationFailed, InvalidRequest
+from core.errors import AuthenticationFailed, InvalidRequest
 from tenants.request_input import MAX_CREDENTIAL_BYTES, MAX_JSON_DEPTH, credential_header, json_body_parse
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from core.errors import ServiceUnavailable
 from tenants import quota
-from tenants.errors import ServiceUnavailable
 from tenants.quota import QuotaExceeded, QuotaRule, tool_call_quota_reserve
 
 

@@ -142,7 +142,7 @@ def test_ab_percent_outside_0_to_100_is_refused(group, knn):
 
 
 def test_bad_max_cost_is_an_openai_style_error(owner, group):
-    from tenants.errors import InvalidRequest
+    from core.errors import InvalidRequest
 
     with pytest.raises(InvalidRequest) as caught:
         route("auto", "hello", tenant_id=owner.pk, max_cost_usd="cheap")

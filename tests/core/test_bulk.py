@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from django.db import DataError, IntegrityError, connection, transaction
 
-from llm_platform.bulk import bulk_insert
+from core.bulk import bulk_insert
 from routing.models import RequestLog
 
 NOW = dt.datetime(2026, 11, 24, 12, 30, 15, 123456, tzinfo=dt.UTC)
@@ -86,7 +86,7 @@ def test_a_value_the_column_cannot_hold_is_a_data_error_the_batch_writer_can_iso
 @pytest.mark.django_db(transaction=True)
 def test_returning_names_exactly_the_rows_the_insert_added(monkeypatch):
     # A few rows per statement on SQLite, so the answer spans several statements.
-    monkeypatch.setattr("llm_platform.bulk._sqlite_variables", lambda connection: 50)
+    monkeypatch.setattr("core.bulk._sqlite_variables", lambda connection: 50)
     assert bulk_insert(RequestLog, [_log("a"), _log("b")], returning="request_id") == ["a", "b"]
     added = bulk_insert(RequestLog, [_log(n) for n in ("b", "c", "a", "d", "c", "e", "f")], returning="request_id")
     assert sorted(added) == ["c", "d", "e", "f"]  # "c" twice in the batch: added once

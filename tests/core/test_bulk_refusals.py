@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from django.db import IntegrityError
 
-from llm_platform.bulk import bulk_insert
+from core.bulk import bulk_insert
 from routing.models import RequestLog
 
 NOW = dt.datetime(2026, 11, 24, 12, 30, 15, tzinfo=dt.UTC)
