@@ -13,10 +13,10 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from core.breaker import CircuitBreaker, database_breaker, redis_breaker, redis_options
+from core.hot_reads import db_read_wait
 from observability import metrics
 from routing.selectors import deployment_cache
-from tenants.breaker import CircuitBreaker, database_breaker, redis_breaker, redis_options
-from tenants.hot_reads import db_read_wait
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from django.conf import settings
 
-from tenants.breaker import redis_options
+from core.breaker import redis_options
 
 ID_SEPARATOR = "_"
 # Expired logs are swept once the process holds this many, and again at twice what a sweep left.

@@ -8,11 +8,11 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Q, QuerySet
 
+from core.epoch import SharedEpoch
 from core.errors import ServiceUnavailable
+from core.hot_reads import ReloadedValue
 from mcp_gateway.models import TOOL_SEPARATOR, SsrfAllowEntry, ToolGrant, UpstreamServer, UpstreamTool, VirtualServer
 from tenants.auth import KeyContext
-from tenants.epoch import SharedEpoch
-from tenants.hot_reads import ReloadedValue
 
 
 def upstream_target(server: UpstreamServer, allowlist: list[str]) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 
-from tenants.breaker import redis_options
+from core.breaker import redis_options
 
 
 def stream_lease() -> float:

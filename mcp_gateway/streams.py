@@ -12,11 +12,11 @@ from typing import Any
 
 from django.conf import settings
 
+from core.epoch import SharedEpoch
 from mcp_gateway.events import LocalEventLog, RedisEventLog, StreamInfo, event_id
 from mcp_gateway.selectors import Catalog, catalog_cache
 from mcp_gateway.sessions import session_id_new
 from tenants.auth import KeyContext
-from tenants.epoch import SharedEpoch
 
 logger = logging.getLogger(__name__)
 

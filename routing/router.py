@@ -28,12 +28,12 @@ from typing import Any, TypeVar, cast
 
 from django.conf import settings
 
+from core.breaker import redis_breaker, redis_options
 from core.errors import NotFound, PlatformError, RateLimited, ServiceUnavailable
 from observability import metrics
 from routing.pricing import token_prices
 from routing.selectors import DeploymentTarget, GroupPolicy, deployment_cache
 from tenants.auth import KeyContext
-from tenants.breaker import redis_breaker, redis_options
 
 logger = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from typing import Any
 
 from django.conf import settings
 
+from core.epoch import SharedEpoch
 from core.errors import ServiceUnavailable
+from core.hot_reads import ReloadedValue
 from routing.credentials import params_merge
 from routing.models import OPENAI_DEFAULT_API_BASE, ModelDeployment, RouteGroup
-from tenants.epoch import SharedEpoch
-from tenants.hot_reads import ReloadedValue
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,10 +18,10 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import AuditEntry, audit_denial_record
+from core.breaker import database_breaker
+from core.epoch import SharedEpoch
 from core.errors import AuthenticationFailed, PermissionDenied, PlatformError, ServiceUnavailable
-from tenants.breaker import database_breaker
-from tenants.epoch import SharedEpoch
-from tenants.hot_reads import db_read
+from core.hot_reads import db_read
 from tenants.quota import MICROS, QuotaRule
 from tenants.request_input import credential_header
 

@@ -12,10 +12,10 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+from core.epoch import SharedEpoch
+from core.hot_reads import ReloadedValue
 from routing.ml.models import RouterArtifact, SmartGroup, SmartGroupTenantShare, TenantRoutingData
 from routing.ml.routers import LearnedRouter, router_from_bytes
-from tenants.epoch import SharedEpoch
-from tenants.hot_reads import ReloadedValue
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)

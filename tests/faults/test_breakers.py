@@ -11,12 +11,12 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import OperationalError, connections
 
+from core.breaker import BREAKERS, CircuitBreaker, redis_breaker
+from core.hot_reads import db_read_connections_close
 from observability import metrics
 from routing import selectors
 from routing.router import RedisRouteState
 from routing.selectors import DeploymentCache, DeploymentTarget, GroupPolicy
-from tenants.breaker import BREAKERS, CircuitBreaker, redis_breaker
-from tenants.hot_reads import db_read_connections_close
 
 
 @pytest.fixture(autouse=True)

@@ -9,11 +9,11 @@ from asgiref.sync import sync_to_async
 from django.db import OperationalError, connections
 from django.test import override_settings
 
+from core.breaker import BREAKERS
 from core.errors import ServiceUnavailable
+from core.hot_reads import db_read_connections_close
 from tenants import auth, services
 from tenants.auth import KeyCache
-from tenants.breaker import BREAKERS
-from tenants.hot_reads import db_read_connections_close
 from tenants.models import Quota, Tenant
 
 

@@ -12,12 +12,12 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 from django.test import override_settings
 
+from core.breaker import BREAKERS, database_breaker
+from core.epoch import SharedEpoch
 from core.errors import ServiceUnavailable
+from core.hot_reads import db_read_connections_close
 from tenants import auth, services
 from tenants.auth import KeyCache
-from tenants.breaker import BREAKERS, database_breaker
-from tenants.epoch import SharedEpoch
-from tenants.hot_reads import db_read_connections_close
 from tenants.models import Tenant
 
 

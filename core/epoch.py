@@ -23,7 +23,7 @@ from typing import Any
 
 from django.conf import settings
 
-from tenants.breaker import redis_breaker, redis_options, redis_sync_options
+from core.breaker import redis_breaker, redis_options, redis_sync_options
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from tenants.breaker import BREAKERS
-from tenants.hot_reads import ReloadedValue, db_read_connections_close
+from core.breaker import BREAKERS
+from core.hot_reads import ReloadedValue, db_read_connections_close
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.conf import settings
 
-from observability import metrics
+from core.metrics import metrics
 
 logger = logging.getLogger(__name__)
 

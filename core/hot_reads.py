@@ -21,7 +21,7 @@ from django.db import (
     connections,
 )
 
-from tenants.breaker import database_breaker
+from core.breaker import database_breaker
 
 logger = logging.getLogger(__name__)
 
