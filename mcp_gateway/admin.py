@@ -10,10 +10,10 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest
 
+from core.actors import actor_of, ip_of
 from mcp_gateway import services, ssrf
 from mcp_gateway.models import SsrfAllowEntry, ToolCallEvent, ToolGrant, UpstreamServer, UpstreamTool, VirtualServer
 from mcp_gateway.selectors import servers_grantable_by
-from tenants.admin import actor_of, ip_of
 from tenants.admin_forms import ClearSecretField, WriteOnlySecretField, WriteOnlySecretForm
 from tenants.models import ApiKey
 from tenants.roles import tenant_ids_for

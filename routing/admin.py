@@ -17,12 +17,12 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html, format_html_join
 
+from core.actors import actor_of, ip_of
 from core.errors import InvalidRequest
 from routing import charts as charts_svg
 from routing import reports, services
 from routing.credentials import params_merge, params_split, secret_values
 from routing.models import ModelDeployment, RequestLog, RouteGroup, url_credentials, url_without_credentials
-from tenants.admin import actor_of, ip_of
 from tenants.admin_forms import ClearSecretField, WriteOnlySecretField, WriteOnlySecretForm
 from tenants.models import Tenant
 from tenants.request_input import json_body_parse

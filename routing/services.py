@@ -8,10 +8,10 @@ from typing import Any
 from django.db import transaction
 
 from audit.services import audit_record, changes_between
+from core.changes import snapshot
 from routing.credentials import params_merge, params_split, secret_values
 from routing.models import ModelDeployment, RequestLog, RouteGroup, url_credentials, url_without_credentials
 from routing.selectors import deployment_cache
-from tenants.services import snapshot
 
 DEPLOYMENT_AUDIT_FIELDS = ("model_name", "litellm_model", "api_base", "extra_params", "enabled")
 

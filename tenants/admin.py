@@ -16,19 +16,12 @@ from django.utils.html import format_html
 
 from audit.admin import AuditEventAdmin
 from audit.models import AuditEvent
+from core.actors import actor_of, ip_of
 from tenants import rotation, services
 from tenants.models import KEY_SCOPES, ApiKey, Membership, Quota, Tenant
 from tenants.roles import is_platform_admin, scopes_grantable, tenant_ids_for
 from tenants.rotation_admin import KeyRotationAdminMixin
 from tenants.scoping import TenantScopedAdmin
-
-
-def actor_of(request: HttpRequest) -> str:
-    return f"user:{request.user.get_username()}"
-
-
-def ip_of(request: HttpRequest) -> str | None:
-    return request.META.get("REMOTE_ADDR")
 
 
 class ModelNamesField(forms.CharField):

@@ -15,10 +15,11 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from audit.services import audit_record
+from core.changes import snapshot
 from tenants.auth import key_cache_invalidate
 from tenants.models import ApiKey, Quota
 from tenants.roles import NotAllowed
-from tenants.services import KEY_AUDIT_FIELDS, api_key_create, api_key_may, api_key_revoke, snapshot
+from tenants.services import KEY_AUDIT_FIELDS, api_key_create, api_key_may, api_key_revoke
 from tenants.vault import EncryptedTextField, token_is_current, token_rotate
 
 logger = logging.getLogger(__name__)

@@ -16,23 +16,10 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from audit.services import audit_record, changes_between
+from core.changes import snapshot
 from tenants.auth import key_cache_invalidate
 from tenants.models import KEY_SCOPES, ApiKey, Membership, Quota, Tenant, key_generate
 from tenants.roles import ROLE_LABELS, NotAllowed, is_platform_admin, may, scopes_grantable
-
-
-def snapshot(instance: models.Model, fields: Iterable[str]) -> dict[str, Any]:
-    """JSON-safe field values of ``instance`` for an audit before/after pair."""
-    values: dict[str, Any] = {}
-    for name in fields:
-        value = getattr(instance, name)
-        if isinstance(value, models.Model):
-            value = value.pk
-        elif isinstance(value, (dt.datetime, dt.date)):
-            value = value.isoformat()
-        values[name] = value
-    return values
-
 
 TENANT_AUDIT_FIELDS = ("slug", "name", "is_active", "key_max_age_days", "trace_content")
 KEY_AUDIT_FIELDS = ("name", "tenant", "prefix", "allowed_models", "scopes", "expires_at", "revoked_at", "max_age_days")

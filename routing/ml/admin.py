@@ -14,6 +14,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from core.actors import actor_of, ip_of
 from routing import charts
 from routing.ml import services
 from routing.ml.models import (
@@ -25,7 +26,6 @@ from routing.ml.models import (
     TenantRoutingData,
 )
 from routing.ml.routers import LEARNED_KINDS
-from tenants.admin import actor_of, ip_of
 from tenants.scoping import TenantScopedAdmin
 
 

@@ -16,6 +16,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from audit.services import audit_record, changes_between
+from core.changes import snapshot
 from routing.ml.evaluation import router_evaluate
 from routing.ml.models import (
     RequestFeedback,
@@ -28,7 +29,6 @@ from routing.ml.routers import LEARNED_KINDS, calibration_quantiles, router_fit
 from routing.ml.selectors import smart_cache
 from routing.ml.training import training_set
 from routing.models import RequestLog
-from tenants.services import snapshot
 
 GROUP_AUDIT_FIELDS = (
     "name",
