@@ -8,3 +8,9 @@ from django.apps import AppConfig
 class RoutingConfig(AppConfig):
     name = "routing"
     verbose_name = "Routing"
+
+    def ready(self) -> None:
+        from routing.quota_reconcile import quota_reconcile_after_outage
+        from tenants import quota
+
+        quota.after_outage.append(quota_reconcile_after_outage)

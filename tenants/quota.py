@@ -8,7 +8,7 @@ per day or calendar month. Concurrency counts requests in flight.
 
 In Redis, a per-minute counter is a plain integer. A budget is a hash: the spend of the
 requests started in each minute (one field per minute), ``t`` their total (what the limit
-is checked against), and, once ``tenants.quota_reconcile`` has run, ``r`` the spend the
+is checked against), and, once ``routing.quota_reconcile`` has run, ``r`` the spend the
 usage records hold for the requests started before the minute ``w``. The concurrency limit
 is a sorted set of the requests in flight, each a lease its process renews, so the slots
 of a process that died free within ``QUOTA_PARALLEL_LEASE`` seconds.
@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -614,11 +615,10 @@ class RedisCounters:
         """The store answers again: send what was kept, renew the leases, reconcile from the records."""
         await _settle_batch.flush()
         await self._renew_leases()
-        from tenants.quota_reconcile import quota_reconcile_after_outage
-
-        task = asyncio.ensure_future(asyncio.to_thread(quota_reconcile_after_outage))
-        _flushing_any.add(task)
-        task.add_done_callback(_flushing_any.discard)
+        for reconcile in after_outage:
+            task = asyncio.ensure_future(asyncio.to_thread(reconcile))
+            _flushing_any.add(task)
+            task.add_done_callback(_flushing_any.discard)
 
     async def reserve(self, checks: list[Check]) -> tuple[int, int, list[int]]:
         self.breaker.check()  # open: refused here, before any work
@@ -1118,6 +1118,9 @@ _settle_batch = SettleBatch()
 settle_batch = _settle_batch  # by name in settings.BATCH_WRITERS
 _flushing: set[asyncio.Task[None]] = set()
 _flushing_any: set[asyncio.Future[Any]] = set()  # catch-up work after an outage, kept referenced
+# Run in a thread each time the store answers again after an outage: the routing app adds
+# the reconcile from its usage records (``routing.quota_reconcile``), which tenants cannot read.
+after_outage: list[Callable[[], object]] = []
 
 
 async def quota_settle_flush() -> None:

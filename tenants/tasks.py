@@ -11,11 +11,3 @@ from tenants.rotation import secret_rotate as rotation_run
 def secret_rotate() -> str:
     """Re-encrypt credentials with the newest key, rotate API keys past their maximum age, retire old ones."""
     return rotation_run(actor="system:secret_rotate").summary()
-
-
-@shared_task
-def quota_reconcile() -> str:
-    """Set the budget counters in Redis from the usage records (what an outage or a dead process left wrong)."""
-    from tenants.quota_reconcile import quota_reconcile as reconcile
-
-    return reconcile().summary()

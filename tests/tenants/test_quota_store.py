@@ -147,7 +147,7 @@ def redis_store(monkeypatch, settings):
     monkeypatch.setattr(quota, "_counters", store)
     monkeypatch.setattr(quota, "_settle_batch", quota.SettleBatch())
     # The after-outage pass reads the database; these tests are about the counters alone.
-    monkeypatch.setattr("tenants.quota_reconcile.quota_reconcile_after_outage", lambda: None)
+    monkeypatch.setattr(quota, "after_outage", [])
     yield store, proxy
     proxy.cut()
 

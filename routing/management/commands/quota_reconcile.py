@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from tenants.quota_reconcile import quota_reconcile
+from routing.quota_reconcile import quota_reconcile
 
 
 class Command(BaseCommand):

@@ -32,6 +32,7 @@ from django.db import connection
 from django.db.models import DecimalField, ExpressionWrapper, F, Sum, Value
 from django.db.models.functions import Floor
 
+from routing.models import RequestLog
 from tenants.models import Quota
 from tenants.quota import BUDGET_SLACK_MS, MICROS, _windows, budget_key, counter_base
 
@@ -100,8 +101,6 @@ def _recorded_micros(field: str, ids: set[int], start: dt.datetime, end: dt.date
     Each record is truncated to micro-dollars on its own, as its settlement was; the small
     addend keeps a binary float (SQLite) from flooring 2.0 to 1.999... (a cost has at most 8
     decimals, so the true fraction is at most 0.99)."""
-    from routing.models import RequestLog
-
     if not ids or start >= end:
         return {}
     micros = ExpressionWrapper(

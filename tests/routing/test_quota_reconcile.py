@@ -14,10 +14,10 @@ from django.conf import settings
 from django.core.management import call_command
 
 from routing.models import RequestLog
+from routing.quota_reconcile import _recorded_micros, quota_reconcile, quota_reconcile_after_outage
 from tenants import quota, services
 from tenants.models import Quota
 from tenants.quota import RedisCounters, _windows, budget_key, counter_base
-from tenants.quota_reconcile import _recorded_micros, quota_reconcile, quota_reconcile_after_outage
 
 needs_redis = pytest.mark.skipif(not settings.REDIS_URL, reason="needs a real Redis (REDIS_URL)")
 
@@ -156,3 +156,7 @@ def test_without_redis_the_command_says_there_is_nothing_to_reconcile(settings, 
     out = StringIO()
     call_command("quota_reconcile", stdout=out)
     assert "kept in process" in out.getvalue()
+
+
+def test_the_quota_store_reconciles_from_the_records_once_it_answers_after_an_outage():
+    assert quota_reconcile_after_outage in quota.after_outage
