@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from urllib.parse import parse_qsl, urlsplit
 
 from django.core.exceptions import ValidationError
 from django.db import models
 
 from audit.models import AuditEvent
+from core.urls import url_credentials as core_url_credentials
 from tenants.models import ApiKey, Tenant
 from tenants.vault import EncryptedTextField
 
@@ -25,15 +25,8 @@ ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,99}$")
 
 
 def url_credentials(url: str) -> str:
-    """What in ``url`` is a credential (user info, a secret-named query parameter), or ''."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return ""  # the URL validator reports it
-    if parts.username or parts.password:
-        return "user:password@"
-    names = sorted({name for name, _ in parse_qsl(parts.query, keep_blank_values=True) if SECRET_QUERY_RE.search(name)})
-    return f"query parameter {', '.join(names)}" if names else ""
+    """What in an upstream server's ``url`` is a credential, or ''."""
+    return core_url_credentials(url, is_secret=lambda name: SECRET_QUERY_RE.search(name) is not None)
 
 
 def validate_name(value: str) -> None:

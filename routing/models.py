@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import models
 
+from core.urls import url_credentials as core_url_credentials
 from routing.credentials import is_secret_param, params_split, secret_values
 from tenants.models import ApiKey, Tenant
 from tenants.vault import EncryptedJSONField, EncryptedTextField
@@ -154,15 +155,8 @@ def _unstorable_text(document: object) -> str:
 
 
 def url_credentials(url: str) -> str:
-    """What in ``url`` is a credential (user info, a secret-named query parameter), or ''."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return ""  # the URL validator reports it
-    if parts.username or parts.password:
-        return "user:password@"
-    names = sorted({name for name, _ in parse_qsl(parts.query, keep_blank_values=True) if is_secret_param(name)})
-    return f"query parameter {', '.join(names)}" if names else ""
+    """What in a deployment's ``url`` is a credential (user info, a secret-named query parameter), or ''."""
+    return core_url_credentials(url, is_secret=is_secret_param)
 
 
 def url_without_credentials(url: str) -> str:

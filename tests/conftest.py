@@ -8,9 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connections
 
 from audit.services import deferred_audit, denial_aggregator
+from core.breaker import BREAKERS
+from core.hot_reads import db_read_connections_close
 from routing.ml.samples import sample_writer
 from routing.models import ModelDeployment
 from routing.services import deployment_save
@@ -119,3 +123,13 @@ def outsider(tenant_factory: Callable[..., Tenant]) -> Tenant:
 @pytest.fixture
 def owner_key(owner: Tenant, key_factory: Callable[..., Issued]) -> Issued:
     return key_factory(owner, "owner key")
+
+
+@pytest.fixture
+async def stores_reset():
+    """After the test: every store breaker closed, the read threads' and this thread's connections closed."""
+    yield
+    for breaker in BREAKERS:
+        breaker.reset()
+    await sync_to_async(db_read_connections_close)()
+    await sync_to_async(connections.close_all)()

@@ -8,24 +8,15 @@ import threading
 import time
 
 import pytest
-from asgiref.sync import sync_to_async
-from django.db import OperationalError, connections
+from django.db import OperationalError
 
-from core.breaker import BREAKERS, CircuitBreaker, redis_breaker
-from core.hot_reads import db_read_connections_close
+from core.breaker import CircuitBreaker, redis_breaker
 from observability import metrics
 from routing import selectors
 from routing.router import RedisRouteState
 from routing.selectors import DeploymentCache, DeploymentTarget, GroupPolicy
 
-
-@pytest.fixture(autouse=True)
-async def stores_reset():
-    yield
-    for breaker in BREAKERS:
-        breaker.reset()
-    await sync_to_async(db_read_connections_close)()
-    await sync_to_async(connections.close_all)()
+pytestmark = pytest.mark.usefixtures("stores_reset")
 
 
 def test_an_open_breaker_lets_one_trial_through_per_interval_and_a_success_closes_it(settings):

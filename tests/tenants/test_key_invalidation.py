@@ -6,28 +6,19 @@ import hashlib
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import OperationalError, connections
+from django.db import OperationalError
 from django.test import override_settings
 
-from core.breaker import BREAKERS
 from core.errors import ServiceUnavailable
-from core.hot_reads import db_read_connections_close
 from tenants import auth, services
 from tenants.auth import KeyCache
 from tenants.models import Quota, Tenant
 
+pytestmark = pytest.mark.usefixtures("stores_reset")
+
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-async def stores_reset():
-    yield
-    for breaker in BREAKERS:
-        breaker.reset()
-    await sync_to_async(db_read_connections_close)()
-    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture

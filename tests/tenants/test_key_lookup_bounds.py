@@ -9,29 +9,20 @@ import time
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connections
 from django.test import override_settings
 
-from core.breaker import BREAKERS, database_breaker
+from core.breaker import database_breaker
 from core.epoch import SharedEpoch
 from core.errors import ServiceUnavailable
-from core.hot_reads import db_read_connections_close
 from tenants import auth, services
 from tenants.auth import KeyCache
 from tenants.models import Tenant
 
+pytestmark = pytest.mark.usefixtures("stores_reset")
+
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-async def stores_reset():
-    yield
-    for breaker in BREAKERS:
-        breaker.reset()
-    await sync_to_async(db_read_connections_close)()
-    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture
