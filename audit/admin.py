@@ -20,6 +20,7 @@ from audit.models import AuditChainHead, AuditEvent
 from audit.selectors import EventFilters, event_rows
 from audit.services import audit_record
 from audit.streaming import streaming_download
+from core.read_only import ReadOnlyAdminMixin
 
 
 class AuditExportForm(forms.Form):
@@ -70,7 +71,7 @@ class AuditExportForm(forms.Form):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["created_at", "actor", "action", "target", "outcome", "tenant_id", "ip", "chain", "seq"]
     list_filter = ["outcome", "action"]
     search_fields = ["actor", "action", "target"]
@@ -90,15 +91,6 @@ class AuditEventAdmin(admin.ModelAdmin):
     ]
     show_full_result_count = False
     actions = ["export_selected_jsonl", "export_selected_csv"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_export_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("audit.export_auditevent")

@@ -7,21 +7,14 @@ from typing import Any
 from axes import admin as axes_admin  # registers axes' admins now, so the one below can replace its own
 from axes.models import AccessAttempt
 from django.contrib import admin
-from django.http import HttpRequest
 
+from core.read_only import ReadOnlyAdminMixin
 from llm_platform.login_throttle import LoginThrottleHandler
 from llm_platform.models import JobRun, SchedulerLease
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+class ReadOnlyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """The scheduler's records: written by beat and the workers only."""
 
 
 @admin.register(JobRun)

@@ -11,6 +11,7 @@ from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest
 
 from core.actors import actor_of, ip_of
+from core.read_only import ReadOnlyAdminMixin
 from mcp_gateway import services, ssrf
 from mcp_gateway.models import SsrfAllowEntry, ToolCallEvent, ToolGrant, UpstreamServer, UpstreamTool, VirtualServer
 from mcp_gateway.selectors import servers_grantable_by
@@ -301,7 +302,7 @@ class SsrfAllowEntryAdmin(admin.ModelAdmin):
 
 
 @admin.register(ToolCallEvent)
-class ToolCallEventAdmin(TenantScopedAdmin):
+class ToolCallEventAdmin(ReadOnlyAdminMixin, TenantScopedAdmin):
     """Recent tool calls: platform admins see all, tenant admins and auditors their tenants' calls."""
 
     tenant_lookups = ("tenant_id",)
@@ -320,12 +321,3 @@ class ToolCallEventAdmin(TenantScopedAdmin):
     @admin.display(description="Error")
     def error(self, obj: ToolCallEvent) -> str:
         return obj.details.get("error", "")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -19,6 +19,7 @@ from django.utils.html import format_html, format_html_join
 
 from core.actors import actor_of, ip_of
 from core.errors import InvalidRequest
+from core.read_only import ReadOnlyAdminMixin
 from routing import charts as charts_svg
 from routing import reports, services
 from routing.credentials import params_merge, params_split, secret_values
@@ -372,7 +373,7 @@ def decision_html(decision: dict[str, Any] | None) -> str:
 
 
 @admin.register(RequestLog)
-class RequestLogAdmin(TenantScopedAdmin):
+class RequestLogAdmin(ReadOnlyAdminMixin, TenantScopedAdmin):
     def get_urls(self) -> list[Any]:
         dashboard = path(
             "usage/<int:tenant_id>/", self.admin_site.admin_view(self.usage_view), name="routing_usage_dashboard"
@@ -475,15 +476,6 @@ class RequestLogAdmin(TenantScopedAdmin):
     @admin.display(description="Routing decision")
     def routing_decision(self, obj: RequestLog) -> str:
         return decision_html(obj.route_decision)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 from routing.ml import admin as ml_admin  # noqa: E402,F401  (registers the ML routing admin)

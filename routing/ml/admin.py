@@ -15,6 +15,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from core.actors import actor_of, ip_of
+from core.read_only import ReadOnlyAdminMixin
 from routing import charts
 from routing.ml import services
 from routing.ml.models import (
@@ -253,7 +254,7 @@ class RouterArtifactAdmin(admin.ModelAdmin):
 
 
 @admin.register(RouterSample)
-class RouterSampleAdmin(TenantScopedAdmin):
+class RouterSampleAdmin(ReadOnlyAdminMixin, TenantScopedAdmin):
     list_display = [
         "created_at",
         "request_id",
@@ -269,15 +270,6 @@ class RouterSampleAdmin(TenantScopedAdmin):
     list_select_related = ["tenant", "group"]
     search_fields = ["=request_id"]
     show_full_result_count = False
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class FeedbackForm(forms.ModelForm):
