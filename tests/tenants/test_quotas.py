@@ -84,7 +84,13 @@ def test_a_key_hammering_its_limit_adds_counts_not_a_row_per_refusal(server, dep
         time.sleep(0.05)
     time.sleep(1)  # several flush intervals of the server's writer
     # The first refusal is written as it happened; the other 99 wait as one count for the interval's end.
-    assert AuditEvent.objects.filter(action="quota.refused", tenant_id=owner.pk).count() == 1
+    # The server is shared with earlier tests, so its interval may have begun before this test and
+    # ended during it: then the count so far is written too, and a later refusal opens a new one.
+    events = list(AuditEvent.objects.filter(action="quota.refused", tenant_id=owner.pk))
+    as_happened = [event for event in events if "count" not in event.details]
+    counted = sum(event.details["count"] for event in events if "count" in event.details)
+    assert 1 <= len(as_happened) <= 2 and len(events) <= 3
+    assert len(as_happened) + counted <= 100
 
 
 def test_tenant_limit_holds_across_its_keys_and_the_tighter_limit_wins(server, deployed, owner, key_factory):
