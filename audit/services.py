@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from audit.chain import chain_for, event_hash
 from audit.models import AuditChainHead, AuditEvent
+from core import registry
 from core.batch_writer import BatchWriter, Codec, json_writable, text_writable
 
 _IP_FIELD = AuditEvent._meta.get_field("ip")
@@ -239,6 +240,11 @@ class DenialAggregator:
             self._write(summary)
         return len(ended)
 
+    def discard(self) -> int:
+        """Drop the summaries held (a test's refusals go with it); returns how many."""
+        with self._lock:
+            return len(self._end_interval())
+
     def _end_interval(self) -> list[AuditEntry]:
         summaries = [bucket.summary(self.interval) for bucket in self._buckets.values() if bucket.count]
         if self._overflow is not None:
@@ -318,6 +324,8 @@ class _Bucket:
 denial_aggregator = DenialAggregator(
     interval=settings.AUDIT_DENIAL_INTERVAL, max_buckets=settings.AUDIT_DENIAL_MAX_BUCKETS, write=deferred_audit.add
 )
+# Its summaries become rows of the audit writer: flushed before it (core.registry order).
+registry.register("audit.denials", flush=denial_aggregator.flush, reset=denial_aggregator.discard)
 
 
 def audit_denial_record(entry: AuditEntry) -> None:

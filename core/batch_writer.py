@@ -19,11 +19,14 @@ from typing import Any, Generic, TypeVar
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections, connections
 
+from core import registry
 from core.dead_letters import DeadLetterFile, record_line
 from core.metrics import metrics
 
 logger = logging.getLogger(__name__)
 Row = TypeVar("Row")
+# Batch writers flush after what produces rows for them (registry order; see core.registry).
+WRITERS_ORDER = 100
 
 # SQLSTATE classes that describe the database, not the rows sent to it: connection lost (08),
 # read-only after a failover (25), serialization failure or deadlock (40), disk or memory
@@ -239,6 +242,7 @@ class BatchWriter(Generic[Row]):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"writer-{name}")
         self._timer: asyncio.TimerHandle | None = None
         atexit.register(self.flush_now)
+        registry.register(f"writer.{name}", flush=self.flush_now, reset=self.discard, order=WRITERS_ORDER)
 
     def add(self, row: Row) -> None:
         with self._lock:
@@ -267,6 +271,13 @@ class BatchWriter(Generic[Row]):
         with self._lock:
             rows, self._rows = self._rows, []
         return rows
+
+    def discard(self) -> int:
+        """Drop every waiting row and the scheduled flush (a test's rows go with it); returns how many."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return len(self._take())
 
     def flush_now(self) -> int:
         """Write every waiting row from the calling thread; returns how many were written."""

@@ -84,3 +84,10 @@ def test_singleton_flushes_only_a_made_value(scratch: dict) -> None:
 def test_aflush_must_be_a_coroutine_function(scratch: dict) -> None:
     with pytest.raises(TypeError):
         registry.register("wrong", aflush=lambda: None)  # type: ignore[arg-type]
+
+
+def test_batch_writers_and_refusal_summaries_are_registered_summaries_first() -> None:
+    from audit.services import deferred_audit, denial_aggregator  # noqa: F401 - registers them
+
+    names = [entry.name for entry in registry.entries() if entry.flush is not None]
+    assert names.index("audit.denials") < names.index(f"writer.{deferred_audit.name}")
