@@ -10,6 +10,7 @@ from typing import Any
 
 from django.conf import settings
 
+from core import registry
 from core.metrics import metrics
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class CircuitBreaker:
         self._retry_at = 0.0
         self._lock = threading.Lock()
         metrics.store_breaker_state(store, CLOSED)
+        registry.register(f"breaker.{store}", reset=self.reset)
 
     @property
     def closed(self) -> bool:

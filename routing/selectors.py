@@ -7,6 +7,7 @@ from typing import Any
 
 from django.conf import settings
 
+from core import registry
 from core.epoch import SharedEpoch
 from core.errors import ServiceUnavailable
 from core.hot_reads import ReloadedValue
@@ -148,3 +149,4 @@ def _deployments_load_sync() -> tuple[dict[str, list[DeploymentTarget]], dict[st
 
 
 deployment_cache = DeploymentCache()
+registry.register("routing.deployment_cache", reset=deployment_cache.clear)

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import AuditEntry, audit_denial_record
+from core import registry
 from core.breaker import database_breaker
 from core.epoch import SharedEpoch
 from core.errors import AuthenticationFailed, PermissionDenied, PlatformError, ServiceUnavailable
@@ -257,6 +258,7 @@ async def _key_fetch(secret_hash: str) -> KeyContext | None:
 
 
 key_cache = KeyCache()
+registry.register("tenants.key_cache", reset=key_cache.clear)
 
 
 def key_cache_invalidate(*, secret_hashes: Iterable[str] = (), tenant_ids: Iterable[int] = ()) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+from core import registry
 from core.epoch import SharedEpoch
 from core.hot_reads import ReloadedValue
 from routing.ml.models import RouterArtifact, SmartGroup, SmartGroupTenantShare, TenantRoutingData
@@ -228,3 +229,4 @@ class SmartCache:
 
 
 smart_cache = SmartCache()
+registry.register("routing.smart_cache", reset=smart_cache.clear)
