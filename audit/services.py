@@ -29,7 +29,8 @@ from django.utils import timezone
 from audit.chain import chain_for, event_hash
 from audit.models import AuditChainHead, AuditEvent
 from core import registry
-from core.batch_writer import BatchWriter, Codec, json_writable, text_writable
+from core.batch_writer import BatchWriter, Codec
+from core.db_refusals import json_writable, text_writable
 
 _IP_FIELD = AuditEvent._meta.get_field("ip")
 

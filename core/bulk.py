@@ -24,7 +24,7 @@ from typing import Any
 from django.db import connections, models, router, transaction
 from django.db.models.fields import AutoFieldMixin
 
-from core.batch_writer import json_writable, text_writable
+from core.db_refusals import json_writable, text_writable
 
 # Field classes whose Python values psycopg adapts as they are: skipping Django's per-value
 # preparation halves the CPU of a batch. Anything else (JSON, decimals, encrypted or custom

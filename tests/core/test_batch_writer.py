@@ -9,7 +9,8 @@ import stat
 
 from django.db import DataError, OperationalError
 
-from core.batch_writer import BatchWriter, database_condition
+from core.batch_writer import BatchWriter
+from core.db_refusals import database_condition
 from observability import metrics
 
 
