@@ -8,3 +8,10 @@ from django.apps import AppConfig
 class AuditConfig(AppConfig):
     name = "audit"
     verbose_name = "Audit"
+
+    def ready(self) -> None:
+        from core.permissions import AUDITOR, TENANT_ADMIN, roles_grant, scope_reads
+
+        roles_grant({TENANT_ADMIN: {"audit.auditevent": {"view"}}, AUDITOR: {"audit.auditevent": {"view", "export"}}})
+        # A key with the "audit" scope reads the trail: only who may see it may grant that scope.
+        scope_reads("audit", "audit.auditevent", "view")

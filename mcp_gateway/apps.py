@@ -11,6 +11,20 @@ class McpGatewayConfig(AppConfig):
     verbose_name = "MCP gateway"
 
     def ready(self) -> None:
+        from core.permissions import AUDITOR, TENANT_ADMIN, roles_grant
+
+        roles_grant(
+            {
+                # Their tenant's grants (tenant-wide ones only on self-service servers, see
+                # mcp_gateway.services.grant_within_self_service), the tools they can grant, recent calls.
+                TENANT_ADMIN: {
+                    "mcp.toolgrant": {"view", "add", "change", "delete"},
+                    "mcp.upstreamtool": {"view"},
+                    "mcp.toolcallevent": {"view"},
+                },
+                AUDITOR: {"mcp.toolgrant": {"view"}, "mcp.toolcallevent": {"view"}},
+            }
+        )
         from mcp_gateway.tasks import list_changed
         from mcp_gateway.upstream import pool
 

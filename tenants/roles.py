@@ -9,6 +9,9 @@ Two rules narrow a role further. Some permissions hold only on the objects the u
 created (``OWN_OBJECTS_ONLY``: a developer changes, revokes and rotates only their own
 keys). And a key scope that reads tenant data (``SCOPE_READS``) may only be given by
 someone who may see that data in the key's tenant.
+
+Each app grants the roles its own models' permissions (``core.permissions.roles_grant`` in
+its ``AppConfig.ready``); this module holds the tenants app's grants and the checks.
 """
 
 from __future__ import annotations
@@ -20,8 +23,14 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import models
 
 from core.errors import PermissionDenied
-
-TENANT_ADMIN, DEVELOPER, AUDITOR, VIEWER = "tenant_admin", "developer", "auditor", "viewer"
+from core.permissions import (
+    AUDITOR,
+    DEVELOPER,
+    ROLE_PERMISSIONS,
+    SCOPE_READS,
+    TENANT_ADMIN,
+    VIEWER,
+)
 
 ROLE_LABELS = {
     TENANT_ADMIN: "Tenant admin",
@@ -30,57 +39,36 @@ ROLE_LABELS = {
     VIEWER: "Viewer",
 }
 
-# role -> {"app_label.model": actions}. The single source for both the groups' permissions
-# and the per-tenant checks.
-ROLE_PERMISSIONS: dict[str, dict[str, set[str]]] = {
+# The tenants app's own models; each other app grants on its models in its AppConfig.ready.
+TENANTS_GRANTS: dict[str, dict[str, set[str]]] = {
     TENANT_ADMIN: {
         "tenants.tenant": {"view"},
         "tenants.apikey": {"view", "add", "change", "delete"},
         "tenants.quota": {"view", "add", "change", "delete"},
         "tenants.membership": {"view", "add", "change", "delete"},
-        "routing.requestlog": {"view"},
-        "audit.auditevent": {"view"},
-        # MCP: their tenant's grants (tenant-wide ones only on self-service servers, see
-        # mcp_gateway.services.grant_within_self_service), the tools they can grant, recent calls.
-        "mcp.toolgrant": {"view", "add", "change", "delete"},
-        "mcp.upstreamtool": {"view"},
-        "mcp.toolcallevent": {"view"},
     },
     DEVELOPER: {
         "tenants.tenant": {"view"},
         # "change" (edit, revoke, rotate, collect a rotated secret) on their own keys only.
         "tenants.apikey": {"view", "add", "change"},
         "tenants.quota": {"view"},
-        "routing.requestlog": {"view"},
     },
     AUDITOR: {
         "tenants.tenant": {"view"},
         "tenants.apikey": {"view"},
         "tenants.quota": {"view"},
         "tenants.membership": {"view"},
-        "routing.requestlog": {"view"},
-        "audit.auditevent": {"view", "export"},
-        "mcp.toolgrant": {"view"},
-        "mcp.toolcallevent": {"view"},
     },
     VIEWER: {
         "tenants.tenant": {"view"},
         "tenants.apikey": {"view"},
         "tenants.quota": {"view"},
-        "routing.requestlog": {"view"},
     },
 }
-
 
 # role -> {"app_label.model": actions} that the role holds only on objects its user created.
 OWN_OBJECTS_ONLY: dict[str, dict[str, set[str]]] = {
     DEVELOPER: {"tenants.apikey": {"change"}},
-}
-
-# Key scopes that read a tenant's data -> the permission that data needs in the admin. Only
-# who may see the data may give a key the scope: otherwise a key would be a way around the role.
-SCOPE_READS: dict[str, tuple[str, str]] = {
-    "audit": ("audit.auditevent", "view"),
 }
 
 

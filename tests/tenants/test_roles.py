@@ -184,3 +184,23 @@ def test_a_tenant_admin_adds_members_by_username_without_seeing_other_tenants_us
     )
     membership.refresh_from_db()
     assert (membership.user.username, membership.role) == ("newcomer", "auditor")
+
+
+@pytest.mark.django_db
+def test_each_app_grants_only_on_its_own_models_and_every_grant_names_a_real_permission() -> None:
+    from django.apps import apps
+    from django.contrib.auth.models import Permission
+
+    from core.permissions import ROLE_PERMISSIONS, SCOPE_READS
+
+    labels = {label for grants in ROLE_PERMISSIONS.values() for label in grants}
+    assert {label.split(".")[0] for label in labels} == {"tenants", "routing", "mcp", "audit"}
+    for grants in ROLE_PERMISSIONS.values():
+        for label, actions in grants.items():
+            model = apps.get_model(label)  # raises for a model that does not exist
+            for action in actions:
+                codename = f"{action}_{model._meta.model_name}"
+                assert Permission.objects.filter(
+                    content_type__app_label=model._meta.app_label, codename=codename
+                ).exists()
+    assert SCOPE_READS == {"audit": ("audit.auditevent", "view")}
