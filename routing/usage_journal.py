@@ -31,13 +31,10 @@ files kept) and then adopted and written from disk like a dead process's.
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import json
 import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass, field
@@ -46,35 +43,18 @@ from typing import Any, Generic, TypeVar
 
 from core.batch_writer import BatchWriter
 from core.dead_letters import record_line
+from routing.journal_files import (
+    SUFFIX,
+    RecoveryResult,
+    Segment,
+    abandoned_remove,
+    rows_read,
+    segment_adopt,
+    segment_create,
+)
 
 logger = logging.getLogger(__name__)
 Row = TypeVar("Row")
-
-SUFFIX = ".jsonl"
-ABANDONED_AFTER = 60.0  # seconds: a hidden file still unrenamed this long was left by a dead process
-
-
-@dataclass(eq=False)
-class Segment:
-    """One journal file this process holds (locked) until its rows are done."""
-
-    path: Path
-    fd: int
-    size: int = 0
-    outstanding: int = 0  # rows appended and not yet committed or set aside
-    sealed: bool = False  # no more appends: deleted as soon as ``outstanding`` is 0
-    adopted: bool = False  # a dead process's file: its rows are read and written from it
-    recovering: bool = False
-
-
-@dataclass
-class RecoveryResult:
-    files: int = 0
-    rows: int = 0
-    written: int = 0
-    refused: int = 0
-    unreadable: int = 0
-    kept: int = 0  # the database was unavailable: the file stays for the next attempt
 
 
 @dataclass
@@ -307,26 +287,8 @@ class UsageJournal(Generic[Row]):
             return active
 
     def _create(self) -> Segment:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.directory, 0o700)
-        name = f"{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex[:8]}{SUFFIX}"
-        hidden = self.directory / f".{name}.new"
-        fd = os.open(hidden, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            path = self.directory / name
-            os.rename(hidden, path)
-            directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(directory)  # the new name survives a power cut too
-            finally:
-                os.close(directory)
-        except BaseException:
-            os.close(fd)
-            hidden.unlink(missing_ok=True)
-            raise
-        segment = Segment(path, fd)
-        self._segments[path] = segment
+        segment = segment_create(self.directory)
+        self._segments[segment.path] = segment
         return segment
 
     def _seal(self, segment: Segment) -> None:
@@ -376,63 +338,22 @@ class UsageJournal(Generic[Row]):
         adopted = 0
         for path in sorted(self.directory.iterdir()):
             if path.name.startswith(".") and path.name.endswith(".new"):
-                self._remove_abandoned(path)
+                abandoned_remove(path)
                 continue
             if path.suffix != SUFFIX or path in self._segments:
                 continue
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue  # done by its owner meanwhile
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue  # its process is alive
-            if os.fstat(fd).st_nlink == 0:  # another process adopted and finished it meanwhile
-                os.close(fd)
+            segment = segment_adopt(path)
+            if segment is None:
                 continue
             with self._lock:
-                self._segments[path] = Segment(path, fd, size=os.fstat(fd).st_size, sealed=True, adopted=True)
+                self._segments[path] = segment
             adopted += 1
             logger.warning("usage journal: %s was left by a dead process; writing its rows", path.name)
         return adopted
 
-    def _remove_abandoned(self, path: Path) -> None:
-        """A file a process died creating (before it held any row) is deleted once nobody holds it."""
-        try:
-            if time.time() - path.stat().st_mtime < ABANDONED_AFTER:
-                return  # perhaps being created right now, not yet locked
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            path.unlink(missing_ok=True)
-        except BlockingIOError:
-            pass
-        finally:
-            os.close(fd)
-
-    def _read(self, path: Path) -> tuple[list[Row], int]:
-        """The rows of a file, and how many lines could not be read (a torn last line: never acknowledged)."""
-        rows: list[Row] = []
-        unreadable = 0
-        with path.open("rb") as lines:
-            for line in lines:
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(self.writer.codec.load(json.loads(line)))
-                except Exception:
-                    unreadable += 1
-        if unreadable:
-            logger.warning("usage journal: %d lines of %s could not be read back", unreadable, path.name)
-        return rows, unreadable
-
     def _recover(self, segment: Segment) -> RecoveryResult:
         """In the writer's thread: write an adopted file's rows; the file goes once none is left to try."""
-        rows, unreadable = self._read(segment.path)
+        rows, unreadable = rows_read(segment.path, self.writer.codec.load)
         result = RecoveryResult(files=1, rows=len(rows), unreadable=unreadable)
         outcome = self.writer.write_now(rows)
         result.written = outcome.written
