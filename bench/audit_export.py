@@ -95,7 +95,8 @@ def child(mode: str, rows: int) -> dict[str, float]:
     elif mode == "verify":
         assert all(audit_chain_verify(chain).ok for chain in audit_chain_names())
     elif mode == "durable":
-        from audit.durable import LocalSegmentStore, audit_export_run
+        from audit.durable import audit_export_run
+        from audit.segment_store import LocalSegmentStore
 
         with tempfile.TemporaryDirectory() as directory:
             audit_export_run(store=LocalSegmentStore(directory))

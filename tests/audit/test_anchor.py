@@ -19,9 +19,10 @@ from django.core.management.base import CommandError
 from django.db import connection
 
 from audit.chain import event_hash
-from audit.durable import LocalSegmentStore, SegmentExists, audit_export_run
+from audit.durable import audit_export_run
 from audit.guard import guard_install, guard_problems, guard_remove
 from audit.models import AuditEvent
+from audit.segment_store import LocalSegmentStore, SegmentExists
 from tests.audit.chains import record, verify
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -12,8 +12,9 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from audit import durable
-from audit.durable import LocalSegmentStore, audit_export_run
+from audit.durable import audit_export_run
 from audit.models import AuditEvent, AuditExportCheckpoint
+from audit.segment_store import LocalSegmentStore
 from audit.selectors import audit_export_lag_seconds
 from audit.services import audit_record
 from audit.tasks import audit_export

@@ -12,9 +12,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from django.utils import timezone
 
-from audit.durable import Anchor, anchor_read, anchored_chains, segment_store
+from audit.durable import Anchor, anchor_read, anchored_chains
 from audit.guard import guard_problems
 from audit.models import AuditEvent
+from audit.segment_store import segment_store
 from audit.selectors import ChainReport, audit_chain_names, audit_chain_verify
 
 
