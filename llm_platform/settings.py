@@ -427,6 +427,9 @@ CELERY_BEAT_SCHEDULE.update(
 # --- observability and operations ---
 # Tracing is configured by the standard OTEL_* variables (observability.telemetry); these
 # are the platform's own knobs for logs, metrics, readiness and the drain.
+# OTEL_FAST_PATH=false: the SDK's own spans, batch processor and OTLP exporter instead of
+# lean spans and the export child (for comparison, or when a collector disagrees with ours).
+OTEL_FAST_PATH = env_bool("OTEL_FAST_PATH", True)
 LOG_FORMAT = env_str("LOG_FORMAT", "text" if EMBEDDED else "json").lower()
 if LOG_FORMAT not in ("text", "json"):
     raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} must be 'text' or 'json'.")

@@ -18,7 +18,7 @@ from audit.models import AuditEvent
 from audit.services import AuditEntry, audit_denial_record
 from core.errors import InvalidRequest, PlatformError
 from observability import logs, metrics, telemetry
-from routing import upstream
+from routing import genai_spans, upstream
 from routing.pricing import usage_cost
 from routing.router import RouteRun
 from routing.selectors import DeploymentTarget
@@ -310,7 +310,7 @@ class ChatCompletion:
         self.ttft_s: float | None = None
         self.active = metrics.Active(endpoint.name)
         self.trace: telemetry.ServerSpan | None = None
-        self.model_call: telemetry.ModelCall | None = None
+        self.model_call: genai_spans.ModelCall | None = None
         self.upstream_called = False
         self.output: Any = None  # the completion, for the trace of a tenant that opted in
 
@@ -377,7 +377,7 @@ class ChatCompletion:
             with telemetry.span("quota.reserve"):
                 await self._reserve(body, request, self.target)
         self.upstream_called = True
-        self.model_call = telemetry.model_call_start(
+        self.model_call = genai_spans.model_call_start(
             operation=endpoint.name.split(".")[0],
             system=self.target.provider,
             request_model=request.model,

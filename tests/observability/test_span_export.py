@@ -3,56 +3,18 @@
 from __future__ import annotations
 
 import signal
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
-import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from observability import span_export
-from tests.observability.conftest import served
+from observability import otlp_encoding, span_export, span_records
+from tests.observability.conftest import Collector, otlp_value, served
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN_ID = "00f067aa0ba902b7"
 PROMPT = "the launch codes are hunter2"
-
-
-class Collector(BaseHTTPRequestHandler):
-    """An OTLP/HTTP endpoint that keeps every request it is sent."""
-
-    received: list[ExportTraceServiceRequest] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        request = ExportTraceServiceRequest()
-        request.ParseFromString(body)
-        Collector.received.append(request)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's signature
-        return
-
-
-@pytest.fixture
-def collector() -> Iterator[str]:
-    Collector.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
-    finally:
-        server.shutdown()
-
-
-def _value(any_value: Any) -> Any:
-    return getattr(any_value, any_value.WhichOneof("value"))
 
 
 def _exported_names() -> set[str]:
@@ -71,12 +33,12 @@ def _spans(trace_id: str) -> dict[str, tuple[Any, dict[str, Any], dict[str, Any]
     out = {}
     for request in Collector.received:
         for resource_spans in request.resource_spans:
-            resource = {kv.key: _value(kv.value) for kv in resource_spans.resource.attributes}
+            resource = {kv.key: otlp_value(kv.value) for kv in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
                     if span.trace_id.hex() != trace_id:
                         continue
-                    out[span.name] = (span, {kv.key: _value(kv.value) for kv in span.attributes}, resource)
+                    out[span.name] = (span, {kv.key: otlp_value(kv.value) for kv in span.attributes}, resource)
     return out
 
 
@@ -137,15 +99,15 @@ def test_records_of_sdk_spans_and_lean_spans_encode_alike():
     sdk_span = provider.get_tracer("t").start_span("x", attributes={"a": 1, "b": ["c", "d"], "e": 0.5, "f": True})
     sdk_span.add_event("retry", {"attempt": 2})
     sdk_span.end()
-    record = span_export.record_from_span(sdk_span)
+    record = span_records.record_from_span(sdk_span)
     request = ExportTraceServiceRequest()
-    request.ParseFromString(span_export.encode([record], {"service.name": "s"}))
+    request.ParseFromString(otlp_encoding.encode([record], {"service.name": "s"}))
     [span] = request.resource_spans[0].scope_spans[0].spans
     assert span.span_id == sdk_span.context.span_id.to_bytes(8, "big")
-    assert {kv.key: _value(kv.value) for kv in span.attributes}["e"] == 0.5
-    assert [_value(v) for v in span.attributes[1].value.array_value.values] == ["c", "d"]
+    assert {kv.key: otlp_value(kv.value) for kv in span.attributes}["e"] == 0.5
+    assert [otlp_value(v) for v in span.attributes[1].value.array_value.values] == ["c", "d"]
     assert span.events[0].name == "retry" and span.kind == 1
-    back = span_export.span_from_record(record, provider.resource)
+    back = span_records.span_from_record(record, provider.resource)
     assert (back.name, back.context, back.attributes["b"], back.end_time) == (
         "x",
         sdk_span.context,
@@ -258,7 +220,7 @@ def test_the_hand_written_otlp_encoding_equals_the_protobuf_classes():
     ]
     for _ in range(2):  # the second time from the attribute cache
         encoded = ExportTraceServiceRequest()
-        encoded.ParseFromString(span_export.encode(records, {"service.name": "gateway"}))
+        encoded.ParseFromString(otlp_encoding.encode(records, {"service.name": "gateway"}))
         assert encoded == _reference(records, {"service.name": "gateway"})
 
 
