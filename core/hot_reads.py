@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import queue
 import threading
@@ -91,7 +92,8 @@ def db_read(fn: Callable[..., T], *args: Any) -> Future[T]:
             future.set_exception(ReadsBacklogged(f"{MAX_QUEUED} database reads already waiting"))
             return future
         _pool.queued += 1
-    return _pool.submit(_run, fn, args)
+    # In the caller's context, so the read's spans (and anything else context-bound) stay under its request.
+    return _pool.submit(contextvars.copy_context().run, _run, fn, args)
 
 
 async def db_read_wait(fn: Callable[..., T], *args: Any) -> T:

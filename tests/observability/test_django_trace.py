@@ -44,9 +44,12 @@ def test_an_api_view_is_a_server_span_continuing_the_callers_trace(spans, owner_
     attributes = server.attributes or {}
     assert attributes["http.route"] == "v1/models"
     assert attributes.get("http.response.status_code", attributes.get("http.status_code")) == 200
-    # Its database work is in the same trace, under it (psycopg on PostgreSQL; nothing on SQLite).
+    # Its database work is in the same trace, under it (psycopg on PostgreSQL; nothing on SQLite),
+    # also the reads that run on the hot-path read threads. Only background work (the change
+    # poller's MGET of the shared epochs) is a trace of its own.
     for span in spans.get_finished_spans():
-        assert span.context.trace_id == server.context.trace_id, span.name
+        if span.context.trace_id != server.context.trace_id:
+            assert span.parent is None and span.name == "MGET", span.name
 
 
 def test_an_admin_page_is_traced_with_its_status(spans, transactional_db):
