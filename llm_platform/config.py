@@ -17,8 +17,9 @@ from mcp_gateway import services as mcp_services
 from mcp_gateway.models import ToolGrant, UpstreamServer
 from routing.credentials import params_split
 from routing.ml.config import smart_group_apply
-from routing.models import ROUTING_STRATEGIES, ModelDeployment, RouteGroup
+from routing.models import ModelDeployment, RouteGroup
 from routing.services import deployment_save, route_group_save
+from routing.strategies import RoutingStrategy
 from tenants import services as tenant_services
 from tenants.models import ApiKey, Quota, Tenant, key_hash
 
@@ -154,7 +155,7 @@ ROUTE_NUMBERS = {
     "fail_window": float,
 }
 ROUTE_FALLBACKS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
-STRATEGY_NAMES = {name for name, _ in ROUTING_STRATEGIES}
+STRATEGY_NAMES = set(RoutingStrategy.values)
 
 
 def _route_fields(settings_: dict[str, Any], where: str) -> dict[str, Any]:

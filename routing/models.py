@@ -11,6 +11,7 @@ from django.db import models
 
 from core.urls import url_credentials as core_url_credentials
 from routing.credentials import is_secret_param, params_split, secret_values
+from routing.strategies import RoutingStrategy
 from tenants.models import ApiKey, Tenant
 from tenants.vault import EncryptedJSONField, EncryptedTextField
 
@@ -172,15 +173,6 @@ def url_without_credentials(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-ROUTING_STRATEGIES = (
-    ("simple-shuffle", "Weighted shuffle (litellm_params.weight)"),
-    ("least-busy", "Least busy (fewest requests in flight)"),
-    ("latency-based-routing", "Lowest latency (moving window; time to first token for streams)"),
-    ("cost-based-routing", "Lowest price per token"),
-    ("usage-based-routing-v2", "Usage based (stays under each deployment's rpm/tpm)"),
-)
-
-
 class RouteGroup(models.Model):
     """How requests to one public model name are spread over its deployments, retried,
     failed over and cooled down. Names follow LiteLLM Router's ``router_settings``.
@@ -190,7 +182,9 @@ class RouteGroup(models.Model):
     """
 
     model_name = models.CharField(max_length=200, unique=True, help_text="The public model name of the group.")
-    routing_strategy = models.CharField(max_length=40, choices=ROUTING_STRATEGIES, default="simple-shuffle")
+    routing_strategy = models.CharField(
+        max_length=40, choices=RoutingStrategy.choices, default=RoutingStrategy.SIMPLE_SHUFFLE
+    )
     num_retries = models.PositiveSmallIntegerField(
         default=2, help_text="Retries within the group on timeouts, 429, 5xx and connection errors."
     )

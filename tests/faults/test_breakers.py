@@ -13,7 +13,7 @@ from django.db import OperationalError
 from core.breaker import CircuitBreaker, redis_breaker
 from observability import metrics
 from routing import selectors
-from routing.router import RedisRouteState
+from routing.route_state import RedisRouteState
 from routing.selectors import DeploymentCache, DeploymentTarget, GroupPolicy
 
 pytestmark = pytest.mark.usefixtures("stores_reset")

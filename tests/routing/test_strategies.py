@@ -10,8 +10,9 @@ import time
 import pytest
 from django.conf import settings
 
-from routing.router import LocalRouteState, RedisRouteState, deployment_choose
+from routing.route_state import LocalRouteState, RedisRouteState
 from routing.selectors import DeploymentTarget, GroupPolicy
+from routing.strategies import deployment_choose
 
 
 def target(deployment_id: int, **params: object) -> DeploymentTarget:
@@ -145,8 +146,7 @@ def test_failures_outside_the_window_do_not_add_up():
 def test_a_single_deployment_never_cools_down():
     targets = [target(1)]
     state = LocalRouteState()
-    state.states[1] = state._state(1)
-    state.states[1].cooldown_until = time.time() + 60
+    state.state_of(1).cooldown_until = time.time() + 60
     assert choose("simple-shuffle", targets, state).target.id == 1
 
 
@@ -154,7 +154,7 @@ def test_all_deployments_cooling_gives_no_choice_and_the_wait():
     targets = [target(1), target(2)]
     state = LocalRouteState()
     for deployment_id in (1, 2):
-        state._state(deployment_id).cooldown_until = time.time() + 4
+        state.state_of(deployment_id).cooldown_until = time.time() + 4
     choice = choose("least-busy", targets, state)
     assert choice.target is None and 3 < choice.retry_in <= 4
 
