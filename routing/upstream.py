@@ -97,7 +97,15 @@ def completion_output(body: bytes) -> list[Any]:
 
 # One connection pool per event loop: a session is bound to the loop it was made on.
 _sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
-registry.register("routing.upstream.sessions", reset=_sessions.clear)
+
+
+def _sessions_of_ended_loops_forget() -> None:
+    """Drop the pools of loops that have ended; a running loop's pool stays (forgotten, it would leak open)."""
+    for loop in [loop for loop in _sessions if loop.is_closed()]:
+        del _sessions[loop]
+
+
+registry.register("routing.upstream.sessions", reset=_sessions_of_ended_loops_forget)
 
 
 def _session() -> aiohttp.ClientSession:
