@@ -17,8 +17,8 @@ from audit.api import router as audit_router
 from core.errors import AuthenticationFailed, InvalidRequest, NotFound, PayloadTooLarge, PlatformError
 from llm_platform.middleware import error_response as platform_error_response
 from routing.api import router as routing_router
-from routing.chat import request_id_new
 from routing.ml.api import router as routing_ml_router
+from routing.model_call import request_id_new
 from tenants.auth import KeyContext, key_authenticate_request
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from core.errors import (
     PlatformError,
     RateLimited,
 )
-from routing.chat import request_id_new
+from routing.model_call import request_id_new
 from tenants.request_input import json_body_parse
 
 API_PREFIX = "/v1/"

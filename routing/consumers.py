@@ -12,7 +12,8 @@ from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
 from core.errors import InvalidRequest, PayloadTooLarge
-from routing.chat import CHAT, COMPLETIONS, EMBEDDINGS, ChatCompletion, Endpoint
+from routing.model_call import ModelCall
+from routing.parsing import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
 
 # The ASGI scope extension in which the server (``manage.py serve``) hands each request an
 # object whose ``delivered()`` says how many bytes of the response reached the client. By
@@ -40,7 +41,7 @@ class ChatCompletionsConsumer(AsyncHttpConsumer):
         self.size = 0
         self.too_large = False
         self.task: asyncio.Task[None] | None = None
-        self.completion: ChatCompletion | None = None
+        self.completion: ModelCall | None = None
         self.sent = 0
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -66,7 +67,7 @@ class ChatCompletionsConsumer(AsyncHttpConsumer):
 
     async def _serve(self, body: bytes) -> None:
         client = self.scope.get("client")
-        self.completion = completion = ChatCompletion(
+        self.completion = completion = ModelCall(
             headers=self.scope["headers"],
             client_ip=client[0] if client else None,
             send_start=self._start,

@@ -5,22 +5,25 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from django.conf import settings
 
-from core.errors import InvalidRequest, PlatformError, RateLimited, UpstreamError
+from core import registry
+from core.errors import PlatformError, UpstreamError
 from observability import telemetry
+from routing.provider_errors import (
+    connection_error,
+    litellm_error,
+    provider_failure_log,
+    provider_message_clean,
+    upstream_status_error,
+)
 from routing.selectors import DeploymentTarget
-
-logger = logging.getLogger(__name__)
 
 # litellm_params that configure the connection or the gateway, never sent as request fields.
 _CONNECTION_PARAMS = frozenset(
@@ -81,14 +84,6 @@ def _token_count(value: Any) -> int:
     return count
 
 
-def prompt_of(payload: dict[str, Any]) -> Any:
-    """The part of a request that is the prompt: chat messages, a completion prompt or embedding input."""
-    for name in ("messages", "prompt", "input"):
-        if name in payload:
-            return payload[name]
-    return ""
-
-
 def completion_output(body: bytes) -> list[Any]:
     """What a completion answered, choice by choice: chat messages or completion texts (for traces)."""
     try:
@@ -100,13 +95,17 @@ def completion_output(body: bytes) -> list[Any]:
     return [choice.get("message", choice.get("text")) if isinstance(choice, dict) else None for choice in choices]
 
 
-def usage_estimate(payload: dict[str, Any], completion_events: int) -> Usage:
-    """A rough count (4 characters a token; one token per streamed delta) when the upstream sends none."""
-    prompt = max(1, len(json.dumps(prompt_of(payload))) // 4)
-    return Usage(prompt, completion_events, prompt + completion_events, estimated=True)
-
-
+# One connection pool per event loop: a session is bound to the loop it was made on.
 _sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+
+
+def _sessions_of_ended_loops_forget() -> None:
+    """Drop the pools of loops that have ended; a running loop's pool stays (forgotten, it would leak open)."""
+    for loop in [loop for loop in _sessions if loop.is_closed()]:
+        del _sessions[loop]
+
+
+registry.register("routing.upstream.sessions", reset=_sessions_of_ended_loops_forget)
 
 
 def _session() -> aiohttp.ClientSession:
@@ -151,146 +150,6 @@ def upstream_payload(target: DeploymentTarget, payload: dict[str, Any], *, strea
     return body
 
 
-def _error_message(body: bytes) -> str:
-    """The provider's own explanation, whole (for the server log; clients get ``provider_message_clean``)."""
-    try:
-        data = json.loads(body)
-        error = data.get("error", data)
-        if isinstance(error, dict):
-            return str(error.get("message") or error)[:2000]
-        return str(error)[:2000]
-    except (ValueError, AttributeError):
-        return body[:2000].decode("utf-8", "replace") or "no body"
-
-
-# What a provider's error text may carry that identifies our credentials, accounts or hosts.
-# Each is replaced, never the whole message: "max_tokens is too large" or a context-window
-# explanation is what lets a client fix its request.
-_REDACTIONS = (
-    (re.compile(r"\bBearer\s+\S+", re.IGNORECASE), "Bearer [redacted]"),
-    (
-        re.compile(r"\b((?:api[_-]?key|key|token|access_token|secret|password|sig|signature)=)[^&\s'\"]+", re.I),
-        r"\1[redacted]",
-    ),
-    (re.compile(r"https?://[^\s'\"<>]+", re.IGNORECASE), "[url]"),
-    (re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-*]{8,}"), "[redacted key]"),
-    (re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{12,}\b"), "[redacted key]"),
-    (re.compile(r"\bAIza[A-Za-z0-9_\-]{20,}"), "[redacted key]"),
-    (re.compile(r"\b(?:gh[pousr]|xox[abpr]|glpat)[_-][A-Za-z0-9_\-]{10,}"), "[redacted key]"),
-    (re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"), "[redacted token]"),
-    (re.compile(r"\b(?:org|proj|user|acct)[-_](?=[A-Za-z]{0,64}\d)[A-Za-z0-9]{8,}\b"), "[redacted account]"),
-    (
-        re.compile(r"\b(?:req|request|trace|chatcmpl|resp)[-_](?=[A-Za-z]{0,64}\d)[A-Za-z0-9]{8,}\b", re.IGNORECASE),
-        "[redacted id]",
-    ),
-    (
-        re.compile(r"\b((?:x-)?(?:request|trace|correlation|apim-request)[ _-]?id\b[\s:=#'\"]*)[\w\-]{6,}", re.I),
-        r"\1[redacted]",
-    ),
-    (re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"), "[redacted id]"),
-    (re.compile(r"\b[0-9a-fA-F]{24,}\b"), "[redacted]"),
-    # Long runs of base64/url-safe characters mixing letters and digits: tokens, signatures.
-    (
-        re.compile(r"(?<![\w/+=-])(?=[A-Za-z0-9+/_\-]*\d)(?=[A-Za-z0-9+/_\-]*[A-Za-z])[A-Za-z0-9+/_\-]{32,}={0,2}"),
-        "[redacted]",
-    ),
-)
-PUBLIC_MESSAGE_CHARS = 500
-
-
-def provider_message_clean(target: DeploymentTarget, message: str) -> str:
-    """A provider's error text with our internals taken out, for the client.
-
-    The deployment's own secret, its provider-side model names and its host are replaced
-    first (by exact text, whatever they look like), then anything shaped like a key, an
-    account or request id, or a URL; what remains is the provider's explanation.
-    """
-    text = message
-    if target.api_key and len(target.api_key) >= 4:
-        text = text.replace(target.api_key, "[redacted key]")
-    host = urlsplit(target.api_base).hostname if target.api_base else None
-    for internal in sorted(
-        {target.litellm_model, target.upstream_model, target.api_base, host or ""}, key=len, reverse=True
-    ):
-        if internal and internal != target.model_name and len(internal) >= 3:
-            text = text.replace(internal, "[provider]" if internal in (target.api_base, host) else target.model_name)
-    for pattern, replacement in _REDACTIONS:
-        text = pattern.sub(replacement, text)
-    if len(text) > PUBLIC_MESSAGE_CHARS:
-        text = text[: PUBLIC_MESSAGE_CHARS - 1] + "…"
-    return text
-
-
-def _provider_failure_log(target: DeploymentTarget, what: str, message: str) -> None:
-    """The provider's message whole, for operators: the client's copy is cleaned."""
-    logger.warning(
-        "provider error on deployment %s (%s, model %s): %s: %s",
-        target.id,
-        target.litellm_model,
-        target.model_name,
-        what,
-        message,
-    )
-
-
-_CONTEXT_WINDOW_HINTS = (
-    "context_length_exceeded",
-    "context length",
-    "context window",
-    "maximum context",
-    "too many tokens",
-)
-_CONTENT_POLICY_HINTS = ("content_policy", "content_filter", "content management policy", "safety system")
-
-
-def _rejection_code(body: bytes, message: str) -> str:
-    """Tell context-window and content-policy refusals (which have fallbacks) from other 400s."""
-    text = (body[:2000].decode("utf-8", "replace") + " " + message).lower()
-    if any(hint in text for hint in _CONTEXT_WINDOW_HINTS):
-        return "context_window_exceeded"
-    if any(hint in text for hint in _CONTENT_POLICY_HINTS):
-        return "content_policy_violation"
-    return "upstream_rejected_request"
-
-
-def upstream_status_error(target: DeploymentTarget, status: int, body: bytes, retry_after: str | None) -> PlatformError:
-    """Map a provider's error status to what the client should see (the full message goes to the log)."""
-    raw = _error_message(body)
-    _provider_failure_log(target, f"status {status}", raw)
-    message = provider_message_clean(target, raw)
-    where = f"model '{target.model_name}'"
-    if status in (400, 413, 422):
-        return InvalidRequest(message, status=status, code=_rejection_code(body, raw))
-    if status == 429:
-        headers = {"Retry-After": retry_after} if retry_after else {}
-        return RateLimited(
-            f"The provider rate-limited {where}: {message}", code="upstream_rate_limited", headers=headers
-        )
-    if status in (401, 403):
-        return UpstreamError(
-            f"The provider refused the platform's credentials for {where}: {message}", code="upstream_auth_error"
-        )
-    if status == 404:
-        return UpstreamError(f"The provider does not know {where}: {message}", code="upstream_not_found")
-    if status in (503, 504):
-        return UpstreamError(
-            f"The provider is unavailable for {where}: {message}", status=status, code="upstream_unavailable"
-        )
-    return UpstreamError(f"The provider failed ({status}) for {where}: {message}")
-
-
-def _connection_error(target: DeploymentTarget, exc: BaseException) -> PlatformError:
-    _provider_failure_log(target, "connection", f"{exc.__class__.__name__}: {exc}")
-    if isinstance(exc, asyncio.TimeoutError):
-        return UpstreamError(
-            f"The provider did not answer in time for model '{target.model_name}'.", status=504, code="upstream_timeout"
-        )
-    return UpstreamError(
-        f"The provider for model '{target.model_name}' cannot be reached: {exc.__class__.__name__}.",
-        code="upstream_unreachable",
-    )
-
-
 @dataclass(slots=True)
 class Completion:
     body: bytes
@@ -314,7 +173,7 @@ async def complete(target: DeploymentTarget, payload: dict[str, Any], path: str 
             status = response.status
             retry_after = response.headers.get("Retry-After")
     except (TimeoutError, aiohttp.ClientError) as exc:
-        raise _connection_error(target, exc) from exc
+        raise connection_error(target, exc) from exc
     wait = time.perf_counter() - started
     if status != 200:
         raise upstream_status_error(target, status, body, retry_after)
@@ -364,7 +223,7 @@ class StreamRelay:
                     timeout=_timeout(self.target, stream=True),
                 )
             except (TimeoutError, aiohttp.ClientError) as exc:
-                raise _connection_error(self.target, exc) from exc
+                raise connection_error(self.target, exc) from exc
             if response.status != 200:
                 try:
                     body = await response.read()
@@ -386,7 +245,7 @@ class StreamRelay:
             event = json.loads(data)
             error = event["error"]
             if isinstance(error, dict) and isinstance(error.get("message"), str):
-                _provider_failure_log(self.target, "stream error event", error["message"])
+                provider_failure_log(self.target, "stream error event", error["message"])
                 error["message"] = provider_message_clean(self.target, error["message"])
                 return json.dumps(event).encode()
         except (ValueError, KeyError, TypeError):
@@ -435,12 +294,12 @@ class StreamRelay:
             except StopAsyncIteration:
                 return
             except (TimeoutError, aiohttp.ClientError, PlatformError) as exc:
-                self.error = exc if isinstance(exc, PlatformError) else _connection_error(self.target, exc)
+                self.error = exc if isinstance(exc, PlatformError) else connection_error(self.target, exc)
                 self.error.message = f"The upstream stream broke off: {self.error.message}"
                 yield b"data: " + self.error.body_bytes() + b"\n\n"
                 return
             except Exception as exc:  # litellm's own exceptions, raised mid-stream by its iterator
-                self.error = _litellm_error(self.target, exc)
+                self.error = litellm_error(self.target, exc)
                 self.error.message = f"The upstream stream broke off: {self.error.message}"
                 yield b"data: " + self.error.body_bytes() + b"\n\n"
                 return
@@ -477,15 +336,17 @@ class StreamRelay:
             yield chunk.model_dump_json(exclude_none=False).encode()
 
 
-_litellm_module: Any = None
+litellm_module: registry.Singleton[Any] = registry.Singleton(
+    "routing.litellm", lambda: importlib.import_module("litellm")
+)
 
 
 async def _litellm() -> Any:
-    global _litellm_module
-    if _litellm_module is None:
+    module = litellm_module.peek()
+    if module is None:
         # Importing litellm takes seconds; do it off the event loop, once.
-        _litellm_module = await asyncio.to_thread(importlib.import_module, "litellm")
-    return _litellm_module
+        module = await asyncio.to_thread(litellm_module)
+    return module
 
 
 async def _litellm_call(target: DeploymentTarget, payload: dict[str, Any], *, stream: bool, path: str) -> Any:
@@ -516,28 +377,7 @@ async def _litellm_call(target: DeploymentTarget, payload: dict[str, Any], *, st
     try:
         return await call(**kwargs)
     except Exception as exc:
-        raise _litellm_error(target, exc) from exc
-
-
-def _litellm_error(target: DeploymentTarget, exc: Exception) -> PlatformError:
-    if isinstance(exc, PlatformError):
-        return exc
-    name = exc.__class__.__name__
-    status = getattr(exc, "status_code", None)
-    message = str(getattr(exc, "message", None) or exc)[:2000]
-    if name in ("Timeout", "APITimeoutError") or isinstance(exc, asyncio.TimeoutError):
-        return _connection_error(target, TimeoutError())
-    if isinstance(status, int) and name != "APIConnectionError":
-        return upstream_status_error(target, status, json.dumps({"error": {"message": message}}).encode(), None)
-    _provider_failure_log(target, name, message)
-    if name == "APIConnectionError":
-        reason = provider_message_clean(target, message)
-        return UpstreamError(
-            f"The provider for model '{target.model_name}' cannot be reached: {reason}", code="upstream_unreachable"
-        )
-    return UpstreamError(
-        f"The provider call failed for model '{target.model_name}': {name}: {provider_message_clean(target, message)}"
-    )
+        raise litellm_error(target, exc) from exc
 
 
 async def _litellm_complete(target: DeploymentTarget, payload: dict[str, Any], path: str) -> Completion:

@@ -15,10 +15,9 @@ from routing.ml.features import prompt_text
 from routing.ml.routers import threshold_for_share
 from routing.ml.samples import SampleRow, sample_record
 from routing.ml.selectors import ArtifactIntegrityError, ArtifactRef, GroupState, inference_executor, smart_cache
+from routing.tokens import output_tokens_limit, text_tokens
 
 logger = logging.getLogger(__name__)
-DEFAULT_OUTPUT_TOKENS = 256
-CHARS_PER_TOKEN = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +100,7 @@ def decide_sync(
         artifact = group.ab if arm == "B" else group.active
     choice = _choose(group, artifact, text, tenant_id, share)
     role, reason = choice.model, choice.reason
-    estimated_tokens = len(text) // CHARS_PER_TOKEN + max_tokens
+    estimated_tokens = text_tokens(len(text)) + max_tokens
     costs = {
         "strong": estimated_tokens * group.strong_price / 1e6,
         "weak": estimated_tokens * group.weak_price / 1e6,
@@ -187,11 +186,11 @@ async def smart_decide(*, model: str, payload: dict[str, Any], tenant_id: int, r
     started = time.perf_counter()
     max_cost = _max_cost(payload)
     text = prompt_text(payload)
-    max_tokens = payload.get("max_completion_tokens") or payload.get("max_tokens") or DEFAULT_OUTPUT_TOKENS
+    max_tokens = output_tokens_limit(payload)
     outcome = await asyncio.get_running_loop().run_in_executor(
         inference_executor,
         lambda: decide_sync(
-            group, text, tenant_id=tenant_id, request_id=request_id, max_cost=max_cost, max_tokens=int(max_tokens)
+            group, text, tenant_id=tenant_id, request_id=request_id, max_cost=max_cost, max_tokens=max_tokens
         ),
     )
     outcome.record["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)

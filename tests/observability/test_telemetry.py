@@ -13,7 +13,7 @@ from opentelemetry.trace import SpanKind
 from audit.services import deferred_audit
 from observability import telemetry
 from routing import upstream
-from routing.chat import ChatCompletion
+from routing.model_call import ModelCall
 from routing.usage import usage_writer
 from tenants.services import tenant_save
 
@@ -44,7 +44,7 @@ async def _complete(
         "max_tokens": 50,
         "messages": [{"role": "user", "content": f"{PROMPT} {directive}"}],
     }
-    completion = ChatCompletion(headers=headers, client_ip="127.0.0.1", send_start=start, send_body=body)
+    completion = ModelCall(headers=headers, client_ip="127.0.0.1", send_start=start, send_body=body)
     await completion.run(json.dumps(payload).encode())
     await upstream._session().close()  # this loop ends with the call
     for writer in (usage_writer, deferred_audit):

@@ -175,7 +175,7 @@ def test_litellm_receives_every_decrypted_credential(db, upstream, monkeypatch):
     assert "plaintext-" not in raw_deployments()
     target = DeploymentTarget.from_model(ModelDeployment.objects.get(model_name="via-litellm"))
     spy = LitellmSpy(asyncio.run(upstream_litellm()))
-    monkeypatch.setattr(provider_calls, "_litellm_module", spy)
+    provider_calls.litellm_module.replace(spy)
 
     completion = asyncio.run(
         provider_calls.complete(target, {"messages": [{"role": "user", "content": "hi [[fake chunks=2]]"}]})

@@ -8,11 +8,11 @@ import logging
 import pytest
 from aiohttp import web
 
-from routing import upstream
+from routing import provider_errors
 from routing.models import ModelDeployment
+from routing.provider_errors import provider_message_clean
 from routing.selectors import DeploymentTarget
 from routing.services import deployment_save
-from routing.upstream import provider_message_clean
 from tests.fuzz import Answer
 from tests.live import free_port
 from tests.routing.provider import chat_through
@@ -88,7 +88,7 @@ def test_context_window_messages_pass_unchanged():
 def test_every_status_mapping_cleans_the_message_and_logs_it_whole(status, caplog):
     body = json.dumps({"error": {"message": leaky_message(9), "type": "invalid_request_error"}}).encode()
     with caplog.at_level(logging.WARNING, logger="routing.upstream"):
-        error = upstream.upstream_status_error(target(), status, body, None)
+        error = provider_errors.upstream_status_error(target(), status, body, None)
     assert_clean(error.message)
     assert HELPFUL in error.message
     assert "openai/internal-gpt-prod-eu7" not in error.message
@@ -107,7 +107,7 @@ def test_litellm_errors_are_cleaned_too():
         BadRequestError(leaky_message(9)),
         RuntimeError(leaky_message(9)),
     ):
-        assert_clean(upstream._litellm_error(target(), exc).message)
+        assert_clean(provider_errors.litellm_error(target(), exc).message)
 
 
 @pytest.fixture

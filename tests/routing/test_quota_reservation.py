@@ -10,7 +10,8 @@ import pytest
 from django.conf import settings
 
 from routing import upstream
-from routing.chat import CHAT, COMPLETIONS, EMBEDDINGS, reservation_estimate
+from routing.parsing import CHAT, COMPLETIONS, EMBEDDINGS
+from routing.tokens import reservation_estimate
 from tenants import services
 from tenants.models import Quota
 from tests.fuzz import Answer, asgi_request, assert_api_answer
