@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from core import registry
 from observability import metrics
 from tenants import quota
 from tenants.quota import RedisCounters, SettleBatch
@@ -94,6 +95,17 @@ async def test_settlements_are_kept_while_the_store_is_unreachable_and_sent_when
     await asyncio.sleep(0.2)  # the retry scheduled by the failed flush
     assert store.values == {"parallel": 1}
     assert batch._pending == {}
+
+
+async def test_the_registry_drain_sends_the_settlements_still_waiting_as_quota_settle_flush_does(store, request):
+    [entry] = [entry for entry in registry.entries() if entry.name == "settlements"]
+    assert entry.aflush is not None  # flushed on the event loop, before it stops
+    for drain in (entry.aflush, quota.quota_settle_flush):
+        batch = replaced(request, quota.settle_batch, SettleBatch(quota.counters))
+        batch.add([pending("a", 3, 60_000)])
+        await drain()
+        assert (store.values, batch.pending) == ({"a": 3}, 0)
+        store.values = {}
 
 
 async def test_kept_settlements_are_bounded(store):
