@@ -36,8 +36,8 @@ class RedisCounters:
 
     Every call has ``QUOTA_STORE_TIMEOUT`` seconds and no retry; the first that gets no answer
     opens the breaker, and until a probe gets one, calls fail at once (``StoreUnavailable``).
-    When it answers again, the leases are renewed and ``caught_up`` runs (the settlements kept
-    meanwhile are sent).
+    When it answers again, ``caught_up`` runs (it sends the settlements kept meanwhile) and the
+    leases are renewed.
     """
 
     def __init__(self, url: str, *, caught_up: Callable[[], Awaitable[object]] | None = None) -> None:
