@@ -291,6 +291,10 @@ QUOTA_REDIS_URL = env_secret("QUOTA_REDIS_URL") or REDIS_URL
 # unanswered opens a breaker (requests then follow QUOTA_FAIL_MODE at once), probed this often.
 QUOTA_STORE_TIMEOUT = env_float("QUOTA_STORE_TIMEOUT", 0.25, minimum=0.01)
 QUOTA_BREAKER_RETRY = env_float("QUOTA_BREAKER_RETRY", 1.0, minimum=0.05)
+# The client that runs the quota scripts: lean (a pipelined connection of our own) or redis-py.
+QUOTA_REDIS_CLIENT = env_str("QUOTA_REDIS_CLIENT", "lean").lower()
+if QUOTA_REDIS_CLIENT not in ("lean", "redis-py"):
+    raise ImproperlyConfigured(f"QUOTA_REDIS_CLIENT={QUOTA_REDIS_CLIENT!r} must be 'lean' or 'redis-py'.")
 # A concurrency slot is a lease its process renews (every third of it): a dead process's slots free after this.
 QUOTA_PARALLEL_LEASE = env_float("QUOTA_PARALLEL_LEASE", 60.0, minimum=0.3)
 # Budget counters are set from the usage records (every interval, 0 = never; and after an outage)

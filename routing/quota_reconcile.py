@@ -34,7 +34,7 @@ from django.db.models.functions import Floor
 
 from routing.models import RequestLog
 from tenants.models import Quota
-from tenants.quota import BUDGET_SLACK_MS, MICROS, _windows, budget_key, counter_base
+from tenants.quota import BUDGET_SLACK_MS, MICROS, budget_key, counter_base, quota_windows
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def quota_reconcile(*, lag: float | None = None, now: float | None = None, clien
     lag = settings.QUOTA_RECONCILE_LAG if lag is None else lag
     watermark_minute = int((now - lag) // 60)
     watermark = dt.datetime.fromtimestamp(watermark_minute * 60, dt.UTC)
-    windows = _windows(now)
+    windows = quota_windows(now)
     result = ReconcileResult(watermark=watermark)
 
     budgets = Quota.objects.filter(max_budget__isnull=False).values_list(

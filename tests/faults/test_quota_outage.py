@@ -20,7 +20,7 @@ from django.db.models.functions import Floor
 from routing.models import RequestLog
 from tenants import services
 from tenants.models import Quota
-from tenants.quota import _windows, budget_key, counter_base
+from tenants.quota import budget_key, counter_base, quota_windows
 from tests import live
 
 pytestmark = [
@@ -112,7 +112,7 @@ def recorded_micros(key_id: int) -> int:
 def budget_total(key_id: int) -> int:
     import redis
 
-    window_id, _ = _windows(time.time())["1d"]
+    window_id, _ = quota_windows(time.time())["1d"]
     key = budget_key(counter_base(settings.CACHE_KEY_PREFIX, f"key:{key_id}", ""), window_id)
     client = redis.Redis.from_url(settings.REDIS_URL)
     try:

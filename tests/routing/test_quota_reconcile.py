@@ -17,7 +17,8 @@ from routing.models import RequestLog
 from routing.quota_reconcile import _recorded_micros, quota_reconcile, quota_reconcile_after_outage
 from tenants import quota, services
 from tenants.models import Quota
-from tenants.quota import RedisCounters, _windows, budget_key, counter_base
+from tenants.quota import RedisCounters, budget_key, counter_base, quota_windows
+from tests.tenants.quota_fixtures import replaced
 
 needs_redis = pytest.mark.skipif(not settings.REDIS_URL, reason="needs a real Redis (REDIS_URL)")
 
@@ -61,7 +62,7 @@ def month_budget(owner_key, redis_client):
     if time.time() - _month_start() < 1800:
         pytest.skip("too close to the start of the month for records half an hour old")
     services.quota_save(quota=Quota(api_key=owner_key.key, max_budget=Decimal("50"), budget_duration="30d"), actor="t")
-    window_id, _ = _windows(time.time())["30d"]
+    window_id, _ = quota_windows(time.time())["30d"]
     key = budget_key(counter_base(settings.CACHE_KEY_PREFIX, f"key:{owner_key.key.pk}", ""), window_id)
     yield key
     redis_client.delete(key)
@@ -150,9 +151,9 @@ def test_after_an_outage_one_process_of_many_reconciles(owner_key, month_budget,
     redis_client.delete(f"{settings.CACHE_KEY_PREFIX}:q:reconcile-lock")
 
 
-def test_without_redis_the_command_says_there_is_nothing_to_reconcile(settings, monkeypatch):
+def test_without_redis_the_command_says_there_is_nothing_to_reconcile(settings, request):
     settings.REDIS_URL = settings.QUOTA_REDIS_URL = ""
-    monkeypatch.setattr(quota, "_counters", quota.LocalCounters())
+    replaced(request, quota.counters, quota.LocalCounters())
     out = StringIO()
     call_command("quota_reconcile", stdout=out)
     assert "kept in process" in out.getvalue()

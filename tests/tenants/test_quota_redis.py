@@ -10,7 +10,7 @@ import uuid
 import pytest
 from django.conf import settings
 
-from tenants.quota_redis import (
+from tenants.quota.lean_redis import (
     _INCOMPLETE,
     RedisReplyError,
     Script,

@@ -11,10 +11,16 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from core import registry
 from observability import metrics
 from tenants import quota
 from tenants.quota import RedisCounters, SettleBatch
-from tenants.quota_redis import RedisReplyError
+from tenants.quota import settlements as quota_settlements
+from tenants.quota.checks import Adjustment
+from tenants.quota.lean_redis import RedisReplyError
+from tenants.quota.scripts import COUNTER
+from tenants.quota.settlements import Pending
+from tests.tenants.quota_fixtures import replaced
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +44,7 @@ class Store:
         self.down = False
         self.calls = 0
 
-    async def settle(self, adjustments: list[quota.Adjustment]) -> list[int]:
+    async def settle(self, adjustments: list[Adjustment]) -> list[int]:
         self.calls += 1
         if self.down:
             raise ConnectionError("Redis connection lost")
@@ -51,23 +57,21 @@ class Store:
         return refused
 
 
-def pending(key: str, delta: int, ttl_ms: int) -> quota.Pending:
+def pending(key: str, delta: int, ttl_ms: int) -> Pending:
     """A window counter's settlement as the batch takes it: its end in epoch seconds, not a TTL."""
-    return (quota.COUNTER, key, 0, delta, time.time() + ttl_ms / 1000)
+    return (COUNTER, key, 0, delta, time.time() + ttl_ms / 1000)
 
 
 @pytest.fixture
-def store(monkeypatch) -> Store:
-    store = Store()
-    monkeypatch.setattr(quota, "_counters", store)
-    return store
+def store(request) -> Store:
+    return replaced(request, quota.counters, Store())  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("whole_call", [False, True], ids=["per-counter", "whole-call"])
 async def test_a_counter_the_store_refuses_is_set_aside_and_the_others_are_settled(store, var_dir, whole_call):
     store.refused, store.whole_call = {"bad"}, whole_call
     before = metrics.REGISTRY.get_sample_value("llmp_writer_dead_letters_total", {"writer": "settlements"}) or 0
-    batch = SettleBatch()
+    batch = SettleBatch(quota.counters)
     batch.add([pending("a", -1, 60_000), pending("bad", -1, 60_000), pending("b", 5, 60_000)])
     await batch.flush()
     assert store.values == {"a": 0, "b": 5}
@@ -79,10 +83,10 @@ async def test_a_counter_the_store_refuses_is_set_aside_and_the_others_are_settl
 
 
 async def test_settlements_are_kept_while_the_store_is_unreachable_and_sent_when_it_is_back(store, monkeypatch):
-    monkeypatch.setattr(quota, "SETTLE_RETRY_INTERVAL", 0.05)
+    monkeypatch.setattr(quota_settlements, "SETTLE_RETRY_INTERVAL", 0.05)
     store.values = {"parallel": 3}
     store.down = True
-    batch = SettleBatch()
+    batch = SettleBatch(quota.counters)
     batch.add([pending("parallel", -1, 60_000)])
     await batch.flush()
     batch.add([pending("parallel", -1, 60_000)])  # another request ends meanwhile: added to the kept one
@@ -93,9 +97,20 @@ async def test_settlements_are_kept_while_the_store_is_unreachable_and_sent_when
     assert batch._pending == {}
 
 
+async def test_the_registry_drain_sends_the_settlements_still_waiting_as_quota_settle_flush_does(store, request):
+    [entry] = [entry for entry in registry.entries() if entry.name == "settlements"]
+    assert entry.aflush is not None  # flushed on the event loop, before it stops
+    for drain in (entry.aflush, quota.quota_settle_flush):
+        batch = replaced(request, quota.settle_batch, SettleBatch(quota.counters))
+        batch.add([pending("a", 3, 60_000)])
+        await drain()
+        assert (store.values, batch.pending) == ({"a": 3}, 0)
+        store.values = {}
+
+
 async def test_kept_settlements_are_bounded(store):
     store.down = True
-    batch = SettleBatch()
+    batch = SettleBatch(quota.counters)
     batch.MAX_PENDING = 2
     batch.add([pending("a", 1, 1000), pending("b", 1, 1000), pending("c", 1, 1000)])
     assert sorted(key for _, key, _ in batch._pending) == ["a", "b"]
@@ -103,7 +118,7 @@ async def test_kept_settlements_are_bounded(store):
 
 def test_replay_settles_what_redis_now_takes_and_drops_what_has_expired(store, var_dir):
     store.refused = {"still-bad", "fixed"}
-    batch = SettleBatch()
+    batch = SettleBatch(quota.counters)
 
     async def first() -> None:
         batch.add([pending("fixed", -1, 600_000), pending("still-bad", -1, 600_000), pending("old", -1, 5)])
@@ -146,16 +161,16 @@ async def test_against_redis_a_key_of_another_type_holds_no_other_counter_back()
         await client.aclose()
 
 
-def test_without_redis_a_replay_keeps_the_dead_letters(store, monkeypatch, var_dir):
+def test_without_redis_a_replay_keeps_the_dead_letters(store, request, var_dir):
     store.refused = {"k"}
-    batch = SettleBatch()
+    batch = SettleBatch(quota.counters)
 
     async def first() -> None:
         batch.add([pending("k", -1, 600_000)])
         await batch.flush()
 
     asyncio.run(first())
-    monkeypatch.setattr(quota, "_counters", quota.LocalCounters())  # a command run without REDIS_URL
+    replaced(request, quota.counters, quota.LocalCounters())  # a command run without REDIS_URL
     result = batch.replay()
     assert (result.records, result.kept, result.written) == (1, 1, 0)
     assert len(letters(var_dir)) == 1

@@ -16,7 +16,12 @@ from django.conf import settings
 from core.errors import ServiceUnavailable
 from tenants import quota
 from tenants.quota import LocalCounters, QuotaExceeded, QuotaRule, RedisCounters, quota_reserve, quota_settle
+from tenants.quota import store as quota_store
+from tenants.quota.checks import quota_checks
+from tenants.quota.scripts import LEASE
+from tenants.quota.settlements import SettleBatch, settle_isolating
 from tests.live import TcpProxy
+from tests.tenants.quota_fixtures import replaced
 
 needs_redis = pytest.mark.skipif(not settings.REDIS_URL, reason="needs a real Redis (REDIS_URL)")
 
@@ -30,14 +35,13 @@ async def reserve(rules: tuple[QuotaRule, ...], cost: str = "0") -> quota.Reserv
 
 
 @pytest.fixture
-def silent_store(monkeypatch, settings):
+def silent_store(request, settings):
     """A quota store that accepts connections and never answers (a black-holed Redis)."""
     settings.QUOTA_STORE_TIMEOUT = 0.2
     settings.QUOTA_BREAKER_RETRY = 30.0  # no probe gets an answer here anyway
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.01)
-    store = RedisCounters(f"redis://127.0.0.1:{listener.getsockname()[1]}/0")
-    monkeypatch.setattr(quota, "_counters", store)
+    store = replaced(request, quota.counters, RedisCounters(f"redis://127.0.0.1:{listener.getsockname()[1]}/0"))
     yield store, listener
     listener.close()
 
@@ -96,14 +100,14 @@ async def test_settlements_wait_while_the_breaker_is_open_without_touching_the_s
         await store.settle([("c", "k", 0, 1, 60_000)])
     assert store.breaker.is_open
     started = time.perf_counter()
-    unsent, refused = await quota._settle_isolating([("c", "k", 0, 1, 60_000)])
+    unsent, refused = await settle_isolating(store, [("c", "k", 0, 1, 60_000)])
     assert (len(unsent), refused) == (1, [])
     assert time.perf_counter() - started < 0.005
     assert accepted(listener) == 1
 
 
-def test_in_process_concurrency_count_does_not_lapse_under_steady_load(monkeypatch, settings):
-    monkeypatch.setattr(quota, "_counters", LocalCounters())
+def test_in_process_concurrency_count_does_not_lapse_under_steady_load(request, monkeypatch, settings):
+    replaced(request, quota.counters, LocalCounters())
     monkeypatch.setattr(quota, "PARALLEL_TTL_MS", 200, raising=False)  # the fixed TTL earlier versions had
     settings.QUOTA_PARALLEL_LEASE = 0.3
     limited = (rule(parallel=1),)
@@ -137,17 +141,16 @@ async def redis_value(command: str, *args: object) -> object:
 
 
 @pytest.fixture
-def redis_store(monkeypatch, settings):
+def redis_store(request, monkeypatch, settings):
     if not settings.REDIS_URL:
         pytest.skip("needs a real Redis (REDIS_URL)")
     settings.QUOTA_STORE_TIMEOUT = 0.2
     settings.QUOTA_BREAKER_RETRY = 0.1
     proxy, url = redis_proxy()
-    store = RedisCounters(url)
-    monkeypatch.setattr(quota, "_counters", store)
-    monkeypatch.setattr(quota, "_settle_batch", quota.SettleBatch())
+    store = replaced(request, quota.counters, RedisCounters(url, caught_up=quota_store.quota_caught_up))
+    replaced(request, quota.settle_batch, SettleBatch(quota.counters))
     # The after-outage pass reads the database; these tests are about the counters alone.
-    monkeypatch.setattr(quota, "after_outage", [])
+    monkeypatch.setattr(quota_store, "after_outage", [])
     yield store, proxy
     proxy.cut()
 
@@ -163,7 +166,7 @@ async def test_concurrency_slots_held_under_steady_load_do_not_lapse(redis_store
         await asyncio.sleep(0.2)
         ended = flight.pop(0)
         quota_settle(ended, tokens_in=0, tokens_out=0, cost=Decimal(0))
-        await quota._settle_batch.flush()
+        await quota.settle_batch().flush()
         flight.append(await reserve(limited))
     with pytest.raises(QuotaExceeded) as refused:
         await reserve(limited)
@@ -180,9 +183,9 @@ async def test_a_slot_released_while_its_renewal_is_on_the_way_is_not_kept(redis
     script = store._script
 
     async def release_reaching_redis_first(which, keys, args):
-        if which is quota._LEASE:  # the slot's request ends, and its release overtakes the renewal
+        if which is LEASE:  # the slot's request ends, and its release overtakes the renewal
             quota_settle(held, tokens_in=0, tokens_out=0, cost=Decimal(0))
-            await quota._settle_batch.flush()
+            await quota.settle_batch().flush()
         return await script(which, keys, args)
 
     store._script = release_reaching_redis_first  # type: ignore[method-assign]
@@ -198,8 +201,7 @@ async def test_a_dead_process_slots_free_within_the_lease(redis_store, settings)
     settings.QUOTA_PARALLEL_LEASE = 0.5
     limited = (rule(parallel=1),)
     dead = RedisCounters(settings.REDIS_URL)
-    quota_checks = quota._checks(limited, "gpt-4o-mini", 1, 1, 0)
-    assert (await dead.reserve(quota_checks))[0] == 0
+    assert (await dead.reserve(quota_checks(limited, "gpt-4o-mini", 1, 1, 0)))[0] == 0
     dead._heartbeat.cancel()  # the process dies: its leases are never renewed, its slot never released
     with pytest.raises(QuotaExceeded):
         await reserve(limited)
@@ -223,7 +225,7 @@ async def test_a_live_process_keeps_its_slots_past_the_lease_by_renewing_them(re
     with pytest.raises(QuotaExceeded):
         await reserve(limited)
     quota_settle(held, tokens_in=0, tokens_out=0, cost=Decimal(0))
-    await quota._settle_batch.flush()
+    await quota.settle_batch().flush()
     await reserve(limited)
 
 

@@ -9,13 +9,12 @@ import pytest
 from core.errors import ServiceUnavailable
 from tenants import quota
 from tenants.quota import QuotaExceeded, QuotaRule, tool_call_quota_reserve
+from tests.tenants.quota_fixtures import replaced
 
 
 @pytest.fixture
-def local_counters(monkeypatch: pytest.MonkeyPatch) -> quota.LocalCounters:
-    counters = quota.LocalCounters()
-    monkeypatch.setattr(quota, "_counters", counters)
-    return counters
+def local_counters(request: pytest.FixtureRequest) -> quota.LocalCounters:
+    return replaced(request, quota.counters, quota.LocalCounters())
 
 
 async def test_the_tighter_limit_refuses_and_a_refused_call_counts_nowhere(local_counters: Any) -> None:
@@ -52,10 +51,10 @@ class DownCounters:
 
 @pytest.mark.parametrize("mode", ["open", "closed"])
 async def test_an_unreachable_store_follows_quota_fail_mode(
-    monkeypatch: pytest.MonkeyPatch, settings: Any, mode: str
+    request: pytest.FixtureRequest, settings: Any, mode: str
 ) -> None:
     settings.QUOTA_FAIL_MODE = mode
-    monkeypatch.setattr(quota, "_counters", DownCounters())
+    replaced(request, quota.counters, DownCounters())
     rules = (QuotaRule(scope="key:3", label="API key sk-c…", model="", tool_rpm=1),)
     if mode == "closed":
         with pytest.raises(ServiceUnavailable):

@@ -8,23 +8,17 @@ their replies in order, ``EVALSHA`` falling back to ``EVAL`` when the server has
 the script. The replies it parses are RESP2 integers, strings, errors and flat arrays. A call
 that gets no reply within ``timeout`` seconds, or a dropped socket, fails every call still
 waiting on that socket; the next call connects again.
-
-``StoreBreaker`` keeps the request path off a store that stopped answering: one failure
-opens it, and while it is open calls fail at once, without touching the socket; a probe
-task off the request path closes it again when the store answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from core import registry
 
 
 class RedisReplyError(Exception):
@@ -34,7 +28,9 @@ class RedisReplyError(Exception):
 _INCOMPLETE = object()
 
 
+# Bulk strings already encoded, by value: see command_bytes.
 _bulk: dict[str | int, bytes] = {}
+registry.register("quota.command_bytes", reset=_bulk.clear)
 
 
 def command_bytes(*parts: bytes | str | int) -> bytes:
@@ -117,8 +113,7 @@ class _Protocol(asyncio.Protocol):
                 else:
                     future.set_result(value)
         except (ValueError, RedisReplyError):  # a stream we cannot follow: start over
-            if self.transport is not None:
-                self.transport.abort()
+            self.abort()
             return
         del self.buffer[:pos]
 
@@ -129,6 +124,10 @@ class _Protocol(asyncio.Protocol):
             future = self.waiting.popleft()
             if not future.done():
                 future.set_exception(error)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
     def send(self, data: bytes) -> asyncio.Future[Any]:
         assert self.transport is not None
@@ -187,8 +186,7 @@ class ScriptConnection:
                 received = time.time()
                 self.clock_offset_ms = int(seconds) * 1000 + int(micros) / 1000 - (sent + received) * 500
             except BaseException:
-                if protocol.transport is not None:
-                    protocol.transport.abort()
+                protocol.abort()
                 raise
         return protocol
 
@@ -215,8 +213,7 @@ class ScriptConnection:
                 return await future
         except TimeoutError:
             # Replies are matched in order: after a lost reply the stream cannot be trusted.
-            if protocol.transport is not None:
-                protocol.transport.abort()
+            protocol.abort()
             raise
 
     async def evalsha(self, script: Script, keys: list[str], args: list[Any], *, deadline: bool = False) -> Any:
@@ -264,89 +261,3 @@ def script_connection_for(url: str, *, timeout: float = 1.0) -> ScriptConnection
         password=options.get("password"),
         timeout=timeout,
     )
-
-
-class StoreUnavailable(ConnectionError):
-    """The store's breaker is open: the call was refused here, without touching the socket."""
-
-
-class StoreBreaker:
-    """A circuit breaker for one store, for every event loop of the process.
-
-    Closed, calls go through. The first call that fails without an answer from the store (a
-    timeout, a refused or dropped connection) opens it: from then on ``check`` raises
-    ``StoreUnavailable`` at once, so a black-holed store costs a request at most one timeout,
-    once. While open, a task probes the store every ``retry_interval`` seconds; the first
-    probe that gets an answer closes the breaker and runs ``on_close`` (resend what was kept).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        retry_interval: float,
-        probe: Callable[[], Awaitable[object]],
-        on_close: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        self.name = name
-        self.retry_interval = retry_interval
-        self._probe = probe
-        self._on_close = on_close
-        self.opened_at: float | None = None  # time.monotonic() when it opened; None while closed
-        self.last_error = ""
-        self.openings = 0
-        self._probing: asyncio.Task[None] | None = None
-
-    @property
-    def is_open(self) -> bool:
-        return self.opened_at is not None
-
-    def check(self) -> None:
-        """Raise ``StoreUnavailable`` while open (and make sure a probe runs on this loop)."""
-        if self.opened_at is None:
-            return
-        self._probe_soon()
-        raise StoreUnavailable(f"{self.name} unavailable ({self.last_error}); circuit open")
-
-    def failed(self, exc: BaseException) -> None:
-        """A call got no answer from the store: open, and probe off the request path."""
-        if isinstance(exc, StoreUnavailable):
-            return
-        self.last_error = f"{type(exc).__name__}: {exc}"[:200] if str(exc) else type(exc).__name__
-        if self.opened_at is None:
-            self.opened_at = time.monotonic()
-            self.openings += 1
-            logger.warning(
-                "%s unreachable (%s): circuit open, retried every %gs", self.name, self.last_error, self.retry_interval
-            )
-        self._probe_soon()
-
-    def _probe_soon(self) -> None:
-        task = self._probing
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        # A probe runs on one loop; one whose loop has ended (a test's, async_to_sync's) is replaced.
-        if task is not None and not task.done():
-            owner = task.get_loop()
-            if owner is loop or (owner.is_running() and not owner.is_closed()):
-                return
-        self._probing = loop.create_task(self._probe_until_closed())
-
-    async def _probe_until_closed(self) -> None:
-        while self.opened_at is not None:
-            await asyncio.sleep(self.retry_interval)
-            try:
-                await self._probe()
-            except Exception as exc:  # still unreachable: stay open
-                self.last_error = f"{type(exc).__name__}: {exc}"[:200]
-                continue
-            outage = time.monotonic() - (self.opened_at or time.monotonic())
-            self.opened_at = None
-            logger.warning("%s answers again after %.1fs: circuit closed", self.name, outage)
-            if self._on_close is not None:
-                try:
-                    await self._on_close()
-                except Exception:
-                    logger.exception("%s: catching up after the outage failed", self.name)
