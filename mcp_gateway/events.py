@@ -21,6 +21,7 @@ from typing import Any
 from django.conf import settings
 
 from core.breaker import redis_options
+from core.registry import Singleton
 
 ID_SEPARATOR = "_"
 # Expired logs are swept once the process holds this many, and again at twice what a sweep left.
@@ -199,11 +200,9 @@ class RedisEventLog:
         return events
 
 
-_log: LocalEventLog | RedisEventLog | None = None
+def _event_log_make() -> LocalEventLog | RedisEventLog:
+    return RedisEventLog(settings.REDIS_URL) if settings.REDIS_URL else LocalEventLog()
 
 
-def event_log() -> LocalEventLog | RedisEventLog:
-    global _log
-    if _log is None:
-        _log = RedisEventLog(settings.REDIS_URL) if settings.REDIS_URL else LocalEventLog()
-    return _log
+# Chosen on first use, by settings; its Redis clients (per event loop, blocking or not) go with it on reset.
+event_log: Singleton[LocalEventLog | RedisEventLog] = Singleton("mcp.event_log", _event_log_make)

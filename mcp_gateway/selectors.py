@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Q, QuerySet
 
+from core import registry
 from core.epoch import SharedEpoch
 from core.errors import ServiceUnavailable
 from core.hot_reads import ReloadedValue
@@ -184,6 +185,7 @@ class CatalogCache:
 
 
 catalog_cache = CatalogCache()
+registry.register("mcp.catalog_cache", reset=catalog_cache.clear)
 
 
 def catalog_invalidate() -> None:

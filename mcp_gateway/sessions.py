@@ -12,6 +12,7 @@ from typing import Any
 from django.conf import settings
 
 from core.breaker import redis_options
+from core.registry import Singleton
 
 
 def stream_lease() -> float:
@@ -155,11 +156,9 @@ class RedisSessionStore:
         await self._client().zrem(self._streams_key(tenant_id), stream_id)
 
 
-_store: LocalSessionStore | RedisSessionStore | None = None
+def _session_store_make() -> LocalSessionStore | RedisSessionStore:
+    return RedisSessionStore(settings.REDIS_URL) if settings.REDIS_URL else LocalSessionStore()
 
 
-def session_store() -> LocalSessionStore | RedisSessionStore:
-    global _store
-    if _store is None:
-        _store = RedisSessionStore(settings.REDIS_URL) if settings.REDIS_URL else LocalSessionStore()
-    return _store
+# Chosen on first use, by settings; its Redis clients (one per event loop) go with it on reset.
+session_store: Singleton[LocalSessionStore | RedisSessionStore] = Singleton("mcp.session_store", _session_store_make)

@@ -1,21 +1,28 @@
-"""Server-to-client SSE of Streamable HTTP: request streams with event ids; list_changed on catalogue changes."""
+"""The MCP transports' server-to-client SSE: a request's answer as a stream, and the long-lived streams.
+
+A request's stream (``ResponseStream``) carries its progress, then its response; a long-lived
+stream (``SseStream``: Streamable HTTP's GET, ``subscriptions/listen``, the legacy transport's
+stream) carries heartbeats and list changes. With an event log, both can be resumed with
+``Last-Event-ID`` on any process.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
-from core.epoch import SharedEpoch
+from mcp_gateway.catalog_watch import Watcher, catalog_watch, list_changed
 from mcp_gateway.events import LocalEventLog, RedisEventLog, StreamInfo, event_id
-from mcp_gateway.selectors import Catalog, catalog_cache
-from mcp_gateway.sessions import session_id_new
+from mcp_gateway.jsonrpc import INVALID_REQUEST, Message, RpcError
+from mcp_gateway.sessions import McpSession, session_id_new, session_store
+from observability import metrics
 from tenants.auth import KeyContext
 
 logger = logging.getLogger(__name__)
@@ -25,7 +32,6 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-LIST_KINDS = ("tools", "prompts", "resources")
 
 
 def sse_frame(data: str, event_id_value: str | None = None) -> bytes:
@@ -52,6 +58,11 @@ def progress_token(params: dict[str, Any]) -> Any:
     meta = params.get("_meta")
     token = meta.get("progressToken") if isinstance(meta, dict) else None
     return token if isinstance(token, (str, int)) and not isinstance(token, bool) else None
+
+
+def call_progress_token(message: Message) -> Any:
+    """The progress token of a tools/call that asked for progress (the one method whose progress is relayed)."""
+    return progress_token(message.params) if message.method == "tools/call" else None
 
 
 def progress_relay(
@@ -155,94 +166,174 @@ class ResponseStream:
             self._heartbeat = None
 
 
-def catalog_view(catalog: Catalog, key: KeyContext, bundle: str) -> dict[str, str]:
-    """A digest per list (tools, prompts, resources) of what this key sees on this endpoint."""
-    tools = [entry.spec for entry in catalog.visible_tools(key, bundle or None)]
-    prompts = [] if bundle else catalog.visible_prompts(key)
-    resources = [] if bundle else catalog.visible_resources(key)
-    return {
-        kind: hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()
-        for kind, items in zip(LIST_KINDS, (tools, prompts, resources), strict=True)
-    }
+class SseStream:
+    """An open server-to-client event stream: heartbeats, idle timeout, per-tenant limit.
 
-
-@dataclass(eq=False)
-class Watcher:
-    """One open stream that wants to hear when the lists its key sees change."""
-
-    key: KeyContext
-    bundle: str
-    deliver: Callable[[list[str]], Awaitable[None]]  # called with the kinds that changed
-    kinds: frozenset[str] = frozenset(LIST_KINDS)
-    seen: dict[str, str] = field(default_factory=dict)
-
-
-class CatalogWatch:
-    """This process's streams waiting for catalogue changes, served by one task that polls the shared epoch.
-
-    A change anywhere (an admin refresh, a grant, an upstream's own list_changed) bumps the
-    catalogue's epoch; each stream is then told only about the lists that changed for its
-    key, so one tenant's grants are no signal to another tenant.
+    With an event log (Streamable HTTP's GET stream) every message gets an id and is kept,
+    so the client can resume after a lost connection with ``Last-Event-ID``, on any process.
     """
 
-    def __init__(self) -> None:
-        self.watchers: set[Watcher] = set()
-        self.epoch = SharedEpoch("mcp-catalog")
-        self._task: asyncio.Task[None] | None = None
-        self._started = asyncio.Event()
-        self._adding = 0  # streams between "the poller runs" and "in the watch list"
+    def __init__(
+        self,
+        consumer: AsyncHttpConsumer,
+        session: McpSession,
+        *,
+        endpoint: str = "",
+        log: LocalEventLog | RedisEventLog | None = None,
+        stream_id: str = "",
+        prime: bool = False,
+    ) -> None:
+        self.consumer = consumer
+        self.session = session
+        self.endpoint = endpoint
+        self.task: asyncio.Task[None] | None = None
+        self.counted = False
+        self.closed = False
+        self.lease_id = session_id_new()  # this connection's place in the tenant's open-stream count
+        self.log = log
+        self.stream_id = stream_id or session_id_new()
+        self.prime = prime
+        self.watcher: Watcher | None = None
+        # A stream watches the catalogue from before it opens (so no change made while it opens
+        # is missed) but tells the client only once it is open: until then changes wait here.
+        self.live = False
+        self._held: list[str] = []
 
-    async def add(self, watcher: Watcher) -> None:
-        self._adding += 1
-        try:
-            task = self._task
-            if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
-                self._started = asyncio.Event()
-                self._task = asyncio.ensure_future(self._run(self._started))
-            # The view is read only after the poller noted the epoch, so a change made meanwhile
-            # (even one made while this stream opened) is either in the view or still to come.
-            await self._started.wait()
-            watcher.seen = catalog_view(await catalog_cache.get(), watcher.key, watcher.bundle)
-            self.watchers.add(watcher)
-        finally:
-            self._adding -= 1
+    async def open(self, *, resume_after: str | None = None, follow: bool = False) -> None:
+        """Start the response; with ``resume_after``, first replay the stream's events after that entry.
 
-    def remove(self, watcher: Watcher) -> None:
-        self.watchers.discard(watcher)
-
-    async def _run(self, started: asyncio.Event) -> None:
-        try:
-            await self.epoch.moved()  # note the current epoch: only later changes count
-        finally:
-            started.set()
-        while self.watchers or self._adding:
-            await asyncio.sleep(max(settings.KEY_REVOCATION_POLL, 0.25))
+        ``follow`` (a request's stream resumed elsewhere) goes on reading the log until the
+        request's response arrives, instead of waiting for messages of this process.
+        """
+        if not await session_store().stream_open(self.session.tenant_id, self.lease_id):
+            raise RpcError(
+                INVALID_REQUEST,
+                f"Too many open MCP streams for this tenant (limit {settings.MCP_MAX_STREAMS_PER_TENANT}).",
+                status=429,
+            )
+        self.counted = True
+        metrics.mcp_session_opened()
+        await self.consumer.send_headers(status=200, headers=SSE_HEADERS)
+        first = f"event: endpoint\ndata: {self.endpoint}\n\n".encode() if self.endpoint else b": stream open\n\n"
+        await self.consumer.send_body(first, more_body=True)
+        if resume_after is not None and self.log is not None:
+            after = await self._replay(resume_after)
+            if self.closed:
+                return
+            if follow:
+                self.task = asyncio.ensure_future(self._follow(after))
+                return
+        elif self.log is not None:
             try:
-                if await self.epoch.moved():
-                    await self.check()
+                entry = await self.log.open(self.stream_id, StreamInfo(self.session.id, "get"))
+                if self.prime:
+                    await self.consumer.send_body(sse_frame("", event_id(self.stream_id, entry)), more_body=True)
+            except Exception as exc:  # Redis briefly away: a stream all the same, just not resumable
+                logger.warning("MCP event log unavailable, stream not resumable: %s", exc)
+                self.log = None
+        self.task = asyncio.ensure_future(self._heartbeat())
+
+    async def _replay(self, after: str, *, wait: float = 0) -> str:
+        """Send the logged events after ``after``; end the response at a request's final one."""
+        assert self.log is not None
+        for event in await self.log.read(self.stream_id, after, wait=wait):
+            after = event.entry
+            if event.data:
+                await self.consumer.send_body(
+                    sse_frame(event.data, event_id(self.stream_id, event.entry)), more_body=not event.final
+                )
+            if event.final:
+                await self.close()
+                break
+        return after
+
+    async def _follow(self, after: str) -> None:
+        # The request runs on whichever process received it; its events reach the log, read here.
+        while not self.closed:
+            try:
+                position = await self._replay(after, wait=settings.MCP_SSE_HEARTBEAT)
+                if self.closed:
+                    return
+                if position == after and not await self._beat():
+                    return
+                after = position
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:
-                logger.warning("MCP catalogue watch failed: %s", exc)
+                logger.warning("MCP resumed stream %s failed: %s", self.stream_id[:8], exc)
+                await asyncio.sleep(settings.MCP_SSE_HEARTBEAT)
 
-    async def check(self) -> None:
-        """Reload the catalogue and tell each stream which of its lists changed."""
-        catalog_cache.clear()
-        catalog = await catalog_cache.get()
-        for watcher in list(self.watchers):
-            view = catalog_view(catalog, watcher.key, watcher.bundle)
-            changed = [kind for kind in LIST_KINDS if view[kind] != watcher.seen.get(kind) and kind in watcher.kinds]
-            watcher.seen = view
-            if changed:
-                try:
-                    await watcher.deliver(changed)
-                except Exception as exc:
-                    logger.warning("MCP list_changed delivery failed: %s", exc)
+    async def _beat(self) -> bool:
+        """One heartbeat; False once the session is gone (and the stream ended)."""
+        store = session_store()
+        # A stateless stream (subscriptions/listen) has no session to keep alive.
+        if self.session.id and await store.touch(self.session.id) is None:
+            await self.consumer.send_body(b"", more_body=False)
+            await self.close()
+            return False
+        await store.stream_touch(self.session.tenant_id, self.lease_id)
+        await self.consumer.send_body(b": ping\n\n", more_body=True)
+        return True
 
+    async def _heartbeat(self) -> None:
+        # A comment line keeps proxies from cutting an idle stream; the session lookup both
+        # keeps the session alive while its stream is open and ends the stream once the
+        # session was deleted (DELETE, expiry) by any process.
+        while True:
+            await asyncio.sleep(settings.MCP_SSE_HEARTBEAT)
+            try:
+                if not await self._beat():
+                    return
+            except Exception as exc:  # Redis briefly away: keep the stream, try again next beat
+                logger.warning("MCP stream %s heartbeat failed: %s", self.session.id[:8], exc)
 
-catalog_watch = CatalogWatch()
+    async def send_message(self, payload: str) -> None:
+        if self.closed:
+            return
+        ident = None
+        if self.log is not None:
+            try:
+                ident = event_id(self.stream_id, await self.log.append(self.stream_id, payload))
+            except Exception as exc:
+                logger.warning("MCP event log append failed: %s", exc)
+        await self.consumer.send_body(sse_frame(payload, ident), more_body=True)
 
+    async def watch(
+        self, key: KeyContext, bundle: str, kinds: frozenset[str] | None = None, meta: dict[str, Any] | None = None
+    ) -> None:
+        """Send ``notifications/<kind>/list_changed`` whenever a list this key sees changes."""
 
-def list_changed(kind: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    message: dict[str, Any] = {"jsonrpc": "2.0", "method": f"notifications/{kind}/list_changed"}
-    if meta:
-        message["params"] = {"_meta": meta}
-    return message
+        async def deliver(changed: list[str]) -> None:
+            if not self.live:
+                self._held.extend(kind for kind in changed if kind not in self._held)
+                return
+            for kind in changed:
+                await self.send_message(message_dump(list_changed(kind, meta)))
+
+        self.watcher = Watcher(key, bundle, deliver)
+        if kinds is not None:
+            self.watcher.kinds = kinds
+        await catalog_watch.add(self.watcher)
+
+    async def go_live(self) -> None:
+        """The stream is open: send the list changes held while it opened, and from now on as they come."""
+        if self.closed or self.live:
+            return
+        self.live = True
+        held, self._held = self._held, []
+        if held and self.watcher is not None:
+            await self.watcher.deliver(held)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.watcher is not None:
+            catalog_watch.remove(self.watcher)
+        current = asyncio.current_task()
+        if self.task is not None and self.task is not current:
+            self.task.cancel()
+        if self.counted:
+            metrics.mcp_session_closed()
+            with contextlib.suppress(Exception):
+                await session_store().stream_close(self.session.tenant_id, self.lease_id)

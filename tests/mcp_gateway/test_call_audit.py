@@ -9,7 +9,7 @@ import pytest
 from audit.models import AuditEvent
 from audit.services import deferred_audit
 from core.errors import ServiceUnavailable
-from mcp_gateway import protocol
+from mcp_gateway import methods
 from tenants.models import Tenant
 from tests.conftest import Issued
 from tests.mcp_gateway.inprocess import modern_call
@@ -27,7 +27,7 @@ async def test_a_call_refused_by_an_unreachable_quota_store_is_audited_with_the_
     async def store_away(rules: Any) -> None:
         raise ServiceUnavailable("The quota store is unreachable.")
 
-    monkeypatch.setattr(protocol, "tool_call_quota_reserve", store_away)
+    monkeypatch.setattr(methods, "tool_call_quota_reserve", store_away)
     answer = await modern_call(owner_key.secret, "tools/call", {"name": "mine.echo", "arguments": {"text": "x"}})
 
     assert answer.json()["error"]["data"] == {"type": "service_unavailable", "code": "service_unavailable"}

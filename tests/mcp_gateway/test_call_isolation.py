@@ -13,9 +13,10 @@ import pytest
 
 from audit.models import AuditEvent
 from audit.services import deferred_audit
+from mcp_gateway.call_audit import CallContext
 from mcp_gateway.jsonrpc import RpcError
+from mcp_gateway.methods import tool_call
 from mcp_gateway.models import UpstreamServer
-from mcp_gateway.protocol import CallContext, tool_call
 from mcp_gateway.selectors import catalog_cache
 from mcp_gateway.upstream import UnsendableMessage, UpstreamCallFailed, pool
 from tenants.auth import KeyContext, key_authenticate_header

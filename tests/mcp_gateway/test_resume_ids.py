@@ -55,8 +55,21 @@ async def test_a_forged_position_on_a_real_stream_opens_a_fresh_stream(
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
+class LogAwayMidReplay:
+    """The event log as it was, but for reads, which fail (Redis gone between the lookup and the replay)."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.log, name)
+
+    async def read(self, *args: Any, **kwargs: Any) -> list[Any]:
+        raise RuntimeError("the event log went away mid-replay")
+
+
 async def test_a_stream_that_fails_after_its_headers_ends_instead_of_starting_a_second_response(
-    owner_key: Issued, settings: Any, monkeypatch: pytest.MonkeyPatch
+    owner_key: Issued, settings: Any
 ) -> None:
     settings.MCP_POST_RESPONSE = "sse"
     params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
@@ -67,17 +80,18 @@ async def test_a_stream_that_fails_after_its_headers_ends_instead_of_starting_a_
     answered = await request("POST", "/mcp", session, rpc("ping"))
     event = next(line[4:] for line in answered.body.decode().splitlines() if line.startswith("id: "))
 
-    async def broken_read(*args: Any, **kwargs: Any) -> list[Any]:
-        raise RuntimeError("the event log went away mid-replay")
-
-    monkeypatch.setattr(type(event_log()), "read", broken_read)
-    headers = [*session, (b"last-event-id", event.encode())]
-    communicator = ApplicationCommunicator(application(), http_scope("GET", "/mcp", headers, host="localhost"))
-    await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
-    sent = [await communicator.receive_output(10)]
-    while sent[-1]["type"] == "http.response.start" or sent[-1].get("more_body"):
-        sent.append(await communicator.receive_output(10))
-    await communicator.wait(10)
+    log = event_log()
+    event_log.replace(LogAwayMidReplay(log))  # type: ignore[arg-type]
+    try:
+        headers = [*session, (b"last-event-id", event.encode())]
+        communicator = ApplicationCommunicator(application(), http_scope("GET", "/mcp", headers, host="localhost"))
+        await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
+        sent = [await communicator.receive_output(10)]
+        while sent[-1]["type"] == "http.response.start" or sent[-1].get("more_body"):
+            sent.append(await communicator.receive_output(10))
+        await communicator.wait(10)
+    finally:
+        event_log.replace(log)
 
     assert [message["type"] for message in sent].count("http.response.start") == 1
     assert sent[0]["status"] == 200 and sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}

@@ -17,8 +17,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import ToolsListChanged
 
+from mcp_gateway.catalog_watch import CatalogWatch, Watcher
 from mcp_gateway.models import UpstreamServer
-from mcp_gateway.streams import CatalogWatch, Watcher
 from tenants.auth import key_authenticate_header
 from tenants.models import Tenant
 from tests import live

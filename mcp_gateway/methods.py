@@ -1,23 +1,25 @@
-"""JSON-RPC handling of MCP requests: validate, check grants and quotas, relay to upstreams, audit."""
+"""The MCP methods a request may call: dispatch by method, grant and quota checks, the upstream relay."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from mcp.shared.exceptions import MCPError
 
-from audit.models import AuditEvent
-from audit.services import AuditEntry, audit_denial_record, audit_record_deferred
 from core.errors import PlatformError
 from mcp_gateway import ssrf
+from mcp_gateway.call_audit import (
+    TOOL_CALL_OUTCOMES,
+    AuditedCall,
+    CallContext,
+    arguments_encode,
+    arguments_hash_lenient,
+)
+from mcp_gateway.handshake import discover_result
 from mcp_gateway.jsonrpc import (
-    HEADER_MISMATCH,
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -32,79 +34,14 @@ from mcp_gateway.jsonrpc import (
 from mcp_gateway.selectors import Catalog, catalog_cache
 from mcp_gateway.upstream import UnsendableMessage, UpstreamCallFailed, UpstreamUnavailable, pool
 from observability import metrics, telemetry
-from tenants.auth import KeyContext
 from tenants.quota import QuotaExceeded, tool_call_quota_reserve
 
 logger = logging.getLogger(__name__)
 
-LEGACY_VERSION = "2024-11-05"
-HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
-STREAMABLE_HANDSHAKE_VERSIONS = HANDSHAKE_VERSIONS[1:]
-MODERN_VERSIONS = ("2026-07-28",)
-DEFAULT_HEADER_VERSION = "2025-03-26"  # a handshake client that sends no MCP-Protocol-Version
-META_VERSION = "io.modelcontextprotocol/protocolVersion"
-META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 MODERN_ONLY_FIELDS = ("resultType", "ttlMs", "cacheScope")
-SERVER_INFO = {"name": "llm-platform-mcp-gateway", "version": "1.0"}
-CAPABILITIES = {"tools": {"listChanged": True}, "prompts": {"listChanged": True}, "resources": {"listChanged": True}}
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
-INSTRUCTIONS = "Tools of the upstream servers your tenant was granted, named '<server>.<tool>'."
-
-
-def initialize_result(params: dict[str, Any], versions: tuple[str, ...]) -> dict[str, Any]:
-    requested = params.get("protocolVersion")
-    if not isinstance(requested, str):
-        raise RpcError(INVALID_PARAMS, "Invalid params: initialize needs 'protocolVersion'.")
-    version = requested if requested in versions else versions[-1]
-    return {
-        "protocolVersion": version,
-        "capabilities": CAPABILITIES,
-        "serverInfo": SERVER_INFO,
-        "instructions": INSTRUCTIONS,
-    }
-
-
-def discover_result() -> dict[str, Any]:
-    return {
-        "supportedVersions": list(MODERN_VERSIONS),
-        "capabilities": CAPABILITIES,
-        "instructions": INSTRUCTIONS,
-        "cacheScope": "private",
-        "ttlMs": 0,
-        "resultType": "complete",
-        "_meta": {"io.modelcontextprotocol/serverInfo": SERVER_INFO},
-    }
-
-
-def modern_meta_check(message: Message, header_version: str) -> None:
-    """A 2026-07-28 request carries its version and capabilities in ``params._meta``."""
-    meta = message.params.get("_meta")
-    if not isinstance(meta, dict) or META_VERSION not in meta:
-        raise RpcError(INVALID_PARAMS, f"Invalid params: '_meta' must carry '{META_VERSION}'.", status=400)
-    if meta[META_VERSION] != header_version:
-        raise RpcError(
-            HEADER_MISMATCH,
-            f"MCP-Protocol-Version header '{header_version}' does not match _meta '{meta[META_VERSION]}'.",
-            status=400,
-        )
-    if not isinstance(meta.get(META_CAPABILITIES), dict):
-        raise RpcError(INVALID_PARAMS, f"Invalid params: '_meta' must carry '{META_CAPABILITIES}'.", status=400)
-
-
-@dataclass(frozen=True, slots=True)
-class CallContext:
-    key: KeyContext
-    version: str
-    bundle: str
-    ip: str | None
-    session_id: str
-    transport: str
-    # Where a tools/call relays its upstream's progress (set when the client asked for it and can hear it).
-    progress: Any = None
-
-    @property
-    def modern(self) -> bool:
-        return self.version in MODERN_VERSIONS
+# Longer than any "<server>.<tool>" (63 + 1 + 200) or resource URI worth sending; names go into the audit record.
+MAX_NAME_LENGTH = 2048
 
 
 def _shape(ctx: CallContext, result: dict[str, Any], *, listing: bool = False) -> dict[str, Any]:
@@ -170,32 +107,6 @@ async def _answer(ctx: CallContext, message: Message) -> dict[str, Any]:
     raise RpcError(METHOD_NOT_FOUND, f"Method not found: '{shown(method)}'.")
 
 
-def _arguments_encode(arguments: dict[str, Any]) -> bytes:
-    """The canonical JSON of a call's arguments (what its audit hash is of); refused when JSON has no form for it."""
-    try:
-        canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return canonical.encode()
-    except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
-        raise RpcError(
-            INVALID_PARAMS,
-            f"Invalid params: 'arguments' cannot be sent as JSON ({type(exc).__name__}: {str(exc)[:200]}).",
-            data={"type": "invalid_request_error", "code": "invalid_arguments"},
-        ) from None
-
-
-def _arguments_hash_lenient(arguments: dict[str, Any]) -> str:
-    """For the audit of a call whose arguments could not be encoded: a hash all the same, never an error."""
-    try:
-        canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
-    except (ValueError, TypeError, RecursionError):
-        canonical = repr(arguments)
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-# Longer than any "<server>.<tool>" (63 + 1 + 200) or resource URI worth sending; names go into the audit record.
-MAX_NAME_LENGTH = 2048
-
-
 def _name_param(params: dict[str, Any], param: str, method: str) -> str:
     """A tool or prompt name, or a resource URI: a non-empty printable string (a NUL never reaches the record)."""
     value = params.get(param)
@@ -235,55 +146,50 @@ async def tool_call(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) 
     chosen = catalog.bundles.get(ctx.bundle) if ctx.bundle else None
     if entry is not None and ((chosen is not None and name not in chosen) or not catalog.allows(ctx.key, entry)):
         entry = None
-    started = time.perf_counter()
-    outcome: str = AuditEvent.Outcome.SUCCESS
-    error = ""
-    arguments_sha256 = ""
+    call = AuditedCall(ctx, "mcp.tool_call", f"mcp_tool:{name}", {"arguments_sha256": ""})
+    if entry is not None:
+        call.details.update(server=entry.server_name, tool=entry.name)
     try:
-        try:
-            arguments_sha256 = hashlib.sha256(_arguments_encode(arguments)).hexdigest()
-        except RpcError:
-            outcome, error = AuditEvent.Outcome.FAILURE, "invalid_arguments"
-            arguments_sha256 = _arguments_hash_lenient(arguments)
-            raise
-        if entry is None:
-            outcome, error = AuditEvent.Outcome.DENIED, "tool_not_granted"
-            raise _unavailable("tool", name)
-        try:
-            await tool_call_quota_reserve(ctx.key.quotas)
-        except QuotaExceeded as exc:
-            outcome, error = AuditEvent.Outcome.DENIED, exc.code or "rate_limited"
-            raise RpcError(RATE_LIMITED, exc.message, data={"type": exc.type, "code": exc.code}) from None
-        with telemetry.span("mcp.tool_call", _tool_call_attributes(entry)):
-            # The upstream server continues the trace: W3C trace context in params._meta (SEP-414).
-            meta: dict[str, Any] = {}
-            telemetry.inject(meta)
-            tool = entry.name
-            result = await _upstream(
-                catalog,
-                entry.server_id,
-                lambda client: client.call_tool(
-                    tool,
-                    arguments,
-                    progress_callback=ctx.progress,
-                    meta=meta or None,  # type: ignore[arg-type]
-                ),
-            )
-        shaped = _shape(ctx, _dump(result))
-        if shaped.get("isError"):
-            outcome, error = AuditEvent.Outcome.FAILURE, "tool_error"
-        return shaped
-    except BaseException as exc:
-        outcome, error = _failed(exc, outcome, error)
-        raise
+        with call:
+            try:
+                call.details["arguments_sha256"] = hashlib.sha256(arguments_encode(arguments)).hexdigest()
+            except RpcError:
+                call.fail("invalid_arguments")
+                call.details["arguments_sha256"] = arguments_hash_lenient(arguments)
+                raise
+            if entry is None:
+                call.refuse("tool_not_granted")
+                raise _unavailable("tool", name)
+            try:
+                await tool_call_quota_reserve(ctx.key.quotas)
+            except QuotaExceeded as exc:
+                call.refuse(exc.code or "rate_limited")
+                raise RpcError(RATE_LIMITED, exc.message, data={"type": exc.type, "code": exc.code}) from None
+            shaped = _shape(ctx, _dump(await _tool_run(ctx, catalog, entry, arguments)))
+            if shaped.get("isError"):
+                call.fail("tool_error")
+            return shaped
     finally:
-        seconds = time.perf_counter() - started
-        details = {"arguments_sha256": arguments_sha256}
-        if entry is not None:
-            details.update(server=entry.server_name, tool=entry.name)
-        _call_audit(ctx, "mcp.tool_call", f"mcp_tool:{name}", outcome, error, seconds, details)
         server = entry.server_name if entry is not None else ""
-        metrics.tool_call_observe(server, TOOL_CALL_OUTCOMES.get(outcome, "error"), seconds)
+        metrics.tool_call_observe(server, TOOL_CALL_OUTCOMES.get(call.outcome, "error"), call.seconds)
+
+
+async def _tool_run(ctx: CallContext, catalog: Catalog, entry: Any, arguments: dict[str, Any]) -> Any:
+    """The upstream's tools/call, in a span the upstream server continues (trace context in params._meta, SEP-414)."""
+    with telemetry.span("mcp.tool_call", _tool_call_attributes(entry)):
+        meta: dict[str, Any] = {}
+        telemetry.inject(meta)
+        tool = entry.name
+        return await _upstream(
+            catalog,
+            entry.server_id,
+            lambda client: client.call_tool(
+                tool,
+                arguments,
+                progress_callback=ctx.progress,
+                meta=meta or None,  # type: ignore[arg-type]
+            ),
+        )
 
 
 def _tool_call_attributes(entry: Any) -> dict[str, Any]:
@@ -295,57 +201,6 @@ def _tool_call_attributes(entry: Any) -> dict[str, Any]:
         "llmp.mcp.server": entry.server_name,
         "llmp.mcp.tool": entry.name,
     }
-
-
-# Audit outcomes as the metric's small fixed label set.
-TOOL_CALL_OUTCOMES: dict[str, str] = {
-    AuditEvent.Outcome.SUCCESS: "ok",
-    AuditEvent.Outcome.FAILURE: "error",
-    AuditEvent.Outcome.DENIED: "denied",
-}
-
-
-def _failed(exc: BaseException, outcome: str, error: str) -> tuple[str, str]:
-    """The audited outcome and error of a call that raised ``exc`` (a refusal already decided stays)."""
-    if isinstance(exc, RpcError):
-        if outcome != AuditEvent.Outcome.SUCCESS:
-            return outcome, error
-        return AuditEvent.Outcome.FAILURE, f"rpc_error:{exc.code}"
-    if isinstance(exc, PlatformError):  # e.g. the quota store unreachable with QUOTA_FAIL_MODE=closed
-        return AuditEvent.Outcome.FAILURE, exc.code or "platform_error"
-    return AuditEvent.Outcome.FAILURE, "cancelled_or_crashed"
-
-
-def _call_audit(
-    ctx: CallContext, action: str, target: str, outcome: str, error: str, seconds: float, extra: dict[str, Any]
-) -> None:
-    """The audit event of a call: the same details for a name that does not exist and one not granted."""
-    details: dict[str, Any] = {
-        "key_prefix": ctx.key.prefix,
-        **extra,
-        "duration_ms": round(seconds * 1000, 3),
-        "transport": ctx.transport,
-        "protocol_version": ctx.version,
-    }
-    if ctx.session_id:
-        details["session"] = ctx.session_id[:8]
-    if ctx.bundle:
-        details["virtual_server"] = ctx.bundle
-    if error:
-        details["error"] = error
-    # Refusals (probing names, a quota hammered) are counted per interval, not written one by one.
-    record = audit_denial_record if outcome == AuditEvent.Outcome.DENIED else audit_record_deferred
-    record(
-        AuditEntry(
-            actor=f"key:{ctx.key.prefix}",
-            action=action,
-            target=target,
-            tenant_id=ctx.key.tenant_id,
-            outcome=outcome,
-            ip=ctx.ip,
-            details=details,
-        )
-    )
 
 
 async def _upstream(catalog: Catalog, server_id: int, operation: Any) -> Any:
@@ -378,20 +233,12 @@ async def _audited(
     fetch: Callable[[], Awaitable[dict[str, Any]]] | None,
 ) -> dict[str, Any]:
     """Run ``fetch`` (None: the ``kind`` named ``name`` is unavailable to this key) and audit the attempt."""
-    started = time.perf_counter()
-    outcome: str = AuditEvent.Outcome.SUCCESS
-    error = ""
-    try:
+    details = {"server": server} if server is not None else {}
+    with AuditedCall(ctx, action, f"mcp_{kind}:{name}", details) as call:
         if fetch is None:
-            outcome, error = AuditEvent.Outcome.DENIED, f"{kind}_not_granted"
+            call.refuse(f"{kind}_not_granted")
             raise _unavailable(kind, name)
         return await fetch()
-    except BaseException as exc:
-        outcome, error = _failed(exc, outcome, error)
-        raise
-    finally:
-        extra = {"server": server} if server is not None else {}
-        _call_audit(ctx, action, f"mcp_{kind}:{name}", outcome, error, time.perf_counter() - started, extra)
 
 
 async def _prompt_get(ctx: CallContext, catalog: Catalog, params: dict[str, Any]) -> dict[str, Any]:
