@@ -92,7 +92,7 @@ class Drain:
                 await self._disconnect(busy)
                 break
             await asyncio.sleep(0.05)
-        await self._settle_quotas()
+        await self._flush_on_loop()
         self._stop()
 
     async def _disconnect(self, busy: list[Any]) -> None:
@@ -111,14 +111,15 @@ class Drain:
             await asyncio.sleep(0.05)
 
     @staticmethod
-    async def _settle_quotas() -> None:
-        from tenants.quota import quota_settle_flush
+    async def _flush_on_loop() -> None:
+        """Flush what lives on the loop (quota settlements, routing-state deltas) while it still runs."""
+        from core import registry
 
         try:
             async with asyncio.timeout(5):
-                await quota_settle_flush()
-        except Exception:  # Redis gone: the counters heal when their windows end
-            logger.exception("settling quotas while draining failed")
+                await registry.aflush_all()
+        except TimeoutError:  # a store gone: the counters heal when their windows end
+            logger.error("flushing on the loop while draining timed out")
 
     def _stop(self) -> None:
         self.server.stop()
@@ -128,21 +129,13 @@ def flush_writers() -> None:
     """Write what the batch writers still hold (run after the event loop has stopped)."""
     from django.utils.module_loading import import_string
 
-    from audit.services import denial_aggregator
+    from core import registry
 
-    # Refusal summaries first: they become rows of the audit writer flushed below.
-    denial_aggregator.flush()
     for path in settings.BATCH_WRITERS:
-        writer = import_string(path)
-        if not hasattr(writer, "flush_now"):
-            continue  # the settlement batch is flushed on the loop, by the drain
-        try:
-            written = writer.flush_now()
-        except Exception:
-            logger.exception("flushing the %s writer failed", writer.name)
-        else:
-            if written:
-                logger.info("flushed %d %s rows", written, writer.name)
+        import_string(path)  # each writer registers itself when its module is imported
+    for name, written in registry.flush_all().items():
+        if isinstance(written, int) and written:
+            logger.info("flushed %d %s rows", written, name)
 
 
 class Command(BaseCommand):
