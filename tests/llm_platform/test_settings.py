@@ -50,3 +50,23 @@ def test_bad_environment_fails_at_start_up_saying_what_to_set(env, message):
 def test_embedded_default_needs_no_environment():
     result = start({})
     assert result.returncode == 0, result.stderr
+
+
+def test_settings_create_nothing_and_the_ready_apps_make_var_dir_private(tmp_path):
+    var = tmp_path / "var"
+    env = {"VAR_DIR": str(var), "SECRET_KEY": "x" * 50}
+    base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
+    imported = subprocess.run(
+        [sys.executable, "-c", "import llm_platform.settings"],
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert not var.exists()
+    result = start(env)
+    assert result.returncode == 0, result.stderr
+    assert var.stat().st_mode & 0o777 == 0o700
+    assert (var / "broker" / "out").is_dir() and (var / "broker" / "processed").is_dir()
