@@ -368,6 +368,10 @@ STREAM_BUFFER_BYTES = env_int("STREAM_BUFFER_BYTES", 65536, minimum=1024)
 if STREAM_BUFFER_BYTES > 64 * 1024 * 1024:
     raise ImproperlyConfigured(f"STREAM_BUFFER_BYTES={STREAM_BUFFER_BYTES} must be at most 67108864 (64 MiB).")
 STREAM_STALL_TIMEOUT = env_float("STREAM_STALL_TIMEOUT", 30.0, minimum=0.1)
+# Changes to private parts of Twisted, daphne's HTTP layer (llm_platform.asgi): a cache on its
+# Content-Type parser and JSON answers to oversized request heads. Off leaves Twisted as it is,
+# e.g. to rule them out after a Twisted upgrade.
+TWISTED_PATCHES = env_bool("TWISTED_PATCHES", True)
 
 # --- ML routing ---
 # Seconds a process keeps its smart groups before re-reading them (a promotion or edit
