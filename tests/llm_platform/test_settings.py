@@ -11,10 +11,10 @@ import pytest
 from tests.live import ROOT
 
 
-def start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def start(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
     return subprocess.run(
-        [sys.executable, "manage.py", "check"],
+        [sys.executable, *(args or ("manage.py", "check"))],
         cwd=ROOT,
         env={**base, **env},
         capture_output=True,
@@ -55,15 +55,7 @@ def test_embedded_default_needs_no_environment():
 def test_settings_create_nothing_and_the_ready_apps_make_var_dir_private(tmp_path):
     var = tmp_path / "var"
     env = {"VAR_DIR": str(var), "SECRET_KEY": "x" * 50}
-    base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
-    imported = subprocess.run(
-        [sys.executable, "-c", "import llm_platform.settings"],
-        cwd=ROOT,
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    imported = start(env, "-c", "import llm_platform.settings")
     assert imported.returncode == 0, imported.stderr
     assert not var.exists()
     result = start(env)
