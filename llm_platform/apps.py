@@ -14,6 +14,18 @@ def _roles_sync(**kwargs: Any) -> None:
     groups_sync()
 
 
+def _var_dirs_make() -> None:
+    """VAR_DIR (0700, the SQLite database's home) and the filesystem broker's folders, before first use."""
+    from django.conf import settings
+
+    from llm_platform.private_files import private_dir
+    from llm_platform.settings_values import broker_folders_make
+
+    private_dir(settings.VAR_DIR)
+    if settings.CELERY_BROKER_URL == "filesystem://":
+        broker_folders_make(settings.CELERY_BROKER_TRANSPORT_OPTIONS)
+
+
 def _periodic_tasks_seed(**kwargs: Any) -> None:
     from llm_platform.jobs import periodic_tasks_seed
 
@@ -25,6 +37,9 @@ class LlmPlatformConfig(AppConfig):
     verbose_name = "Platform"
 
     def ready(self) -> None:
+        # Every process (web, worker, beat, manage.py) sets Django up before it opens the
+        # database or the broker, and the settings themselves create nothing.
+        _var_dirs_make()
         # post_migrate fires once per app with models; syncing each time (it is idempotent)
         # picks up every app's permissions by the last one, and again after a flush.
         post_migrate.connect(_roles_sync, dispatch_uid="llm_platform.roles_sync")

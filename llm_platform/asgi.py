@@ -124,23 +124,28 @@ def _header_refusals_json(http_channel: Any) -> None:
     http_channel._llmp_json_refusals = True
 
 
-def _serving_tune() -> None:
-    """Two per-request costs of the server under the app (measured with a profiler under load),
-    and its refusals of oversized request heads made JSON."""
+def twisted_patches_apply() -> None:
+    """Two changes to Twisted (daphne's HTTP layer) through its private names, each checked for first:
+    a cache on its Content-Type parser, and JSON refusals of oversized request heads."""
     try:
         from twisted.web import http as twisted_http
     except ImportError:  # served by another ASGI server
-        pass
-    else:
-        # Twisted (daphne's HTTP layer) parses every request's Content-Type with the email
-        # package's header parser, ~10% of a small request's CPU; clients send a handful of
-        # distinct values, so remember the answers.
-        parse = getattr(twisted_http, "_parseContentType", None)
-        if parse is not None and not hasattr(parse, "cache_info"):
-            twisted_http._parseContentType = functools.lru_cache(maxsize=64)(parse)
-        channel = getattr(twisted_http, "HTTPChannel", None)
-        if channel is not None:
-            _header_refusals_json(channel)
+        return
+    # Twisted parses every request's Content-Type with the email package's header parser,
+    # ~10% of a small request's CPU (measured with a profiler under load); clients send a
+    # handful of distinct values, so remember the answers.
+    parse = getattr(twisted_http, "_parseContentType", None)
+    if parse is not None and not hasattr(parse, "cache_info"):
+        twisted_http._parseContentType = functools.lru_cache(maxsize=64)(parse)
+    channel = getattr(twisted_http, "HTTPChannel", None)
+    if channel is not None:
+        _header_refusals_json(channel)
+
+
+def _serving_tune() -> None:
+    """The per-request costs of the server under the app, and its refusals made JSON (TWISTED_PATCHES)."""
+    if settings.TWISTED_PATCHES:
+        twisted_patches_apply()
     # Everything loaded so far (Django, apps, litellm's price map) lives as long as the
     # process: move it out of the collector's sight so full collections stay short instead
     # of pausing the event loop for tens of milliseconds.

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
-import secrets
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from llm_platform import settings_values
 from llm_platform.env import env_bool, env_commands, env_float, env_int, env_list, env_secret, env_str
-from llm_platform.private_files import PRIVATE_UMASK, private_dir, private_secret
+from llm_platform.private_files import PRIVATE_UMASK
+from routing.strategies import RoutingStrategy
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Everything the platform writes under VAR_DIR (the SQLite database with its sessions, the
 # generated secrets, logs, broker files, dead letters, audit exports) is for the service's user
 # alone: every process that loads these settings (web, worker, beat, manage.py) creates files
-# 0600 and directories 0700, and VAR_DIR is made (or tightened to) 0700.
+# 0600 and directories 0700, and VAR_DIR is made (or tightened to) 0700 when the apps are
+# ready (llm_platform.apps), not here: importing the settings writes nothing.
 os.umask(PRIVATE_UMASK)
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
-private_dir(VAR_DIR)
 
 # litellm downloads its price map at import time unless told not to; a gateway must not
 # phone home (or stall for seconds offline) when it starts.
@@ -33,21 +32,7 @@ REDIS_URL = env_secret("REDIS_URL")
 EMBEDDED = not DATABASE_URL
 
 DEBUG = env_bool("DEBUG", False)
-
-
-def _secret_key() -> str:
-    key = env_secret("SECRET_KEY")
-    if key:
-        return key
-    if not EMBEDDED:
-        raise ImproperlyConfigured(
-            "SECRET_KEY is not set. Set SECRET_KEY (or SECRET_KEY_FILE) to a long random string; "
-            "it is only generated automatically in the embedded mode (DATABASE_URL unset)."
-        )
-    return private_secret(VAR_DIR / "secret_key", secrets.token_urlsafe(50))
-
-
-SECRET_KEY = _secret_key()
+SECRET_KEY = settings_values.secret_key(env_secret("SECRET_KEY"), embedded=EMBEDDED, var_dir=VAR_DIR)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -107,12 +92,6 @@ TEMPLATES = [
     },
 ]
 
-_SQLITE_OPTIONS = {
-    # WAL lets the API read while the usage writer and the admin write.
-    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-    "transaction_mode": "IMMEDIATE",
-    "timeout": 20,
-}
 if DATABASE_URL:
     try:
         _db = dj_database_url.parse(
@@ -136,13 +115,13 @@ if DATABASE_URL:
         _db["OPTIONS"].setdefault("keepalives_interval", 2)
         _db["OPTIONS"].setdefault("keepalives_count", 3)
     elif _db["ENGINE"] == "django.db.backends.sqlite3":
-        _db["OPTIONS"] = {**_SQLITE_OPTIONS, **_db["OPTIONS"]}
+        _db["OPTIONS"] = {**settings_values.SQLITE_OPTIONS, **_db["OPTIONS"]}
         _db["CONN_MAX_AGE"] = 0
 else:
     _db = {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": str(VAR_DIR / "db.sqlite3"),
-        "OPTIONS": _SQLITE_OPTIONS,
+        "OPTIONS": settings_values.SQLITE_OPTIONS,
         # A file (not :memory:) so that a live server process in the tests sees the test data.
         "TEST": {"NAME": str(VAR_DIR / "test_db.sqlite3")},
     }
@@ -159,24 +138,13 @@ REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.25, minimum=0.01)
 STORE_RETRY_INTERVAL = env_float("STORE_RETRY_INTERVAL", 1.0, minimum=0.05)
 
 
-def _redis_cache_options() -> dict[str, object]:
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    return {
-        "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
-        "socket_timeout": REDIS_SOCKET_TIMEOUT,
-        "retry": Retry(NoBackoff(), 0),
-    }
-
-
 if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": CACHE_KEY_PREFIX,
-            "OPTIONS": _redis_cache_options(),
+            "OPTIONS": settings_values.redis_cache_options(REDIS_SOCKET_TIMEOUT),
         }
     }
     CHANNEL_LAYERS = {
@@ -255,27 +223,7 @@ SECURE_HSTS_PRELOAD = env_bool("HSTS_PRELOAD", False)
 SILENCED_SYSTEM_CHECKS = ["security.W021"] if "HSTS_PRELOAD" in os.environ and not SECURE_HSTS_PRELOAD else []
 SESSION_COOKIE_HTTPONLY = True
 
-
-def _fernet_keys() -> list[str]:
-    keys = env_list("FERNET_KEYS")
-    if keys:
-        from cryptography.fernet import Fernet
-
-        for index, key in enumerate(keys):
-            try:
-                Fernet(key)
-            except ValueError:
-                raise ImproperlyConfigured(
-                    f"FERNET_KEYS entry {index + 1} is not a Fernet key (32 url-safe base64 bytes); make one with "
-                    '`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`.'
-                ) from None
-        return keys
-    # Derived from SECRET_KEY so the embedded mode needs no extra setting; production sets
-    # FERNET_KEYS explicitly so SECRET_KEY can change without losing provider credentials.
-    return [base64.urlsafe_b64encode(hashlib.sha256(f"fernet:{SECRET_KEY}".encode()).digest()).decode()]
-
-
-FERNET_KEYS = _fernet_keys()
+FERNET_KEYS = settings_values.fernet_keys(env_list("FERNET_KEYS"), secret_key=SECRET_KEY)
 
 # Hot path tuning.
 KEY_CACHE_TTL = env_float("KEY_CACHE_TTL", 30.0, minimum=0)
@@ -343,42 +291,12 @@ if REDIS_URL:
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 else:
     CELERY_BROKER_URL = "filesystem://"
-    _broker_dir = VAR_DIR / "broker"
-    (_broker_dir / "out").mkdir(parents=True, exist_ok=True)
-    (_broker_dir / "processed").mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_broker_dir / "out"),
-        "data_folder_out": str(_broker_dir / "out"),
-        "processed_folder": str(_broker_dir / "processed"),
-        # kombu keeps its exchange table in ./control unless told otherwise.
-        "control_folder": str(_broker_dir / "control"),
-        "store_processed": False,
-    }
+    CELERY_BROKER_TRANSPORT_OPTIONS = settings_values.broker_transport_options(VAR_DIR / "broker")
 CELERY_TASK_IGNORE_RESULT = True
-CELERY_BEAT_SCHEDULE = {
-    "usage-prune": {"task": "routing.tasks.usage_prune", "schedule": 3600.0},
-}
-if QUOTA_REDIS_URL and QUOTA_RECONCILE_INTERVAL:
-    CELERY_BEAT_SCHEDULE["quota-reconcile"] = {
-        "task": "tenants.tasks.quota_reconcile",
-        "schedule": QUOTA_RECONCILE_INTERVAL,
-    }
 CELERY_BEAT_SCHEDULER = "llm_platform.beat:LeaderScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {
-        "django.request": {"level": "ERROR"},
-        "LiteLLM": {"level": "WARNING"},
-        "httpx": {"level": "WARNING"},
-    },
-}
 
 NINJA_PAGINATION_PER_PAGE = 100
 
@@ -421,12 +339,17 @@ AUDIT_EXPORT_INTERVAL = env_int("AUDIT_EXPORT_INTERVAL", 5, minimum=1)
 SECRET_ROTATION_INTERVAL = env_int("SECRET_ROTATION_INTERVAL", 60, minimum=1)
 SECRET_ROTATION_BATCH = env_int("SECRET_ROTATION_BATCH", 200, minimum=1)
 API_KEY_ROTATION_GRACE_HOURS = env_float("API_KEY_ROTATION_GRACE_HOURS", 24.0, minimum=0)
-CELERY_BEAT_SCHEDULE.update(
-    {
-        "audit-export": {"task": "audit.tasks.audit_export", "schedule": AUDIT_EXPORT_INTERVAL * 60.0},
-        "secret-rotate": {"task": "tenants.tasks.secret_rotate", "schedule": SECRET_ROTATION_INTERVAL * 60.0},
-    }
-)
+# The periodic jobs seeded into the admin's schedule (llm_platform.jobs.periodic_tasks_seed).
+CELERY_BEAT_SCHEDULE = {
+    "usage-prune": {"task": "routing.tasks.usage_prune", "schedule": 3600.0},
+    **(
+        {"quota-reconcile": {"task": "tenants.tasks.quota_reconcile", "schedule": QUOTA_RECONCILE_INTERVAL}}
+        if QUOTA_REDIS_URL and QUOTA_RECONCILE_INTERVAL
+        else {}
+    ),
+    "audit-export": {"task": "audit.tasks.audit_export", "schedule": AUDIT_EXPORT_INTERVAL * 60.0},
+    "secret-rotate": {"task": "tenants.tasks.secret_rotate", "schedule": SECRET_ROTATION_INTERVAL * 60.0},
+}
 
 # --- observability and operations ---
 # Tracing is configured by the standard OTEL_* variables (observability.telemetry); these
@@ -438,24 +361,7 @@ LOG_FORMAT = env_str("LOG_FORMAT", "text" if EMBEDDED else "json").lower()
 if LOG_FORMAT not in ("text", "json"):
     raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} must be 'text' or 'json'.")
 REQUEST_LOG = env_bool("REQUEST_LOG", True)
-LOGGING = {
-    **LOGGING,
-    "formatters": {
-        "plain": {"()": "observability.logs.TextFormatter"},
-        "json": {"()": "observability.logs.JsonFormatter"},
-    },
-    # Formatted and written on a thread of its own: a slow stderr never blocks the event loop.
-    "handlers": {
-        "console": {
-            "()": "observability.logs.BackgroundStreamHandler",
-            "formatter": "json" if LOG_FORMAT == "json" else "plain",
-        }
-    },
-    "loggers": {
-        **LOGGING["loggers"],  # type: ignore[dict-item]
-        "llm_platform.requests": {"level": "INFO" if REQUEST_LOG else "WARNING"},
-    },
-}
+LOGGING = settings_values.logging_config(level=LOG_LEVEL, log_format=LOG_FORMAT, request_log=REQUEST_LOG)
 METRICS_TOKEN = env_secret("METRICS_TOKEN")
 METRICS_PUBLIC = env_bool("METRICS_PUBLIC", False)
 METRICS_PORT = env_int("METRICS_PORT", 0, minimum=0)
@@ -470,6 +376,10 @@ STREAM_BUFFER_BYTES = env_int("STREAM_BUFFER_BYTES", 65536, minimum=1024)
 if STREAM_BUFFER_BYTES > 64 * 1024 * 1024:
     raise ImproperlyConfigured(f"STREAM_BUFFER_BYTES={STREAM_BUFFER_BYTES} must be at most 67108864 (64 MiB).")
 STREAM_STALL_TIMEOUT = env_float("STREAM_STALL_TIMEOUT", 30.0, minimum=0.1)
+# Changes to private parts of Twisted, daphne's HTTP layer (llm_platform.asgi): a cache on its
+# Content-Type parser and JSON answers to oversized request heads. Off leaves Twisted as it is,
+# e.g. to rule them out after a Twisted upgrade.
+TWISTED_PATCHES = env_bool("TWISTED_PATCHES", True)
 
 # --- ML routing ---
 # Seconds a process keeps its smart groups before re-reading them (a promotion or edit
@@ -481,13 +391,7 @@ ML_ROUTER_THREADS = env_int("ML_ROUTER_THREADS", 2, minimum=1)
 # --- routing ---
 # Defaults for model names without a route group (admin "Route groups" or loadconfig's
 # router_settings); names follow LiteLLM Router's.
-ROUTING_STRATEGIES = (
-    "simple-shuffle",
-    "least-busy",
-    "latency-based-routing",
-    "cost-based-routing",
-    "usage-based-routing-v2",
-)
+ROUTING_STRATEGIES = tuple(RoutingStrategy.values)  # the one list, in routing/strategies.py
 ROUTING_DEFAULT_STRATEGY = env_str("ROUTING_DEFAULT_STRATEGY", "simple-shuffle")
 if ROUTING_DEFAULT_STRATEGY not in ROUTING_STRATEGIES:
     raise ImproperlyConfigured(

@@ -11,10 +11,10 @@ import pytest
 from tests.live import ROOT
 
 
-def start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def start(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
     return subprocess.run(
-        [sys.executable, "manage.py", "check"],
+        [sys.executable, *(args or ("manage.py", "check"))],
         cwd=ROOT,
         env={**base, **env},
         capture_output=True,
@@ -50,3 +50,15 @@ def test_bad_environment_fails_at_start_up_saying_what_to_set(env, message):
 def test_embedded_default_needs_no_environment():
     result = start({})
     assert result.returncode == 0, result.stderr
+
+
+def test_settings_create_nothing_and_the_ready_apps_make_var_dir_private(tmp_path):
+    var = tmp_path / "var"
+    env = {"VAR_DIR": str(var), "SECRET_KEY": "x" * 50}
+    imported = start(env, "-c", "import llm_platform.settings")
+    assert imported.returncode == 0, imported.stderr
+    assert not var.exists()
+    result = start(env)
+    assert result.returncode == 0, result.stderr
+    assert var.stat().st_mode & 0o777 == 0o700
+    assert (var / "broker" / "out").is_dir() and (var / "broker" / "processed").is_dir()
