@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -15,8 +16,8 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from audit.services import audit_record, changes_between
-from core.changes import snapshot
+from audit.services import audit_record
+from core.changes import AuditedEntity, snapshot
 from routing.ml.evaluation import router_evaluate
 from routing.ml.models import (
     RequestFeedback,
@@ -49,30 +50,23 @@ def _changed() -> None:
     smart_cache.epoch.bump()
 
 
-@transaction.atomic
+SMART_GROUPS = AuditedEntity[SmartGroup](
+    "smart_group",
+    snapshot=partial(snapshot, fields=GROUP_AUDIT_FIELDS),
+    target=lambda group: f"smart_group:{group.pk}:{group.name}",
+    on_commit=_changed,
+)
+
+
 def smart_group_save(*, group: SmartGroup, actor: str, ip: str | None = None) -> SmartGroup:
-    old = SmartGroup.objects.filter(pk=group.pk).first() if group.pk else None
-    before = snapshot(old, GROUP_AUDIT_FIELDS) if old is not None else {}
-    group.full_clean()
-    group.save()
-    audit_record(
-        actor=actor,
-        action="smart_group.change" if old is not None else "smart_group.create",
-        target=f"smart_group:{group.pk}:{group.name}",
-        ip=ip,
-        details={"changes": changes_between(before, snapshot(group, GROUP_AUDIT_FIELDS))},
-    )
-    transaction.on_commit(_changed)
+    with SMART_GROUPS.saving(group, actor=actor, ip=ip) as change:
+        group.full_clean()
+        change.save()
     return group
 
 
-@transaction.atomic
 def smart_group_delete(*, group: SmartGroup, actor: str, ip: str | None = None) -> None:
-    target = f"smart_group:{group.pk}:{group.name}"
-    before = snapshot(group, GROUP_AUDIT_FIELDS)
-    group.delete()
-    audit_record(actor=actor, action="smart_group.delete", target=target, ip=ip, details={"before": before})
-    transaction.on_commit(_changed)
+    SMART_GROUPS.delete(group, actor=actor, ip=ip)
 
 
 @transaction.atomic
