@@ -13,7 +13,7 @@ the audit app passes that function to ``audit_recorder_install``.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -127,12 +127,13 @@ class AuditedEntity(Generic[M]):
     """How changes to one model are audited.
 
     ``name`` is the family of its actions (``<name>.create``, ``.change``, ``.delete``),
-    ``snapshot`` its audited values, ``target`` and ``tenant_id`` where its events point,
-    ``on_commit`` what every committed change of it invalidates.
+    ``audited`` its audited fields (or a function giving their values), ``target`` and
+    ``tenant_id`` where its events point, ``on_commit`` what every committed change of it
+    invalidates.
     """
 
     name: str
-    snapshot: Callable[[M], dict[str, Any]]
+    audited: Sequence[str] | Callable[[M], dict[str, Any]]
     target: Callable[[M], str]
     tenant_id: Callable[[M], int | None] = _no_tenant
     on_commit: Callable[[], None] | None = None
@@ -153,20 +154,32 @@ class AuditedEntity(Generic[M]):
                 # Locked so that two saves of one row queue up and each records what it replaced.
                 manager = type(instance)._default_manager
                 stored = manager.select_for_update(no_key=True).filter(pk=instance.pk).first()
-            before = self.snapshot(stored) if stored is not None else {}
-            change = Change(instance, stored, before, self.snapshot)
+            before = self.values(stored) if stored is not None else {}
+            change = Change(instance, stored, before, self.values)
             yield change
             if not change.saved:
                 return
-            audit_recorder(
-                actor=actor,
-                action=f"{self.name}.{'change' if stored is not None else 'create'}",
-                target=self.target(instance),
-                tenant_id=self.tenant_id(instance),
-                ip=ip,
-                details={"changes": change.changes(), **change.details},
-            )
+            action = "change" if stored is not None else "create"
+            self.record(instance, action, actor=actor, ip=ip, details={"changes": change.changes(), **change.details})
             self._commit_queue(change.commit_hooks)
+
+    def record(self, instance: M, action: str, *, actor: str, ip: str | None, details: dict[str, Any]) -> None:
+        """Write the event ``<name>.<action>`` of ``instance`` (in the caller's transaction)."""
+        target, tenant_id = self.target(instance), self.tenant_id(instance)
+        audit_recorder(
+            actor=actor, action=f"{self.name}.{action}", target=target, tenant_id=tenant_id, ip=ip, details=details
+        )
+
+    def values(self, instance: M) -> dict[str, Any]:
+        """The audited values of ``instance``, as its events record them."""
+        return self.audited(instance) if callable(self.audited) else snapshot(instance, self.audited)
+
+    def save(self, instance: M, *, actor: str, ip: str | None = None) -> M:
+        """The plain case of ``saving``: validate ``instance``, then save it."""
+        with self.saving(instance, actor=actor, ip=ip) as change:
+            instance.full_clean()
+            change.save()
+        return instance
 
     def delete(
         self,
@@ -179,7 +192,7 @@ class AuditedEntity(Generic[M]):
     ) -> None:
         """Delete ``instance`` and write its ``<name>.delete`` event, in one transaction."""
         with transaction.atomic():
-            recorded = {"before": self.snapshot(instance)} if self.delete_keeps_before else {}
+            recorded = {"before": self.values(instance)} if self.delete_keeps_before else {}
             # Read before the delete, which clears the primary key.
             target, tenant_id = self.target(instance), self.tenant_id(instance)
             instance.delete()

@@ -29,7 +29,7 @@ def _allowlist() -> list[str]:
 
 
 SERVERS = AuditedEntity[UpstreamServer](
-    "mcp.server", snapshot=_snapshot, target=lambda server: f"mcp_server:{server.name}", on_commit=catalog_invalidate
+    "mcp.server", _snapshot, lambda server: f"mcp_server:{server.name}", on_commit=catalog_invalidate
 )
 
 
@@ -157,11 +157,7 @@ def _self_service_check(grant: ToolGrant | None) -> None:
 
 
 GRANTS = AuditedEntity[ToolGrant](
-    "mcp.grant",
-    snapshot=_grant_snapshot,
-    target=lambda grant: f"mcp_grant:{grant.pk}",
-    tenant_id=lambda grant: grant.tenant_id,
-    on_commit=catalog_invalidate,
+    "mcp.grant", _grant_snapshot, lambda g: f"mcp_grant:{g.pk}", lambda g: g.tenant_id, on_commit=catalog_invalidate
 )
 
 
@@ -193,8 +189,8 @@ def _bundle_snapshot(bundle: VirtualServer) -> dict[str, Any]:
 
 BUNDLES = AuditedEntity[VirtualServer](
     "mcp.virtual_server",
-    snapshot=_bundle_snapshot,
-    target=lambda bundle: f"mcp_virtual_server:{bundle.name}",
+    _bundle_snapshot,
+    lambda b: f"mcp_virtual_server:{b.name}",
     on_commit=catalog_invalidate,
     delete_keeps_before=False,
 )
@@ -217,18 +213,15 @@ def virtual_server_delete(*, bundle: VirtualServer, actor: str, ip: str | None =
 
 ALLOW_ENTRIES = AuditedEntity[SsrfAllowEntry](
     "mcp.ssrf_allow",
-    snapshot=lambda entry: {"value": entry.value, "note": entry.note},
-    target=lambda entry: f"ssrf_allow:{entry.value}",
+    ("value", "note"),
+    lambda e: f"ssrf_allow:{e.value}",
     on_commit=catalog_invalidate,
     delete_keeps_before=False,
 )
 
 
 def allow_entry_save(*, entry: SsrfAllowEntry, actor: str, ip: str | None = None) -> SsrfAllowEntry:
-    with ALLOW_ENTRIES.saving(entry, actor=actor, ip=ip) as change:
-        entry.full_clean()
-        change.save()
-    return entry
+    return ALLOW_ENTRIES.save(entry, actor=actor, ip=ip)
 
 
 def allow_entry_delete(*, entry: SsrfAllowEntry, actor: str, ip: str | None = None) -> None:

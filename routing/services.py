@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from functools import partial
 from typing import Any
 
 from core.changes import AuditedEntity, snapshot
@@ -70,10 +69,7 @@ def _deployments_changed() -> None:
 
 
 DEPLOYMENTS = AuditedEntity[ModelDeployment](
-    "deployment",
-    snapshot=_deployment_snapshot,
-    target=lambda deployment: f"deployment:{deployment.pk}:{deployment.model_name}",
-    on_commit=_deployments_changed,
+    "deployment", _deployment_snapshot, lambda d: f"deployment:{d.pk}:{d.model_name}", on_commit=_deployments_changed
 )
 
 
@@ -109,8 +105,8 @@ ROUTE_GROUP_AUDIT_FIELDS = (
 
 ROUTE_GROUPS = AuditedEntity[RouteGroup](
     "route_group",
-    snapshot=partial(snapshot, fields=ROUTE_GROUP_AUDIT_FIELDS),
-    target=lambda group: f"route_group:{group.pk}:{group.model_name}",
+    ROUTE_GROUP_AUDIT_FIELDS,
+    lambda g: f"route_group:{g.pk}:{g.model_name}",
     on_commit=_deployments_changed,
 )
 

@@ -14,7 +14,6 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from audit.services import audit_record
 from core.changes import AuditedEntity, M, snapshot
 from tenants.auth import key_cache_invalidate
 from tenants.models import KEY_SCOPES, ApiKey, Membership, Quota, Tenant, key_generate
@@ -29,12 +28,7 @@ def _tenant_may(acting_user: Any, action: str, tenant_id: int | None) -> None:
         raise NotAllowed(f"Your role may not {action} this tenant; platform admins do.")
 
 
-TENANTS = AuditedEntity[Tenant](
-    "tenant",
-    snapshot=partial(snapshot, fields=TENANT_AUDIT_FIELDS),
-    target=lambda tenant: f"tenant:{tenant.slug}",
-    tenant_id=lambda tenant: tenant.pk,
-)
+TENANTS = AuditedEntity[Tenant]("tenant", TENANT_AUDIT_FIELDS, lambda t: f"tenant:{t.slug}", tenant_id=lambda t: t.pk)
 
 
 def tenant_save(*, tenant: Tenant, actor: str, acting_user: Any = None, ip: str | None = None) -> Tenant:
@@ -96,10 +90,7 @@ def _stored_key_check(acting_user: Any, stored: ApiKey | None, action: str, what
 
 
 API_KEYS = AuditedEntity[ApiKey](
-    "api_key",
-    snapshot=partial(snapshot, fields=KEY_AUDIT_FIELDS),
-    target=lambda api_key: f"api_key:{api_key.prefix}",
-    tenant_id=lambda api_key: api_key.tenant_id,
+    "api_key", KEY_AUDIT_FIELDS, lambda key: f"api_key:{key.prefix}", tenant_id=lambda key: key.tenant_id
 )
 
 
@@ -139,14 +130,7 @@ def api_key_create(
     api_key.set_secret(secret)
     api_key.full_clean()
     api_key.save()
-    audit_record(
-        actor=actor,
-        action="api_key.create",
-        target=f"api_key:{api_key.prefix}",
-        tenant_id=tenant.pk,
-        ip=ip,
-        details={"after": snapshot(api_key, KEY_AUDIT_FIELDS)},
-    )
+    API_KEYS.record(api_key, "create", actor=actor, ip=ip, details={"after": API_KEYS.values(api_key)})
     # Its secret may be cached as unknown (someone tried it first, or config-as-code named it).
     transaction.on_commit(partial(key_cache_invalidate, secret_hashes=[api_key.secret_hash]))
     return api_key, secret
@@ -173,14 +157,8 @@ def api_key_revoke(*, api_key: ApiKey, actor: str, acting_user: Any = None, ip: 
         return api_key
     api_key.revoked_at = timezone.now()
     api_key.save(update_fields=["revoked_at"])
-    audit_record(
-        actor=actor,
-        action="api_key.revoke",
-        target=f"api_key:{api_key.prefix}",
-        tenant_id=api_key.tenant_id,
-        ip=ip,
-        details={"changes": {"revoked_at": {"before": None, "after": api_key.revoked_at.isoformat()}}},
-    )
+    changes = {"revoked_at": {"before": None, "after": api_key.revoked_at.isoformat()}}
+    API_KEYS.record(api_key, "revoke", actor=actor, ip=ip, details={"changes": changes})
     transaction.on_commit(partial(key_cache_invalidate, secret_hashes=[api_key.secret_hash]))
     return api_key
 
@@ -226,9 +204,7 @@ def _quota_keys_invalidate(*quotas: Quota | None) -> None:
     transaction.on_commit(partial(key_cache_invalidate, secret_hashes=secret_hashes, tenant_ids=sorted(tenant_ids)))
 
 
-QUOTAS = AuditedEntity[Quota](
-    "quota", snapshot=_quota_snapshot, target=lambda quota: f"quota:{quota.pk}:{quota}", tenant_id=_quota_tenant_id
-)
+QUOTAS = AuditedEntity[Quota]("quota", _quota_snapshot, lambda quota: f"quota:{quota.pk}:{quota}", _quota_tenant_id)
 
 
 def quota_save(*, quota: Quota, actor: str, acting_user: Any = None, ip: str | None = None) -> Quota:
@@ -273,10 +249,7 @@ def _membership_check(acting_user: Any, membership: Membership, action: str) -> 
 
 
 MEMBERSHIPS = AuditedEntity[Membership](
-    "membership",
-    snapshot=partial(snapshot, fields=MEMBERSHIP_AUDIT_FIELDS),
-    target=lambda membership: f"membership:{membership.user}@{membership.tenant.slug}",
-    tenant_id=lambda membership: membership.tenant_id,
+    "membership", MEMBERSHIP_AUDIT_FIELDS, lambda m: f"membership:{m.user}@{m.tenant.slug}", lambda m: m.tenant_id
 )
 
 
