@@ -14,13 +14,16 @@ from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
-from audit.chain import chain_for
+from audit.chain import HASHED_FIELDS, chain_for
 from audit.exports import export_archive, export_base_name
 from audit.models import AuditChainHead, AuditEvent
 from audit.selectors import EventFilters, event_rows
 from audit.services import audit_record
 from audit.streaming import streaming_download
+from core.actors import actor_of, ip_of
 from core.read_only import ReadOnlyAdminMixin
+
+CHAIN_LINK = ("chain", "seq", "prev_hash")
 
 
 class AuditExportForm(forms.Form):
@@ -75,20 +78,8 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["created_at", "actor", "action", "target", "outcome", "tenant_id", "ip", "chain", "seq"]
     list_filter = ["outcome", "action"]
     search_fields = ["actor", "action", "target"]
-    readonly_fields = [
-        "created_at",
-        "actor",
-        "tenant_id",
-        "action",
-        "target",
-        "outcome",
-        "ip",
-        "details",
-        "chain",
-        "seq",
-        "prev_hash",
-        "hash",
-    ]
+    # What happened, then where it stands in its chain.
+    readonly_fields = [*(name for name in HASHED_FIELDS if name not in CHAIN_LINK), *CHAIN_LINK, "hash"]
     show_full_result_count = False
     actions = ["export_selected_jsonl", "export_selected_csv"]
 
@@ -167,11 +158,11 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             audit_tenants = self.export_audit_tenants(request, filters)
         for tenant_id in audit_tenants:
             audit_record(
-                actor=f"user:{request.user.get_username()}",
+                actor=actor_of(request),
                 action="audit.export",
                 target=f"export:{file_format}",
                 tenant_id=tenant_id,
-                ip=request.META.get("REMOTE_ADDR"),
+                ip=ip_of(request),
                 details={"filters": description, "format": file_format, "up_to_id": up_to_id, "selected": selected},
             )
         base_name = export_base_name()

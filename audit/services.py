@@ -332,12 +332,3 @@ registry.register("audit.denials", flush=denial_aggregator.flush, reset=denial_a
 def audit_denial_record(entry: AuditEntry) -> None:
     """Record a refusal from the hot path: the first of its kind per interval as it is, the rest as counts."""
     denial_aggregator.record(entry)
-
-
-def changes_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The fields that differ, as {"field": {"before": old, "after": new}}."""
-    return {
-        name: {"before": before.get(name), "after": after.get(name)}
-        for name in sorted(set(before) | set(after))
-        if before.get(name) != after.get(name)
-    }

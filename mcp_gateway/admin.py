@@ -11,6 +11,7 @@ from django.db.models import Prefetch, QuerySet
 from django.http import HttpRequest
 
 from core.actors import actor_of, ip_of
+from core.admin_services import AdminWrites, ServiceAdminMixin
 from core.read_only import ReadOnlyAdminMixin
 from mcp_gateway import services, ssrf
 from mcp_gateway.models import SsrfAllowEntry, ToolCallEvent, ToolGrant, UpstreamServer, UpstreamTool, VirtualServer
@@ -88,7 +89,8 @@ class UpstreamToolInline(admin.TabularInline):
 
 
 @admin.register(UpstreamServer)
-class UpstreamServerAdmin(admin.ModelAdmin):
+class UpstreamServerAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    writes = AdminWrites("server", save=services.server_save, delete=services.server_delete)
     form = UpstreamServerForm
     list_display = [
         "name",
@@ -119,19 +121,9 @@ class UpstreamServerAdmin(admin.ModelAdmin):
     def tool_count(self, obj: Any) -> int:
         return obj.tool_total
 
-    def save_model(self, request: HttpRequest, obj: UpstreamServer, form: Any, change: bool) -> None:
-        services.server_save(server=obj, actor=actor_of(request), ip=ip_of(request))
-
     def response_add(self, request: HttpRequest, obj: UpstreamServer, post_url_continue: str | None = None) -> Any:
         self._refresh(request, [obj])
         return super().response_add(request, obj, post_url_continue)
-
-    def delete_model(self, request: HttpRequest, obj: UpstreamServer) -> None:
-        services.server_delete(server=obj, actor=actor_of(request), ip=ip_of(request))
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[UpstreamServer]) -> None:
-        for server in queryset:
-            services.server_delete(server=server, actor=actor_of(request), ip=ip_of(request))
 
     @admin.action(description="Refresh tools, resources and prompts now", permissions=["change"])
     def refresh_tools(self, request: HttpRequest, queryset: QuerySet[UpstreamServer]) -> None:
@@ -212,8 +204,10 @@ class ToolGrantForm(forms.ModelForm):
 
 
 @admin.register(ToolGrant)
-class ToolGrantAdmin(TenantScopedAdmin):
+class ToolGrantAdmin(ServiceAdminMixin, TenantScopedAdmin):
     """Tenant admins manage their tenant's grants: key narrowing always, tenant-wide grants on self-service servers."""
+
+    writes = AdminWrites("grant", save=services.grant_save, delete=services.grant_delete)
 
     form = ToolGrantForm
     list_display = ["tenant", "api_key", "server", "tool", "created_at"]
@@ -242,63 +236,43 @@ class ToolGrantAdmin(TenantScopedAdmin):
         # A platform-made tenant-wide grant on a server closed to self-service is read-only to tenant admins.
         return action == "view" or obj is None or request.user.is_superuser or services.grant_within_self_service(obj)
 
+    def service_kwargs(self, request: HttpRequest) -> dict[str, Any]:
+        return {**super().service_kwargs(request), "self_service": not request.user.is_superuser}
+
     def save_model(self, request: HttpRequest, obj: ToolGrant, form: Any, change: bool) -> None:
         self.check_tenant(request, obj.tenant_id, "change" if change else "add")
-        services.grant_save(
-            grant=obj, actor=actor_of(request), ip=ip_of(request), self_service=not request.user.is_superuser
-        )
+        super().save_model(request, obj, form, change)
 
     def delete_model(self, request: HttpRequest, obj: ToolGrant) -> None:
         self.check_tenant(request, obj.tenant_id, "delete")
-        services.grant_delete(
-            grant=obj, actor=actor_of(request), ip=ip_of(request), self_service=not request.user.is_superuser
-        )
+        super().delete_model(request, obj)
 
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ToolGrant]) -> None:
+    def deletable(self, request: HttpRequest, queryset: QuerySet[ToolGrant]) -> list[ToolGrant]:
         grants = list(self.scope(queryset, self.allowed_tenants(request, "delete")).select_related(*GRANT_RELATED))
         if not request.user.is_superuser and not all(services.grant_within_self_service(g) for g in grants):
             # Refuse the whole selection before deleting any of it.
             raise PermissionDenied("Only platform admins remove tenant-wide grants of servers closed to self-service.")
-        for grant in grants:
-            services.grant_delete(
-                grant=grant, actor=actor_of(request), ip=ip_of(request), self_service=not request.user.is_superuser
-            )
+        return grants
 
 
 @admin.register(VirtualServer)
-class VirtualServerAdmin(admin.ModelAdmin):
+class VirtualServerAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    writes = AdminWrites("bundle", delete=services.virtual_server_delete)
     list_display = ["name", "enabled", "description", "updated_at"]
     filter_horizontal = ["tools"]
 
     def save_model(self, request: HttpRequest, obj: VirtualServer, form: Any, change: bool) -> None:
-        services.virtual_server_save(
-            bundle=obj, tools=list(form.cleaned_data.get("tools") or []), actor=actor_of(request), ip=ip_of(request)
-        )
+        tools = list(form.cleaned_data.get("tools") or [])
+        services.virtual_server_save(bundle=obj, tools=tools, **self.service_kwargs(request))
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         """The tools were set (and audited) by the service in save_model."""
 
-    def delete_model(self, request: HttpRequest, obj: VirtualServer) -> None:
-        services.virtual_server_delete(bundle=obj, actor=actor_of(request), ip=ip_of(request))
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[VirtualServer]) -> None:
-        for bundle in queryset:
-            services.virtual_server_delete(bundle=bundle, actor=actor_of(request), ip=ip_of(request))
-
 
 @admin.register(SsrfAllowEntry)
-class SsrfAllowEntryAdmin(admin.ModelAdmin):
+class SsrfAllowEntryAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    writes = AdminWrites("entry", save=services.allow_entry_save, delete=services.allow_entry_delete)
     list_display = ["value", "note", "created_at"]
-
-    def save_model(self, request: HttpRequest, obj: SsrfAllowEntry, form: Any, change: bool) -> None:
-        services.allow_entry_save(entry=obj, actor=actor_of(request), ip=ip_of(request))
-
-    def delete_model(self, request: HttpRequest, obj: SsrfAllowEntry) -> None:
-        services.allow_entry_delete(entry=obj, actor=actor_of(request), ip=ip_of(request))
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[SsrfAllowEntry]) -> None:
-        for entry in queryset:
-            services.allow_entry_delete(entry=entry, actor=actor_of(request), ip=ip_of(request))
 
 
 @admin.register(ToolCallEvent)

@@ -9,7 +9,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from audit.services import audit_record, changes_between
+from audit.services import audit_record
+from core.changes import AuditedEntity, snapshot
 from mcp_gateway import ssrf
 from mcp_gateway.models import SsrfAllowEntry, ToolGrant, UpstreamServer, UpstreamTool, VirtualServer
 from mcp_gateway.selectors import catalog_invalidate, upstream_target
@@ -18,7 +19,7 @@ SERVER_AUDIT_FIELDS = ("name", "url", "transport", "command", "credential_header
 
 
 def _snapshot(server: UpstreamServer) -> dict[str, Any]:
-    values = {name: getattr(server, name) for name in SERVER_AUDIT_FIELDS}
+    values = snapshot(server, SERVER_AUDIT_FIELDS)
     values["credential"] = "(set)" if server.credential else ""
     return values
 
@@ -27,41 +28,28 @@ def _allowlist() -> list[str]:
     return list(SsrfAllowEntry.objects.values_list("value", flat=True))
 
 
-@transaction.atomic
+SERVERS = AuditedEntity[UpstreamServer](
+    "mcp.server", _snapshot, lambda server: f"mcp_server:{server.name}", on_commit=catalog_invalidate
+)
+
+
 def server_save(*, server: UpstreamServer, actor: str, ip: str | None = None) -> UpstreamServer:
     """Create or change an upstream server; its URL must pass the SSRF check."""
-    old = UpstreamServer.objects.filter(pk=server.pk).first() if server.pk else None
-    before = _snapshot(old) if old is not None else {}
-    server.full_clean()
-    if server.transport != UpstreamServer.Transport.STDIO:
-        try:
-            ssrf.url_check(server.url, _allowlist(), ssrf.resolve_sync(server.url))
-        except ssrf.SsrfBlocked as exc:
-            raise ValidationError({"url": exc.message}) from exc
-    server.save()
-    after = _snapshot(server)
-    if old is not None and old.credential != server.credential:
-        after["credential"] = "(changed)"
-    audit_record(
-        actor=actor,
-        action="mcp.server.change" if old is not None else "mcp.server.create",
-        target=f"mcp_server:{server.name}",
-        ip=ip,
-        details={"changes": changes_between(before, after)},
-    )
-    transaction.on_commit(catalog_invalidate)
+    with SERVERS.saving(server, actor=actor, ip=ip) as change:
+        server.full_clean()
+        if server.transport != UpstreamServer.Transport.STDIO:
+            try:
+                ssrf.url_check(server.url, _allowlist(), ssrf.resolve_sync(server.url))
+            except ssrf.SsrfBlocked as exc:
+                raise ValidationError({"url": exc.message}) from exc
+        if change.stored is not None and change.stored.credential != server.credential:
+            change.extra_changes["credential"] = {"before": change.before["credential"], "after": "(changed)"}
+        change.save()
     return server
 
 
-@transaction.atomic
 def server_delete(*, server: UpstreamServer, actor: str, ip: str | None = None) -> None:
-    before = _snapshot(server)
-    name = server.name
-    server.delete()
-    audit_record(
-        actor=actor, action="mcp.server.delete", target=f"mcp_server:{name}", ip=ip, details={"before": before}
-    )
-    transaction.on_commit(catalog_invalidate)
+    SERVERS.delete(server, actor=actor, ip=ip)
 
 
 def server_refresh(*, server: UpstreamServer, actor: str, ip: str | None = None) -> UpstreamServer:
@@ -168,105 +156,73 @@ def _self_service_check(grant: ToolGrant | None) -> None:
         )
 
 
-@transaction.atomic
+GRANTS = AuditedEntity[ToolGrant](
+    "mcp.grant", _grant_snapshot, lambda g: f"mcp_grant:{g.pk}", lambda g: g.tenant_id, on_commit=catalog_invalidate
+)
+
+
 def grant_save(*, grant: ToolGrant, actor: str, ip: str | None = None, self_service: bool = False) -> ToolGrant:
     """Create or change a grant; ``self_service`` (a tenant admin acting) limits it to what tenants may grant."""
-    old = ToolGrant.objects.filter(pk=grant.pk).select_related("tenant", "api_key", "server").first()
-    before = _grant_snapshot(old) if old is not None else {}
-    grant.full_clean()
-    if self_service:
-        _self_service_check(old)
-        _self_service_check(grant)
-    grant.save()
-    audit_record(
-        actor=actor,
-        action="mcp.grant.change" if old is not None else "mcp.grant.create",
-        target=f"mcp_grant:{grant.pk}",
-        tenant_id=grant.tenant_id,
-        ip=ip,
-        details={"changes": changes_between(before, _grant_snapshot(grant)), "self_service": self_service},
-    )
-    transaction.on_commit(catalog_invalidate)
+    with GRANTS.saving(grant, actor=actor, ip=ip) as change:
+        grant.full_clean()
+        if self_service:
+            _self_service_check(change.stored)
+            _self_service_check(grant)
+        change.details["self_service"] = self_service
+        change.save()
     return grant
 
 
-@transaction.atomic
 def grant_delete(*, grant: ToolGrant, actor: str, ip: str | None = None, self_service: bool = False) -> None:
     if self_service:
         _self_service_check(grant)
-    before, pk, tenant_id = _grant_snapshot(grant), grant.pk, grant.tenant_id
-    grant.delete()
-    audit_record(
-        actor=actor,
-        action="mcp.grant.delete",
-        target=f"mcp_grant:{pk}",
-        tenant_id=tenant_id,
-        ip=ip,
-        details={"before": before, "self_service": self_service},
-    )
-    transaction.on_commit(catalog_invalidate)
+    GRANTS.delete(grant, actor=actor, ip=ip, details={"self_service": self_service})
 
 
-@transaction.atomic
-def virtual_server_save(
-    *, bundle: VirtualServer, tools: list[UpstreamTool] | None = None, actor: str, ip: str | None = None
-) -> VirtualServer:
-    old = VirtualServer.objects.filter(pk=bundle.pk).first() if bundle.pk else None
-    before: dict[str, Any] = {}
-    if old is not None:
-        before = {
-            "name": old.name,
-            "enabled": old.enabled,
-            "tools": sorted(str(tool) for tool in old.tools.select_related("server")),
-        }
-    bundle.full_clean()
-    bundle.save()
-    if tools is not None:
-        bundle.tools.set(tools)
-    after = {
+def _bundle_snapshot(bundle: VirtualServer) -> dict[str, Any]:
+    return {
         "name": bundle.name,
         "enabled": bundle.enabled,
         "tools": sorted(str(tool) for tool in bundle.tools.select_related("server")),
     }
-    audit_record(
-        actor=actor,
-        action="mcp.virtual_server.change" if old is not None else "mcp.virtual_server.create",
-        target=f"mcp_virtual_server:{bundle.name}",
-        ip=ip,
-        details={"changes": changes_between(before, after)},
-    )
-    transaction.on_commit(catalog_invalidate)
+
+
+BUNDLES = AuditedEntity[VirtualServer](
+    "mcp.virtual_server",
+    _bundle_snapshot,
+    lambda b: f"mcp_virtual_server:{b.name}",
+    on_commit=catalog_invalidate,
+    delete_keeps_before=False,
+)
+
+
+def virtual_server_save(
+    *, bundle: VirtualServer, tools: list[UpstreamTool] | None = None, actor: str, ip: str | None = None
+) -> VirtualServer:
+    with BUNDLES.saving(bundle, actor=actor, ip=ip) as change:
+        bundle.full_clean()
+        change.save()
+        if tools is not None:
+            bundle.tools.set(tools)
     return bundle
 
 
-@transaction.atomic
 def virtual_server_delete(*, bundle: VirtualServer, actor: str, ip: str | None = None) -> None:
-    name = bundle.name
-    bundle.delete()
-    audit_record(actor=actor, action="mcp.virtual_server.delete", target=f"mcp_virtual_server:{name}", ip=ip)
-    transaction.on_commit(catalog_invalidate)
+    BUNDLES.delete(bundle, actor=actor, ip=ip)
 
 
-@transaction.atomic
+ALLOW_ENTRIES = AuditedEntity[SsrfAllowEntry](
+    "mcp.ssrf_allow",
+    ("value", "note"),
+    lambda e: f"ssrf_allow:{e.value}",
+    on_commit=catalog_invalidate,
+    delete_keeps_before=False,
+)
+
+
 def allow_entry_save(*, entry: SsrfAllowEntry, actor: str, ip: str | None = None) -> SsrfAllowEntry:
-    old = SsrfAllowEntry.objects.filter(pk=entry.pk).first() if entry.pk else None
-    before = {"value": old.value, "note": old.note} if old is not None else {}
-    entry.full_clean()
-    entry.save()
-    audit_record(
-        actor=actor,
-        action="mcp.ssrf_allow.change" if old is not None else "mcp.ssrf_allow.create",
-        target=f"ssrf_allow:{entry.value}",
-        ip=ip,
-        details={"changes": changes_between(before, {"value": entry.value, "note": entry.note})},
-    )
-    transaction.on_commit(catalog_invalidate)
-    return entry
+    return ALLOW_ENTRIES.save(entry, actor=actor, ip=ip)
 
 
-@transaction.atomic
 def allow_entry_delete(*, entry: SsrfAllowEntry, actor: str, ip: str | None = None) -> None:
-    value = entry.value
-    entry.delete()
-    audit_record(actor=actor, action="mcp.ssrf_allow.delete", target=f"ssrf_allow:{value}", ip=ip)
-    transaction.on_commit(catalog_invalidate)
+    ALLOW_ENTRIES.delete(entry, actor=actor, ip=ip)

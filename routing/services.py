@@ -5,10 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from django.db import transaction
-
-from audit.services import audit_record, changes_between
-from core.changes import snapshot
+from core.changes import AuditedEntity, snapshot
 from routing.credentials import params_merge, params_split, secret_values
 from routing.models import ModelDeployment, RequestLog, RouteGroup, url_credentials, url_without_credentials
 from routing.selectors import deployment_cache
@@ -71,38 +68,26 @@ def _deployments_changed() -> None:
     deployment_cache.epoch.bump()
 
 
-@transaction.atomic
+DEPLOYMENTS = AuditedEntity[ModelDeployment](
+    "deployment", _deployment_snapshot, lambda d: f"deployment:{d.pk}:{d.model_name}", on_commit=_deployments_changed
+)
+
+
 def deployment_save(*, deployment: ModelDeployment, actor: str, ip: str | None = None) -> ModelDeployment:
     """Create or change a deployment; credentials found in ``extra_params`` are moved to ``secret_params``.
 
     The audit event names the credentials that were set, changed or removed, never their values.
     """
-    old = ModelDeployment.objects.filter(pk=deployment.pk).first() if deployment.pk else None
-    before = _deployment_snapshot(old) if old is not None else {}
-    _credentials_separate(deployment)
-    deployment.full_clean()
-    deployment.save()
-    after = _deployment_snapshot(deployment)
-    changes = changes_between(before, after)
-    changes.update(_secret_changes(old, deployment))
-    audit_record(
-        actor=actor,
-        action="deployment.change" if old is not None else "deployment.create",
-        target=f"deployment:{deployment.pk}:{deployment.model_name}",
-        ip=ip,
-        details={"changes": changes},
-    )
-    transaction.on_commit(_deployments_changed)
+    with DEPLOYMENTS.saving(deployment, actor=actor, ip=ip) as change:
+        _credentials_separate(deployment)
+        deployment.full_clean()
+        change.extra_changes = _secret_changes(change.stored, deployment)
+        change.save()
     return deployment
 
 
-@transaction.atomic
 def deployment_delete(*, deployment: ModelDeployment, actor: str, ip: str | None = None) -> None:
-    before = _deployment_snapshot(deployment)
-    target = f"deployment:{deployment.pk}:{deployment.model_name}"
-    deployment.delete()
-    audit_record(actor=actor, action="deployment.delete", target=target, ip=ip, details={"before": before})
-    transaction.on_commit(_deployments_changed)
+    DEPLOYMENTS.delete(deployment, actor=actor, ip=ip)
 
 
 ROUTE_GROUP_AUDIT_FIELDS = (
@@ -118,37 +103,28 @@ ROUTE_GROUP_AUDIT_FIELDS = (
     "cooldown_time",
 )
 
+ROUTE_GROUPS = AuditedEntity[RouteGroup](
+    "route_group",
+    ROUTE_GROUP_AUDIT_FIELDS,
+    lambda g: f"route_group:{g.pk}:{g.model_name}",
+    on_commit=_deployments_changed,
+)
 
-@transaction.atomic
+
 def route_group_save(*, group: RouteGroup, actor: str, ip: str | None = None) -> RouteGroup:
     """Create or change a route group; its version moves so decisions name the policy they used."""
-    old = RouteGroup.objects.select_for_update().filter(pk=group.pk).first() if group.pk else None
-    before = snapshot(old, ROUTE_GROUP_AUDIT_FIELDS) if old is not None else {}
-    group.full_clean(exclude=["version"])
-    after = snapshot(group, ROUTE_GROUP_AUDIT_FIELDS)
-    changes = changes_between(before, after)
-    if old is not None and not changes:
-        return group
-    group.version = old.version + 1 if old is not None else 1
-    group.save()
-    audit_record(
-        actor=actor,
-        action="route_group.change" if old is not None else "route_group.create",
-        target=f"route_group:{group.pk}:{group.model_name}",
-        ip=ip,
-        details={"changes": changes, "version": group.version},
-    )
-    transaction.on_commit(_deployments_changed)
+    with ROUTE_GROUPS.saving(group, actor=actor, ip=ip) as change:
+        group.full_clean(exclude=["version"])
+        if change.unchanged:
+            return group
+        group.version = change.stored.version + 1 if change.stored is not None else 1
+        change.details["version"] = group.version
+        change.save()
     return group
 
 
-@transaction.atomic
 def route_group_delete(*, group: RouteGroup, actor: str, ip: str | None = None) -> None:
-    before = snapshot(group, ROUTE_GROUP_AUDIT_FIELDS)
-    target = f"route_group:{group.pk}:{group.model_name}"
-    group.delete()
-    audit_record(actor=actor, action="route_group.delete", target=target, ip=ip, details={"before": before})
-    transaction.on_commit(_deployments_changed)
+    ROUTE_GROUPS.delete(group, actor=actor, ip=ip)
 
 
 def request_logs_prune(*, older_than: dt.datetime, batch: int = 10_000) -> int:

@@ -15,13 +15,10 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
+from core.actors import actor_of, ip_of
 from tenants import rotation
 from tenants.models import ApiKey
 from tenants.services import api_key_may
-
-
-def _actor(request: HttpRequest) -> str:
-    return f"user:{request.user.get_username()}"
 
 
 def _no_store(response: HttpResponse) -> HttpResponse:
@@ -74,7 +71,7 @@ class KeyRotationAdminMixin:
         rotated = []
         for api_key in allowed.select_related("tenant"):
             result = rotation.api_key_rotate(
-                api_key=api_key, actor=_actor(request), acting_user=request.user, ip=request.META.get("REMOTE_ADDR")
+                api_key=api_key, actor=actor_of(request), acting_user=request.user, ip=ip_of(request)
             )
             if result is not None:
                 rotated.append(result)
@@ -102,7 +99,7 @@ class KeyRotationAdminMixin:
         }
         if request.method == "POST":
             context["secret"] = rotation.api_key_secret_collect(
-                api_key=api_key, actor=_actor(request), acting_user=request.user, ip=request.META.get("REMOTE_ADDR")
+                api_key=api_key, actor=actor_of(request), acting_user=request.user, ip=ip_of(request)
             )
             context["collected"] = True
         return _no_store(TemplateResponse(request, "admin/tenants/apikey/collect.html", context))
@@ -113,7 +110,7 @@ class KeyRotationAdminMixin:
         if request.method == "POST":
             if not request.user.is_superuser:
                 raise PermissionDenied
-            report = rotation.secret_rotate(actor=_actor(request))
+            report = rotation.secret_rotate(actor=actor_of(request))
             self.message_user(request, f"Rotation done: {report.summary()}.", messages.SUCCESS)  # type: ignore[attr-defined]
             return HttpResponseRedirect(reverse("admin:tenants_apikey_rotation"))
         allowed = self.allowed_tenants(request, "view")  # type: ignore[attr-defined]

@@ -8,15 +8,13 @@ platform admin. A refusal raises ``tenants.roles.NotAllowed`` before anything is
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
-from django.db import models, transaction
+from django.db import transaction
 from django.utils import timezone
 
-from audit.services import audit_record, changes_between
-from core.changes import snapshot
+from core.changes import AuditedEntity, M, snapshot
 from tenants.auth import key_cache_invalidate
 from tenants.models import KEY_SCOPES, ApiKey, Membership, Quota, Tenant, key_generate
 from tenants.roles import ROLE_LABELS, NotAllowed, is_platform_admin, may, scopes_grantable
@@ -25,54 +23,28 @@ TENANT_AUDIT_FIELDS = ("slug", "name", "is_active", "key_max_age_days", "trace_c
 KEY_AUDIT_FIELDS = ("name", "tenant", "prefix", "allowed_models", "scopes", "expires_at", "revoked_at", "max_age_days")
 
 
-def _before(model: type[models.Model], pk: Any, fields: Iterable[str]) -> dict[str, Any]:
-    if pk is None:
-        return {}
-    old = model._default_manager.filter(pk=pk).first()
-    return snapshot(old, fields) if old is not None else {}
-
-
 def _tenant_may(acting_user: Any, action: str, tenant_id: int | None) -> None:
     if not may(acting_user, Tenant, action, tenant_id=tenant_id):
         raise NotAllowed(f"Your role may not {action} this tenant; platform admins do.")
 
 
-@transaction.atomic
+TENANTS = AuditedEntity[Tenant]("tenant", TENANT_AUDIT_FIELDS, lambda t: f"tenant:{t.slug}", tenant_id=lambda t: t.pk)
+
+
 def tenant_save(*, tenant: Tenant, actor: str, acting_user: Any = None, ip: str | None = None) -> Tenant:
     _tenant_may(acting_user, "change" if tenant.pk else "add", tenant.pk)
-    before = _before(Tenant, tenant.pk, TENANT_AUDIT_FIELDS)
-    tenant.full_clean()
-    tenant.save()
-    after = snapshot(tenant, TENANT_AUDIT_FIELDS)
-    audit_record(
-        actor=actor,
-        action="tenant.change" if before else "tenant.create",
-        target=f"tenant:{tenant.slug}",
-        tenant_id=tenant.pk,
-        ip=ip,
-        details={"changes": changes_between(before, after)},
-    )
-    # Read on the hot path through the key cache (the slug names the tenant in quota messages and metrics).
-    if before and any(before.get(name) != after.get(name) for name in ("is_active", "trace_content", "slug")):
-        transaction.on_commit(partial(key_cache_invalidate, tenant_ids=[tenant.pk]))
+    with TENANTS.saving(tenant, actor=actor, ip=ip) as change:
+        tenant.full_clean()
+        # Read on the hot path through the key cache (the slug names the tenant in quota messages and metrics).
+        if change.stored is not None and {"is_active", "trace_content", "slug"} & change.changes().keys():
+            change.on_commit(partial(key_cache_invalidate, tenant_ids=[tenant.pk]))
+        change.save()
     return tenant
 
 
-@transaction.atomic
 def tenant_delete(*, tenant: Tenant, actor: str, acting_user: Any = None, ip: str | None = None) -> None:
     _tenant_may(acting_user, "delete", tenant.pk)
-    before = snapshot(tenant, TENANT_AUDIT_FIELDS)
-    tenant_id, slug = tenant.pk, tenant.slug
-    tenant.delete()
-    audit_record(
-        actor=actor,
-        action="tenant.delete",
-        target=f"tenant:{slug}",
-        tenant_id=tenant_id,
-        ip=ip,
-        details={"before": before},
-    )
-    transaction.on_commit(partial(key_cache_invalidate, tenant_ids=[tenant_id]))
+    TENANTS.delete(tenant, actor=actor, ip=ip, on_commit=partial(key_cache_invalidate, tenant_ids=[tenant.pk]))
 
 
 def api_key_scopes_refused(*, acting_user: Any, tenant_id: int | None, scopes: Any, before: Any = ()) -> list[str]:
@@ -106,13 +78,20 @@ def api_key_may(acting_user: Any, api_key: ApiKey, action: str) -> bool:
     return may(acting_user, ApiKey, action, tenant_id=api_key.tenant_id, created_by_id=api_key.created_by_id)
 
 
-def _stored_key_check(acting_user: Any, api_key: ApiKey, action: str, what: str) -> ApiKey | None:
-    """The key as stored (the permission is judged on it, not on edited values); refuses if not allowed."""
-    stored = ApiKey.objects.filter(pk=api_key.pk).first() if api_key.pk else None
+def _stored(instance: M) -> M | None:
+    return type(instance)._default_manager.filter(pk=instance.pk).first() if instance.pk else None
+
+
+def _stored_key_check(acting_user: Any, stored: ApiKey | None, action: str, what: str) -> None:
+    """Refuses unless ``acting_user`` may act on the key as stored (not as edited)."""
     if stored is not None and not api_key_may(acting_user, stored, action):
         who = "tenant admins do" if action == "delete" else f"developers may only {what} the keys they created"
         raise NotAllowed(f"Your role may not {what} this key: {who}.")
-    return stored
+
+
+API_KEYS = AuditedEntity[ApiKey](
+    "api_key", KEY_AUDIT_FIELDS, lambda key: f"api_key:{key.prefix}", tenant_id=lambda key: key.tenant_id
+)
 
 
 @transaction.atomic
@@ -151,77 +130,43 @@ def api_key_create(
     api_key.set_secret(secret)
     api_key.full_clean()
     api_key.save()
-    audit_record(
-        actor=actor,
-        action="api_key.create",
-        target=f"api_key:{api_key.prefix}",
-        tenant_id=tenant.pk,
-        ip=ip,
-        details={"after": snapshot(api_key, KEY_AUDIT_FIELDS)},
-    )
+    API_KEYS.record(api_key, "create", actor=actor, ip=ip, details={"after": API_KEYS.values(api_key)})
     # Its secret may be cached as unknown (someone tried it first, or config-as-code named it).
     transaction.on_commit(partial(key_cache_invalidate, secret_hashes=[api_key.secret_hash]))
     return api_key, secret
 
 
-@transaction.atomic
 def api_key_update(*, api_key: ApiKey, actor: str, acting_user: Any = None, ip: str | None = None) -> ApiKey:
-    stored = _stored_key_check(acting_user, api_key, "change", "change")
-    if stored is not None:
-        if stored.tenant_id != api_key.tenant_id:
-            # That would hand one tenant's secret to another.
-            raise NotAllowed("A key never moves to another tenant; create a key there instead.", param="tenant")
-        _scopes_check(acting_user, stored.tenant_id, api_key.scopes, before=stored.scopes)
-    before = _before(ApiKey, api_key.pk, KEY_AUDIT_FIELDS)
-    api_key.full_clean()
-    api_key.save()
-    after = snapshot(api_key, KEY_AUDIT_FIELDS)
-    audit_record(
-        actor=actor,
-        action="api_key.change",
-        target=f"api_key:{api_key.prefix}",
-        tenant_id=api_key.tenant_id,
-        ip=ip,
-        details={"changes": changes_between(before, after)},
-    )
-    transaction.on_commit(partial(key_cache_invalidate, secret_hashes=[api_key.secret_hash]))
+    with API_KEYS.saving(api_key, actor=actor, ip=ip) as change:
+        _stored_key_check(acting_user, change.stored, "change", "change")
+        if change.stored is not None:
+            if change.stored.tenant_id != api_key.tenant_id:
+                # That would hand one tenant's secret to another.
+                raise NotAllowed("A key never moves to another tenant; create a key there instead.", param="tenant")
+            _scopes_check(acting_user, change.stored.tenant_id, api_key.scopes, before=change.stored.scopes)
+        api_key.full_clean()
+        change.on_commit(partial(key_cache_invalidate, secret_hashes=[api_key.secret_hash]))
+        change.save()
     return api_key
 
 
 @transaction.atomic
 def api_key_revoke(*, api_key: ApiKey, actor: str, acting_user: Any = None, ip: str | None = None) -> ApiKey:
-    _stored_key_check(acting_user, api_key, "change", "revoke")
+    _stored_key_check(acting_user, _stored(api_key), "change", "revoke")
     if api_key.revoked_at is not None:
         return api_key
     api_key.revoked_at = timezone.now()
     api_key.save(update_fields=["revoked_at"])
-    audit_record(
-        actor=actor,
-        action="api_key.revoke",
-        target=f"api_key:{api_key.prefix}",
-        tenant_id=api_key.tenant_id,
-        ip=ip,
-        details={"changes": {"revoked_at": {"before": None, "after": api_key.revoked_at.isoformat()}}},
-    )
+    changes = {"revoked_at": {"before": None, "after": api_key.revoked_at.isoformat()}}
+    API_KEYS.record(api_key, "revoke", actor=actor, ip=ip, details={"changes": changes})
     transaction.on_commit(partial(key_cache_invalidate, secret_hashes=[api_key.secret_hash]))
     return api_key
 
 
-@transaction.atomic
 def api_key_delete(*, api_key: ApiKey, actor: str, acting_user: Any = None, ip: str | None = None) -> None:
-    _stored_key_check(acting_user, api_key, "delete", "delete")
-    before = snapshot(api_key, KEY_AUDIT_FIELDS)
-    tenant_id, prefix, secret_hash = api_key.tenant_id, api_key.prefix, api_key.secret_hash
-    api_key.delete()
-    audit_record(
-        actor=actor,
-        action="api_key.delete",
-        target=f"api_key:{prefix}",
-        tenant_id=tenant_id,
-        ip=ip,
-        details={"before": before},
-    )
-    transaction.on_commit(partial(key_cache_invalidate, secret_hashes=[secret_hash]))
+    _stored_key_check(acting_user, _stored(api_key), "delete", "delete")
+    invalidate = partial(key_cache_invalidate, secret_hashes=[api_key.secret_hash])
+    API_KEYS.delete(api_key, actor=actor, ip=ip, on_commit=invalidate)
 
 
 QUOTA_AUDIT_FIELDS = ("tenant", "api_key", "model", "budget_duration", *Quota.LIMIT_FIELDS)
@@ -259,37 +204,26 @@ def _quota_keys_invalidate(*quotas: Quota | None) -> None:
     transaction.on_commit(partial(key_cache_invalidate, secret_hashes=secret_hashes, tenant_ids=sorted(tenant_ids)))
 
 
-@transaction.atomic
+QUOTAS = AuditedEntity[Quota]("quota", _quota_snapshot, lambda quota: f"quota:{quota.pk}:{quota}", _quota_tenant_id)
+
+
 def quota_save(*, quota: Quota, actor: str, acting_user: Any = None, ip: str | None = None) -> Quota:
-    old = Quota.objects.filter(pk=quota.pk).first() if quota.pk else None
-    if old is not None:
-        _quota_check(acting_user, old, "change")
-    _quota_check(acting_user, quota, "change" if old is not None else "add")
-    before = _quota_snapshot(old) if old is not None else {}
-    quota.full_clean()
-    quota.save()
-    audit_record(
-        actor=actor,
-        action="quota.change" if old is not None else "quota.create",
-        target=f"quota:{quota.pk}:{quota}",
-        tenant_id=_quota_tenant_id(quota),
-        ip=ip,
-        details={"changes": changes_between(before, _quota_snapshot(quota))},
-    )
-    _quota_keys_invalidate(old, quota)
+    with QUOTAS.saving(quota, actor=actor, ip=ip) as change:
+        if change.stored is not None:
+            _quota_check(acting_user, change.stored, "change")
+        _quota_check(acting_user, quota, "change" if change.stored is not None else "add")
+        quota.full_clean()
+        _quota_keys_invalidate(change.stored, quota)
+        change.save()
     return quota
 
 
 @transaction.atomic
 def quota_delete(*, quota: Quota, actor: str, acting_user: Any = None, ip: str | None = None) -> None:
-    stored = Quota.objects.filter(pk=quota.pk).first()
+    stored = _stored(quota)
     _quota_check(acting_user, stored or quota, "delete")
     _quota_keys_invalidate(stored, quota)
-    before, target, tenant_id = _quota_snapshot(quota), f"quota:{quota.pk}:{quota}", _quota_tenant_id(quota)
-    quota.delete()
-    audit_record(
-        actor=actor, action="quota.delete", target=target, tenant_id=tenant_id, ip=ip, details={"before": before}
-    )
+    QUOTAS.delete(quota, actor=actor, ip=ip)
 
 
 MEMBERSHIP_AUDIT_FIELDS = ("user", "tenant", "role")
@@ -314,43 +248,30 @@ def _membership_check(acting_user: Any, membership: Membership, action: str) -> 
         raise NotAllowed("Your role may not manage members of this tenant.")
 
 
-@transaction.atomic
+MEMBERSHIPS = AuditedEntity[Membership](
+    "membership", MEMBERSHIP_AUDIT_FIELDS, lambda m: f"membership:{m.user}@{m.tenant.slug}", lambda m: m.tenant_id
+)
+
+
 def membership_save(
     *, membership: Membership, actor: str, acting_user: Any = None, ip: str | None = None
 ) -> Membership:
-    stored = Membership.objects.filter(pk=membership.pk).first() if membership.pk else None
-    if stored is not None:
-        _membership_check(acting_user, stored, "change")
-        if stored.user_id != membership.user_id and not is_platform_admin(acting_user):
-            # Handing a role to someone else is a new membership, made by name and audited as one.
-            raise NotAllowed("A membership keeps its user; add the other person instead.", param="user")
-    _membership_check(acting_user, membership, "change" if stored is not None else "add")
-    before = _before(Membership, membership.pk, MEMBERSHIP_AUDIT_FIELDS)
-    membership.full_clean()
-    membership.save()
-    _role_groups_refresh(membership.user)
-    audit_record(
-        actor=actor,
-        action="membership.change" if before else "membership.create",
-        target=f"membership:{membership.user}@{membership.tenant.slug}",
-        tenant_id=membership.tenant_id,
-        ip=ip,
-        details={"changes": changes_between(before, snapshot(membership, MEMBERSHIP_AUDIT_FIELDS))},
-    )
+    with MEMBERSHIPS.saving(membership, actor=actor, ip=ip) as change:
+        if change.stored is not None:
+            _membership_check(acting_user, change.stored, "change")
+            if change.stored.user_id != membership.user_id and not is_platform_admin(acting_user):
+                # Handing a role to someone else is a new membership, made by name and audited as one.
+                raise NotAllowed("A membership keeps its user; add the other person instead.", param="user")
+        _membership_check(acting_user, membership, "change" if change.stored is not None else "add")
+        membership.full_clean()
+        change.save()
+        _role_groups_refresh(membership.user)
     return membership
 
 
 @transaction.atomic
 def membership_delete(*, membership: Membership, actor: str, acting_user: Any = None, ip: str | None = None) -> None:
-    _membership_check(acting_user, Membership.objects.filter(pk=membership.pk).first() or membership, "delete")
-    before = snapshot(membership, MEMBERSHIP_AUDIT_FIELDS)
-    user, tenant_id, target = (
-        membership.user,
-        membership.tenant_id,
-        f"membership:{membership.user}@{membership.tenant.slug}",
-    )
-    membership.delete()
+    _membership_check(acting_user, _stored(membership) or membership, "delete")
+    user = membership.user
+    MEMBERSHIPS.delete(membership, actor=actor, ip=ip)
     _role_groups_refresh(user)
-    audit_record(
-        actor=actor, action="membership.delete", target=target, tenant_id=tenant_id, ip=ip, details={"before": before}
-    )

@@ -15,6 +15,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from core.actors import actor_of, ip_of
+from core.admin_services import AdminWrites, ServiceAdminMixin
 from core.read_only import ReadOnlyAdminMixin
 from routing import charts
 from routing.ml import services
@@ -77,18 +78,7 @@ class TenantShareInline(admin.TabularInline):
 class SmartGroupForm(forms.ModelForm):
     class Meta:
         model = SmartGroup
-        fields = [
-            "name",
-            "strong_model",
-            "weak_model",
-            "strong_price",
-            "weak_price",
-            "router_kind",
-            "strong_share",
-            "rules",
-            "mode",
-            "enabled",
-        ]
+        fields = list(services.GROUP_AUDIT_FIELDS)
 
     def clean_rules(self) -> Any:
         value = self.cleaned_data.get("rules") or {}
@@ -98,7 +88,8 @@ class SmartGroupForm(forms.ModelForm):
 
 
 @admin.register(SmartGroup)
-class SmartGroupAdmin(admin.ModelAdmin):
+class SmartGroupAdmin(ServiceAdminMixin, admin.ModelAdmin):
+    writes = AdminWrites("group", save=services.smart_group_save, delete=services.smart_group_delete)
     form = SmartGroupForm
     inlines = [TenantShareInline]
     list_display = ["name", "strong_model", "weak_model", "router_kind", "strong_share", "mode", "active", "ab"]
@@ -121,9 +112,6 @@ class SmartGroupAdmin(admin.ModelAdmin):
             return format_html("<p>{}</p>", "No active router.")
         return evaluation_chart(obj.active_artifact.metrics)
 
-    def save_model(self, request: HttpRequest, obj: SmartGroup, form: Any, change: bool) -> None:
-        services.smart_group_save(group=obj, actor=actor_of(request), ip=ip_of(request))
-
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
         # Tenant shares go through the service so each change is audited.
         formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
@@ -141,13 +129,6 @@ class SmartGroupAdmin(admin.ModelAdmin):
                 actor=actor_of(request),
                 ip=ip_of(request),
             )
-
-    def delete_model(self, request: HttpRequest, obj: SmartGroup) -> None:
-        services.smart_group_delete(group=obj, actor=actor_of(request), ip=ip_of(request))
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[SmartGroup]) -> None:
-        for group in queryset:
-            services.smart_group_delete(group=group, actor=actor_of(request), ip=ip_of(request))
 
     @admin.action(description="Train a new router (in the background) on the table and this group's traffic")
     def train_router(self, request: HttpRequest, queryset: QuerySet[SmartGroup]) -> None:

@@ -15,8 +15,8 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from audit.services import audit_record, changes_between
-from core.changes import snapshot
+from audit.services import audit_record
+from core.changes import AuditedEntity
 from routing.ml.evaluation import router_evaluate
 from routing.ml.models import (
     RequestFeedback,
@@ -49,29 +49,25 @@ def _changed() -> None:
     smart_cache.epoch.bump()
 
 
-@transaction.atomic
+SMART_GROUPS = AuditedEntity[SmartGroup](
+    "smart_group", GROUP_AUDIT_FIELDS, lambda group: f"smart_group:{group.pk}:{group.name}", on_commit=_changed
+)
+
+
 def smart_group_save(*, group: SmartGroup, actor: str, ip: str | None = None) -> SmartGroup:
-    old = SmartGroup.objects.filter(pk=group.pk).first() if group.pk else None
-    before = snapshot(old, GROUP_AUDIT_FIELDS) if old is not None else {}
-    group.full_clean()
-    group.save()
-    audit_record(
-        actor=actor,
-        action="smart_group.change" if old is not None else "smart_group.create",
-        target=f"smart_group:{group.pk}:{group.name}",
-        ip=ip,
-        details={"changes": changes_between(before, snapshot(group, GROUP_AUDIT_FIELDS))},
-    )
-    transaction.on_commit(_changed)
-    return group
+    return SMART_GROUPS.save(group, actor=actor, ip=ip)
 
 
-@transaction.atomic
 def smart_group_delete(*, group: SmartGroup, actor: str, ip: str | None = None) -> None:
-    target = f"smart_group:{group.pk}:{group.name}"
-    before = snapshot(group, GROUP_AUDIT_FIELDS)
-    group.delete()
-    audit_record(actor=actor, action="smart_group.delete", target=target, ip=ip, details={"before": before})
+    SMART_GROUPS.delete(group, actor=actor, ip=ip)
+
+
+def _setting_record(
+    action: str, target: str, tenant_id: int, name: str, before: Any, after: Any, actor: str, ip: str | None
+) -> None:
+    """Audit a tenant's routing setting as set (even to what it was), and reload the groups on commit."""
+    changes = {name: {"before": before, "after": after}}
+    audit_record(actor=actor, action=action, target=target, tenant_id=tenant_id, ip=ip, details={"changes": changes})
     transaction.on_commit(_changed)
 
 
@@ -90,15 +86,8 @@ def tenant_share_save(
         row.strong_share = strong_share
         row.full_clean()
         row.save()
-    audit_record(
-        actor=actor,
-        action="smart_group.tenant_share",
-        target=f"smart_group:{group.pk}:{group.name}",
-        tenant_id=tenant_id,
-        ip=ip,
-        details={"changes": {"strong_share": {"before": before, "after": strong_share}}},
-    )
-    transaction.on_commit(_changed)
+    target = f"smart_group:{group.pk}:{group.name}"
+    _setting_record("smart_group.tenant_share", target, tenant_id, "strong_share", before, strong_share, actor, ip)
 
 
 @transaction.atomic
@@ -108,15 +97,8 @@ def tenant_routing_data_save(*, tenant_id: int, keep_prompt_text: bool, actor: s
     before = row.keep_prompt_text
     row.keep_prompt_text = keep_prompt_text
     row.save()
-    audit_record(
-        actor=actor,
-        action="routing_data.consent",
-        target=f"tenant:{tenant_id}",
-        tenant_id=tenant_id,
-        ip=ip,
-        details={"changes": {"keep_prompt_text": {"before": before, "after": keep_prompt_text}}},
-    )
-    transaction.on_commit(_changed)
+    target = f"tenant:{tenant_id}"
+    _setting_record("routing_data.consent", target, tenant_id, "keep_prompt_text", before, keep_prompt_text, actor, ip)
 
 
 def _sha256(blob: bytes) -> str:
