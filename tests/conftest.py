@@ -1,27 +1,31 @@
-"""Shared fixtures: the owner/member/outsider trio of tenants, keys, deployments, live servers."""
+"""Shared fixtures (tenants, keys, deployments, live servers) and the ``live`` and ``serial`` marks."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from audit.services import deferred_audit, denial_aggregator
+from core import registry
 from core.breaker import BREAKERS
 from core.hot_reads import db_read_connections_close
-from routing.ml.samples import sample_writer
+from observability import telemetry
 from routing.models import ModelDeployment
 from routing.services import deployment_save
-from routing.usage import usage_writer
 from tenants import services
-from tenants.models import ApiKey, Tenant
-from tests import live
+from tenants.models import Tenant
+from tests import live, serial_lock
+from tests.keys import Issued
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -35,24 +39,51 @@ def pytest_configure(config: pytest.Config) -> None:
         except redis.RedisError as exc:
             pytest.exit(f"REDIS_URL={settings.REDIS_URL} is unreachable: {exc}", returncode=3)
         # Keep this run's cache keys apart from anything else on the same Redis.
-        settings.CACHE_KEY_PREFIX = f"test{int(time.time() * 1000)}"
+        settings.CACHE_KEY_PREFIX = f"test{int(time.time() * 1000)}{os.environ.get('PYTEST_XDIST_WORKER', '')}"
         settings.CACHES["default"]["KEY_PREFIX"] = settings.CACHE_KEY_PREFIX
 
 
 @pytest.fixture(autouse=True)
-def _batch_writers_emptied() -> Iterator[None]:
-    """Rows a test left in the in-process batch writers go with it.
+def _process_state_reset() -> Iterator[None]:
+    """After each test, every per-process singleton is as a fresh process has it (``core.registry``).
 
-    Otherwise the next flush writes them into a later test's database, or, at interpreter
-    exit, fails against a test database that is gone.
+    Rows a test left in the batch writers go with it (otherwise the next flush writes them
+    into a later test's database, or fails at exit against one that is gone), and so do the
+    store backends, caches, breakers and Redis clients it made or substituted.
     """
     yield
-    denial_aggregator._end_interval()  # refusals counted for a summary not yet written
-    for writer in (usage_writer, deferred_audit, sample_writer):
-        writer._take()
-        if writer._timer is not None:
-            writer._timer.cancel()
-            writer._timer = None
+    registry.reset_all()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``live`` what starts a process (itself or through a fixture); ``faults`` tests are ``serial``.
+
+    ``-m "not live"`` is then the fast loop. Serial tests share one xdist worker (with
+    ``--dist loadgroup``) and run while no other test does (``serial_lock``).
+    """
+    verdicts: dict[int, bool] = {}
+
+    def starts(function: object) -> bool:
+        if id(function) not in verdicts:
+            verdicts[id(function)] = live.starts_processes(function)
+        return verdicts[id(function)]
+
+    for item in items:
+        definitions = getattr(item, "_fixtureinfo", None)
+        fixtures = [d.func for defs in (definitions.name2fixturedefs.values() if definitions else []) for d in defs]
+        if starts(getattr(item, "function", None)) or any(starts(fixture) for fixture in fixtures):
+            item.add_marker(pytest.mark.live)
+        if item.get_closest_marker("faults"):
+            item.add_marker(pytest.mark.serial)
+        if item.get_closest_marker("serial"):
+            item.add_marker(pytest.mark.xdist_group("serial"))
+
+
+@pytest.fixture(autouse=True)
+def _alone_when_serial(request: pytest.FixtureRequest) -> Iterator[None]:
+    with serial_lock.turn(request.node.get_closest_marker("serial") is not None):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -71,12 +102,6 @@ def server(django_db_setup: None, django_db_blocker: object, session_tmp: Path) 
     """One daphne process on the test database, shared by the tests that need a live server."""
     with live.daphne_server(session_tmp) as process:
         yield process
-
-
-@dataclass
-class Issued:
-    key: ApiKey
-    secret: str
 
 
 @pytest.fixture
@@ -133,3 +158,17 @@ async def stores_reset():
         breaker.reset()
     await sync_to_async(db_read_connections_close)()
     await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture(params=["fast_path", "sdk_spans"])
+def spans(request: pytest.FixtureRequest, settings: Any) -> Iterator[InMemorySpanExporter]:
+    """Tracing on for the test, every span kept in memory; once with lean spans, once with the SDK's own."""
+    settings.OTEL_FAST_PATH = request.param == "fast_path"
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry.setup(provider=provider)
+    try:
+        yield exporter
+    finally:
+        telemetry.teardown()

@@ -228,3 +228,31 @@ class TcpProxy:
                 except OSError:
                     pass
                 sock.close()
+
+
+# The helpers above that start a process; code that calls one of them needs a live process.
+PROCESS_STARTERS = frozenset({"spawn", "fake_upstream", "daphne_server", "served"})
+
+
+def starts_processes(function: object, _seen: set[int] | None = None) -> bool:
+    """Whether ``function`` (a test or fixture), or a function or class of the tests it calls, starts one."""
+    seen = _seen if _seen is not None else set()
+    function = getattr(function, "__wrapped__", function)
+    code = getattr(function, "__code__", None)
+    if code is None or id(code) in seen:
+        return False
+    seen.add(id(code))
+    namespace = getattr(function, "__globals__", {})
+    codes = [code]
+    while codes:
+        current = codes.pop()
+        if PROCESS_STARTERS & set(current.co_names):
+            return True
+        codes += [const for const in current.co_consts if hasattr(const, "co_names")]
+        for name in current.co_names:
+            called = namespace.get(name)
+            if getattr(called, "__module__", "").startswith("tests.") and called is not function:
+                members = vars(called).values() if isinstance(called, type) else [called]
+                if any(starts_processes(member, seen) for member in members):
+                    return True
+    return False

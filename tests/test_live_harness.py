@@ -12,6 +12,8 @@ import pytest
 
 from tests import live
 
+pytestmark = pytest.mark.live  # its processes start from a child script, out of sight of the detection
+
 PARENT = """
 import os, sys, time
 from tests import live

@@ -60,15 +60,6 @@ def postgres_only(transactional_db: None) -> None:
 
 
 @pytest.fixture(autouse=True)
-def no_deferred_leftovers() -> Iterator[None]:
-    """Drop audit entries a test left queued, so they are not written after its database is gone."""
-    from audit.services import deferred_audit
-
-    yield
-    deferred_audit._take()
-
-
-@pytest.fixture(autouse=True)
 def export_store_of_its_own(settings, tmp_path: Path) -> None:
     """audit_verify compares with the export store: never with one left by another test or a local run."""
     settings.AUDIT_EXPORT_DIR = tmp_path / "audit-export"

@@ -25,7 +25,7 @@ from routing.ml.models import RouterSample, SmartGroup
 from routing.ml.samples import SampleRow, sample_writer
 from routing.models import RequestLog, UsageRollup
 from routing.usage import UsageRow, usage_writer
-from tests.conftest import Issued
+from tests.keys import Issued
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

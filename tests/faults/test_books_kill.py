@@ -16,7 +16,7 @@ import pytest
 
 from routing.models import RequestLog
 from tests import live
-from tests.routing.test_usage_rollups import books
+from tests.routing.usage_books import books
 
 pytestmark = pytest.mark.faults
 

@@ -13,7 +13,8 @@ import pytest
 
 from tenants import services
 from tests import live
-from tests.faults.conftest import Load, Stores, failures, p99, wait_until
+from tests.faults.load import Load, failures, p99, wait_until
+from tests.faults.stores import Stores
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres]
 

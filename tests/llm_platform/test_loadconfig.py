@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from io import StringIO
-from pathlib import Path
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError
 from django.db import connection
 
 from audit.models import AuditEvent
 from routing.models import ModelDeployment, RouteGroup
 from tenants.models import ApiKey, Quota, Tenant, key_hash
+from tests.llm_platform.config_load import load
 
 CONFIG = """
 model_list:
@@ -40,14 +39,6 @@ tenants:
         models: [gpt-4o-mini]
       - name: generated
 """
-
-
-def load(tmp_path: Path, text: str) -> tuple[str, str]:
-    path = tmp_path / "config.yaml"
-    path.write_text(text)
-    out, err = StringIO(), StringIO()
-    call_command("loadconfig", str(path), stdout=out, stderr=err)
-    return out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

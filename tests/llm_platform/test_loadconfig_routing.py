@@ -10,7 +10,7 @@ from django.core.management import CommandError
 
 from audit.models import AuditEvent
 from routing.models import ModelDeployment, RouteGroup
-from tests.llm_platform.test_loadconfig import load
+from tests.llm_platform.config_load import load
 
 CONFIG = """
 model_list:

@@ -11,7 +11,7 @@ from django.db import connection
 
 from llm_platform.ops import Lifecycle, readiness
 from tests import live
-from tests.observability.conftest import served
+from tests.live import served
 
 
 @pytest.fixture(autouse=True)

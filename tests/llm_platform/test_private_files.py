@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from llm_platform.processes import http_wait
 from tests import live
@@ -53,6 +54,7 @@ def readable_by_others(var: Path) -> list[str]:
     return offenders
 
 
+@pytest.mark.live  # run_embedded: a server and the fake upstream
 def test_the_embedded_platform_keeps_every_file_it_writes_to_its_own_user(tmp_path):
     var = tmp_path / "var"
     port, upstream_port = live.free_port(), live.free_port()

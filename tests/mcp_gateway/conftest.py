@@ -2,51 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from asgiref.sync import SyncToAsync
-from django.conf import settings
 from django.db import connections
 
-from llm_platform.processes import http_wait
 from mcp_gateway import services
-from mcp_gateway.models import ToolGrant, UpstreamServer
+from mcp_gateway.models import ToolGrant, UpstreamServer, UpstreamTool, VirtualServer
 from tenants.models import Tenant
 from tests import live
-from tests.conftest import Issued
-
-UPSTREAM_TOKEN = "upstream-secret-token-123"
-# The operator's stdio commands for the tests: the SDK server in stdio_server.py.
-STDIO_COMMANDS = {"local": [sys.executable, str(Path(__file__).with_name("stdio_server.py"))]}
-
-
-@contextmanager
-def mcp_upstream(
-    tmp: Path, transport: str = "streamable-http", token: str = UPSTREAM_TOKEN, *, sse_responses: bool = False
-) -> Iterator[live.Server]:
-    port = live.free_port()
-    log = tmp / f"mcp-upstream-{port}.log"
-    args = [sys.executable, "-m", "tests.mcp_gateway.upstream_server", "--port", str(port), "--transport", transport]
-    if token:
-        args += ["--token", token]
-    if sse_responses:
-        args.append("--sse-responses")
-    with log.open("wb") as out:
-        process = live.spawn(args, out=out, env=live.child_env())
-    path = "/sse" if transport == "sse" else "/mcp"
-    server = live.Server(f"http://127.0.0.1:{port}{path}", process, log)
-    try:
-        # Any HTTP answer (401 without the token) means it is listening.
-        http_wait(f"http://127.0.0.1:{port}/health-probe", process)
-        yield server
-    finally:
-        server.stop()
+from tests.keys import Issued
+from tests.mcp_gateway.servers import UPSTREAM_TOKEN, gateway_env, mcp_upstream
 
 
 @pytest.fixture(autouse=True)
@@ -78,18 +47,6 @@ def mcp_upstream_streaming(session_tmp: Path) -> Iterator[live.Server]:
 def mcp_upstream_sse(session_tmp: Path) -> Iterator[live.Server]:
     with mcp_upstream(session_tmp, "sse") as server:
         yield server
-
-
-def gateway_env() -> dict[str, str]:
-    env = {
-        "SSRF_ALLOWLIST": "127.0.0.1",
-        "MCP_SSE_HEARTBEAT": "0.5",
-        "MCP_STDIO_COMMANDS": json.dumps(STDIO_COMMANDS),
-        "MCP_STDIO_MEMORY_MB": "768",
-    }
-    if not settings.REDIS_URL:
-        env["MCP_CATALOG_TTL"] = "0"  # no shared cache to tell the server the catalog changed
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -139,3 +96,27 @@ def streaming_demo(
     for tool in ("count_slowly", "echo"):
         grant(owner, demo, tool)
     return demo
+
+
+def cached_server(name: str, tools: list[str]) -> UpstreamServer:
+    """An upstream as discovery would have cached it (no call reaches it in these tests)."""
+    server = services.server_save(server=UpstreamServer(name=name, url=f"http://127.0.0.1:9/{name}/mcp"), actor="test")
+    UpstreamServer.objects.filter(pk=server.pk).update(
+        prompts=[{"name": "brief", "description": f"{name}'s prompt"}],
+        resources=[{"uri": f"memo://{name}/notes", "name": "notes"}],
+    )
+    for tool in tools:
+        UpstreamTool.objects.create(server=server, name=tool)
+    return server
+
+
+@pytest.fixture
+def catalog(allow_loopback: None, owner: Tenant, outsider: Tenant, owner_key: Issued) -> dict[str, Any]:
+    mine = cached_server("mine", ["echo", "add"])
+    theirs = cached_server("theirs", ["drop_tables"])
+    services.grant_save(grant=ToolGrant(tenant=owner, server=mine, tool="echo"), actor="test")
+    services.grant_save(grant=ToolGrant(tenant=outsider, server=theirs), actor="test")
+    services.virtual_server_save(
+        bundle=VirtualServer(name="safe"), tools=list(UpstreamTool.objects.filter(name="echo")), actor="test"
+    )
+    return {"mine": mine, "theirs": theirs}

@@ -1,4 +1,4 @@
-"""Raw-HTTP helpers for the streaming tests: a session, a tools/call body, SSE parsing."""
+"""Raw-HTTP helpers against a live gateway: a session, a tools/call body, a stateless request, SSE parsing."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+
+from tests.mcp_gateway.inprocess import META
 
 ACCEPT = "application/json, text/event-stream"
 
@@ -46,3 +48,17 @@ def call(name: str, arguments: dict[str, Any], request_id: int = 2, token: str |
     if token is not None:
         params["_meta"] = {"progressToken": token}
     return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+
+
+def rpc(url: str, secret: str, method: str, params: dict[str, Any] | None = None) -> httpx.Response:
+    """One stateless (2026-07-28) request, headers mirroring the body as the spec asks."""
+    params = {**(params or {}), "_meta": META}
+    headers = {
+        "Authorization": f"Bearer {secret}",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": method,
+    }
+    if "name" in params:
+        headers["Mcp-Name"] = params["name"]
+    return httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, headers=headers)

@@ -13,7 +13,7 @@ from audit.models import AuditEvent
 from mcp_gateway.models import UpstreamServer
 from tenants.models import Tenant
 from tests import live
-from tests.conftest import Issued
+from tests.keys import Issued
 from tests.mcp_gateway.inprocess import META
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -14,7 +14,7 @@ from audit.services import deferred_audit
 from mcp_gateway import services
 from mcp_gateway.models import ToolGrant, UpstreamServer, UpstreamTool
 from tenants.models import Tenant
-from tests.conftest import Issued
+from tests.keys import Issued
 from tests.mcp_gateway.inprocess import auth_headers, request, rpc
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -44,6 +44,7 @@ async def _worst_lag(stop: asyncio.Event) -> float:
     return worst
 
 
+@pytest.mark.serial  # a bound on time
 async def test_a_200000_message_batch_is_refused_at_once_and_the_loop_stays_responsive(owner_key: Issued) -> None:
     headers = await _session(owner_key.secret)
     body = _pings(200_000)

@@ -11,15 +11,14 @@ from audit.services import deferred_audit
 from core.errors import ServiceUnavailable
 from mcp_gateway import methods
 from tenants.models import Tenant
-from tests.conftest import Issued
+from tests.keys import Issued
 from tests.mcp_gateway.inprocess import modern_call
-from tests.mcp_gateway.test_probing import catalog  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def test_a_call_refused_by_an_unreachable_quota_store_is_audited_with_the_reason(
-    catalog: dict[str, Any],  # noqa: F811 - the fixture imported above
+    catalog: dict[str, Any],
     owner: Tenant,
     owner_key: Issued,
     monkeypatch: pytest.MonkeyPatch,

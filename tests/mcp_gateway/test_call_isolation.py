@@ -22,7 +22,7 @@ from mcp_gateway.upstream import UnsendableMessage, UpstreamCallFailed, pool
 from tenants.auth import KeyContext, key_authenticate_header
 from tenants.models import Tenant
 from tests import live
-from tests.conftest import Issued
+from tests.keys import Issued
 from tests.mcp_gateway.inprocess import META
 
 pytestmark = pytest.mark.django_db(transaction=True)

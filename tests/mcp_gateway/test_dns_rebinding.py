@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from tests import live
-from tests.conftest import Issued
+from tests.keys import Issued
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -30,7 +30,7 @@ from mcp_gateway.upstream import pool
 from tenants.models import Tenant
 from tests import live
 from tests.asgi import http_scope
-from tests.conftest import Issued
+from tests.keys import Issued
 from tests.mcp_gateway.inprocess import META, LegacyStream, application, auth_headers, request, rpc
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 
 from audit.models import AuditEvent
@@ -14,25 +13,10 @@ from mcp_gateway.models import UpstreamServer, UpstreamTool, VirtualServer
 from tenants import services as tenant_services
 from tenants.models import Quota, Tenant
 from tests import live
-from tests.conftest import Issued
+from tests.keys import Issued
+from tests.mcp_gateway.streaming import rpc
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
-
-
-def rpc(url: str, secret: str, method: str, params: dict[str, Any] | None = None) -> httpx.Response:
-    """One stateless (2026-07-28) request, headers mirroring the body as the spec asks."""
-    params = {**(params or {}), "_meta": META}
-    headers = {
-        "Authorization": f"Bearer {secret}",
-        "Accept": "application/json, text/event-stream",
-        "MCP-Protocol-Version": "2026-07-28",
-        "Mcp-Method": method,
-    }
-    if "name" in params:
-        headers["Mcp-Name"] = params["name"]
-    return httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, headers=headers)
 
 
 def tool_names(url: str, secret: str) -> list[str]:

@@ -17,8 +17,8 @@ from mcp.shared.exceptions import MCPError
 from mcp_gateway.models import UpstreamServer
 from tenants.models import Tenant
 from tests import live
-from tests.conftest import Issued
-from tests.mcp_gateway.conftest import gateway_env
+from tests.keys import Issued
+from tests.mcp_gateway.servers import gateway_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

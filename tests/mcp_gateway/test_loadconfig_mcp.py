@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 from audit.models import AuditEvent
 from mcp_gateway.models import ToolGrant, UpstreamServer
 from tests import live
-from tests.mcp_gateway.conftest import UPSTREAM_TOKEN
+from tests.mcp_gateway.servers import UPSTREAM_TOKEN
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from mcp_gateway import events, sessions
 from mcp_gateway.events import LocalEventLog, StreamInfo
 from mcp_gateway.sessions import LocalSessionStore, McpSession
+
+pytestmark = pytest.mark.serial  # bounds on time
 
 PAST = 3_000  # entries saved past the sweep threshold, every one still live
 

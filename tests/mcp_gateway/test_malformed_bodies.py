@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import Issued
+from tests.keys import Issued
 from tests.mcp_gateway.inprocess import META, LegacyStream, auth_headers, modern_headers, request
 
 pytestmark = pytest.mark.django_db(transaction=True)

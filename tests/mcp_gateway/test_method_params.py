@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Issued
+from tests.keys import Issued
 from tests.mcp_gateway.inprocess import auth_headers, request, rpc
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -8,7 +8,7 @@ from mcp.shared.inbound import encode_header_value
 from mcp_gateway import services
 from mcp_gateway.models import ToolGrant, UpstreamServer
 from tenants.models import Tenant
-from tests.conftest import Issued
+from tests.keys import Issued
 from tests.mcp_gateway.inprocess import META, modern_headers, request, rpc
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -15,8 +15,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mcp_gateway.models import UpstreamServer
 from tests import live
-from tests.conftest import Issued
-from tests.mcp_gateway.conftest import gateway_env
+from tests.keys import Issued
+from tests.mcp_gateway.servers import gateway_env
 from tests.mcp_gateway.streaming import call, initialize, sse_events
 
 pytestmark = pytest.mark.django_db(transaction=True)

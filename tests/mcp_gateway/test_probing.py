@@ -8,39 +8,13 @@ import pytest
 
 from audit.models import AuditEvent
 from audit.services import deferred_audit
-from mcp_gateway import services
-from mcp_gateway.models import ToolGrant, UpstreamServer, UpstreamTool, VirtualServer
 from tenants.models import Tenant
-from tests.conftest import Issued
+from tests.keys import Issued
 from tests.mcp_gateway.inprocess import Answer, modern_call
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CALL_ACTIONS = ("mcp.tool_call", "mcp.prompt_get", "mcp.resource_read")
-
-
-def _server(name: str, tools: list[str]) -> UpstreamServer:
-    """An upstream as discovery would have cached it (no call reaches it in these tests)."""
-    server = services.server_save(server=UpstreamServer(name=name, url=f"http://127.0.0.1:9/{name}/mcp"), actor="test")
-    UpstreamServer.objects.filter(pk=server.pk).update(
-        prompts=[{"name": "brief", "description": f"{name}'s prompt"}],
-        resources=[{"uri": f"memo://{name}/notes", "name": "notes"}],
-    )
-    for tool in tools:
-        UpstreamTool.objects.create(server=server, name=tool)
-    return server
-
-
-@pytest.fixture
-def catalog(allow_loopback: None, owner: Tenant, outsider: Tenant, owner_key: Issued) -> dict[str, Any]:
-    mine = _server("mine", ["echo", "add"])
-    theirs = _server("theirs", ["drop_tables"])
-    services.grant_save(grant=ToolGrant(tenant=owner, server=mine, tool="echo"), actor="test")
-    services.grant_save(grant=ToolGrant(tenant=outsider, server=theirs), actor="test")
-    services.virtual_server_save(
-        bundle=VirtualServer(name="safe"), tools=list(UpstreamTool.objects.filter(name="echo")), actor="test"
-    )
-    return {"mine": mine, "theirs": theirs}
 
 
 def _shape(answer: Answer, name: str) -> tuple[int, Any]:

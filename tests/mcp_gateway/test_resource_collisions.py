@@ -11,7 +11,7 @@ from audit.services import deferred_audit
 from mcp_gateway import services
 from mcp_gateway.models import ToolGrant, UpstreamServer
 from tenants.models import Tenant
-from tests.conftest import Issued
+from tests.keys import Issued
 from tests.mcp_gateway.inprocess import modern_call
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,7 +10,7 @@ from asgiref.testing import ApplicationCommunicator
 
 from mcp_gateway.events import event_id_parse, event_log
 from tests.asgi import http_scope
-from tests.conftest import Issued
+from tests.keys import Issued
 from tests.mcp_gateway.inprocess import application, auth_headers, request, rpc
 
 pytestmark = pytest.mark.django_db(transaction=True)

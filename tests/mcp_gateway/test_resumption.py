@@ -16,8 +16,8 @@ from django.conf import settings
 from mcp_gateway.models import UpstreamServer
 from tenants.models import Tenant
 from tests import live
-from tests.conftest import Issued
-from tests.mcp_gateway.conftest import gateway_env
+from tests.keys import Issued
+from tests.mcp_gateway.servers import gateway_env
 from tests.mcp_gateway.streaming import call, initialize, sse_events
 
 pytestmark = pytest.mark.django_db(transaction=True)

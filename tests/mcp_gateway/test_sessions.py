@@ -12,7 +12,7 @@ from django.conf import settings
 from mcp_gateway import sessions
 from mcp_gateway.sessions import LocalSessionStore, McpSession, RedisSessionStore, session_id_new
 from tests import live
-from tests.conftest import Issued
+from tests.keys import Issued
 
 
 def store() -> LocalSessionStore | RedisSessionStore:

@@ -14,7 +14,7 @@ import pytest
 from mcp_gateway import ssrf
 from mcp_gateway.upstream import UpstreamTarget, catalog_fetch_sync
 from tests import live
-from tests.mcp_gateway.conftest import UPSTREAM_TOKEN
+from tests.mcp_gateway.servers import UPSTREAM_TOKEN
 
 PUBLIC = "93.184.216.34"
 

@@ -18,9 +18,9 @@ from mcp_gateway.models import UpstreamServer
 from mcp_gateway.upstream import LAUNCHER
 from tenants.models import Tenant
 from tests import live
-from tests.conftest import Issued
-from tests.mcp_gateway.conftest import STDIO_COMMANDS
-from tests.mcp_gateway.test_governance import rpc
+from tests.keys import Issued
+from tests.mcp_gateway.servers import STDIO_COMMANDS
+from tests.mcp_gateway.streaming import rpc
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

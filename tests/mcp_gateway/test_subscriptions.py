@@ -22,7 +22,7 @@ from mcp_gateway.models import UpstreamServer
 from tenants.auth import key_authenticate_header
 from tenants.models import Tenant
 from tests import live
-from tests.conftest import Issued
+from tests.keys import Issued
 from tests.mcp_gateway.streaming import sse_events
 
 pytestmark = pytest.mark.django_db(transaction=True)

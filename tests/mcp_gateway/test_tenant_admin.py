@@ -19,7 +19,7 @@ from mcp_gateway import services
 from mcp_gateway.models import ToolGrant, UpstreamServer, UpstreamTool
 from tenants import services as tenant_services
 from tenants.models import ApiKey, Membership, Tenant
-from tests.conftest import Issued
+from tests.keys import Issued
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

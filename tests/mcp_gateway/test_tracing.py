@@ -17,8 +17,7 @@ from mcp_gateway.consumers import StreamableHttpConsumer
 from mcp_gateway.models import UpstreamServer
 from routing.usage import usage_writer
 from tests.asgi import http_scope
-from tests.conftest import Issued
-from tests.observability.conftest import spans  # noqa: F401 - the fixture
+from tests.keys import Issued
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,14 +52,12 @@ async def _post(secret: str, body: dict[str, Any], *, bundle: str | None = None)
     for writer in (usage_writer, deferred_audit):
         # Write the audit rows now, and forget the flush timer scheduled on this short-lived loop.
         await writer.flush()
-        if writer._timer is not None:
-            writer._timer.cancel()
-            writer._timer = None
+        writer.discard()
     return int(start["status"]), json.loads(b"".join(chunks))
 
 
 def test_a_tool_call_is_one_trace_from_the_caller_through_the_gateway_to_the_upstream_server(
-    spans,  # noqa: F811 - the fixture imported above
+    spans,
     streaming_demo: UpstreamServer,
     grant: Callable[..., Any],
     owner,
@@ -92,7 +89,7 @@ def test_a_tool_call_is_one_trace_from_the_caller_through_the_gateway_to_the_ups
     assert received["traceparent"] == f"00-{TRACE_ID}-{tool_call.context.span_id:016x}-01"
 
 
-def test_a_refused_mcp_request_ends_its_server_span_with_the_status(spans, transactional_db) -> None:  # noqa: F811
+def test_a_refused_mcp_request_ends_its_server_span_with_the_status(spans, transactional_db) -> None:
     call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "demo.echo", "_meta": META}}
     status, answer = asyncio.run(_post("sk-not-a-key", call))
     assert status == 401, answer

@@ -12,7 +12,7 @@ import pytest
 from mcp_gateway.models import UpstreamServer
 from tenants.models import Tenant
 from tests import live
-from tests.conftest import Issued
+from tests.keys import Issued
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

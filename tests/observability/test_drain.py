@@ -10,8 +10,8 @@ import time
 import httpx
 
 from routing.models import RequestLog
-from tests.observability.conftest import served
-from tests.routing.test_chat_sdk import wait_for_log
+from tests.live import served
+from tests.request_logs import wait_for_log
 
 STREAM = (
     b'{"model": "gpt-4o-mini", "stream": true,'

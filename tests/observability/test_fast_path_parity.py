@@ -12,7 +12,7 @@ from opentelemetry.trace import SpanKind
 from observability import lean_spans, telemetry
 from observability.span_export import ChildSink
 from routing import genai_spans
-from tests.observability.conftest import Collector, otlp_value
+from tests.observability.otlp import Collector, otlp_value
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"

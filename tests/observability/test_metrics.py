@@ -13,7 +13,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from observability import metrics
-from tests.observability.conftest import served
+from tests.live import served
 
 TOKEN = "scrape-token-0123456789"
 PLAIN = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'

@@ -10,7 +10,8 @@ import httpx
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from observability import otlp_encoding, span_export, span_records
-from tests.observability.conftest import Collector, otlp_value, served
+from tests.live import served
+from tests.observability.otlp import Collector, otlp_value
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN_ID = "00f067aa0ba902b7"

@@ -50,9 +50,7 @@ async def _complete(
     for writer in (usage_writer, deferred_audit):
         # Write now, and forget the flush timer scheduled on this short-lived loop.
         await writer.flush()
-        if writer._timer is not None:
-            writer._timer.cancel()
-            writer._timer = None
+        writer.discard()
     return sent["status"], sent["body"], sent["headers"]  # type: ignore[return-value]
 
 

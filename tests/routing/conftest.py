@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from llm_platform.processes import http_wait
-from routing.models import ModelDeployment, RequestLog, RouteGroup
+from routing.models import ModelDeployment, RouteGroup
 from routing.services import deployment_save, route_group_save
 from tests import live
+from tests.routing.fake_upstreams import behave
 
 
 @pytest.fixture(scope="session")
@@ -35,16 +34,6 @@ def upstreams(session_tmp: Path) -> Iterator[list[live.Server]]:
     finally:
         for server in servers:
             server.stop()
-
-
-def behave(upstream: live.Server, **behaviour: object) -> None:
-    """Change how a fake upstream answers every request from now on (no arguments: normal again)."""
-    base = upstream.url.removesuffix("/v1")
-    httpx.post(f"{base}/fake/behaviour", json=behaviour, timeout=5).raise_for_status()
-
-
-def requests_seen(upstream: live.Server) -> int:
-    return httpx.get(upstream.url.removesuffix("/v1") + "/healthz", timeout=5).json()["requests"]
 
 
 @pytest.fixture
@@ -88,13 +77,3 @@ def route_group(transactional_db: None) -> Callable[..., list[ModelDeployment]]:
         return deployments
 
     return make
-
-
-def wait_for_logs(count: int, **filters: object) -> list[RequestLog]:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        logs = list(RequestLog.objects.filter(**filters).order_by("created_at"))
-        if len(logs) >= count:
-            return logs
-        time.sleep(0.05)
-    raise AssertionError(f"expected {count} request logs matching {filters}")

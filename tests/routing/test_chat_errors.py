@@ -14,7 +14,7 @@ from audit.models import AuditEvent
 from routing.models import RequestLog
 from tenants import services
 from tests.live import free_port
-from tests.routing.test_chat_sdk import wait_for_log
+from tests.request_logs import wait_for_log
 
 HELLO = [{"role": "user", "content": "hello"}]
 

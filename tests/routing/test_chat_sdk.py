@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import openai
 import pytest
 
-from routing.models import RequestLog
-
-
-def wait_for_log(**filters: object) -> RequestLog:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        log = RequestLog.objects.filter(**filters).first()
-        if log is not None:
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"no request log matching {filters}")
+from tests.request_logs import wait_for_log
 
 
 @pytest.fixture

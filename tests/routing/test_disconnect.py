@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.routing.test_chat_sdk import wait_for_log
+from tests.request_logs import wait_for_log
 
 
 def stream_body(directive: str) -> bytes:

@@ -8,8 +8,8 @@ import pytest
 
 from tenants import services
 from tenants.models import Quota
-from tests.routing.conftest import behave
-from tests.routing.test_chat_sdk import wait_for_log
+from tests.request_logs import wait_for_log
+from tests.routing.fake_upstreams import behave
 
 
 @pytest.fixture

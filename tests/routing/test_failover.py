@@ -12,8 +12,8 @@ import pytest
 
 from routing.models import RouteGroup
 from routing.services import route_group_save
-from tests.routing.conftest import behave, requests_seen, wait_for_logs
-from tests.routing.test_chat_sdk import wait_for_log
+from tests.request_logs import wait_for_log, wait_for_logs
+from tests.routing.fake_upstreams import behave, requests_seen
 
 
 @pytest.fixture

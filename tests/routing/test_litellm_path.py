@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.routing.test_chat_sdk import wait_for_log
+from tests.request_logs import wait_for_log
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 from django.conf import settings
 
 from tests import live
-from tests.routing.conftest import behave, requests_seen
-from tests.routing.test_chat_sdk import wait_for_log
+from tests.request_logs import wait_for_log
+from tests.routing.fake_upstreams import behave, requests_seen
 
 pytestmark = pytest.mark.skipif(not settings.REDIS_URL, reason="sharing routing state across processes needs Redis")
 

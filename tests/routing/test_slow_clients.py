@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from tests import live
-from tests.routing.conftest import wait_for_logs
-from tests.routing.test_chat_sdk import wait_for_log
+from tests.request_logs import wait_for_log, wait_for_logs
 
 # ~190 bytes an event: each stream is ~19 MB, far more than any buffer on the way.
 STREAM_WORDS = 100_000

@@ -20,7 +20,7 @@ import routing.usage_journal
 from routing.models import RequestLog, UsageRollup
 from routing.usage import UsageRow, UsageWriter, _write_usage, usage_record_durable, usage_writer
 from routing.usage_journal import UsageJournal
-from tests.routing.test_usage_rollups import books, usage
+from tests.routing.usage_books import books, usage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -205,6 +205,7 @@ def down(rows: list[UsageRow]) -> None:
     raise OperationalError("the database system is starting up") from Unavailable()
 
 
+@pytest.mark.serial  # a bound on time
 async def test_a_disk_that_fails_or_stalls_degrades_the_request_instead_of_holding_it(
     journals, owner_key, monkeypatch, settings
 ):

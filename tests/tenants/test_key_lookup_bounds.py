@@ -119,6 +119,7 @@ def silent_redis():
     listener.close()
 
 
+@pytest.mark.serial  # a bound on time
 async def test_reading_the_shared_epoch_never_waits_on_a_silent_redis(silent_redis, settings):
     settings.REDIS_URL = silent_redis
     settings.KEY_REVOCATION_POLL = 0.05

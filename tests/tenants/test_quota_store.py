@@ -196,6 +196,7 @@ async def test_a_slot_released_while_its_renewal_is_on_the_way_is_not_kept(redis
     await reserve(limited)  # the one slot is free again, not held by the renewal for a lease
 
 
+@pytest.mark.serial  # a bound on time
 @needs_redis
 async def test_a_dead_process_slots_free_within_the_lease(redis_store, settings):
     settings.QUOTA_PARALLEL_LEASE = 0.5

@@ -16,7 +16,7 @@ from audit.models import AuditEvent
 from tenants import services
 from tenants.models import Quota
 from tests import live
-from tests.routing.test_chat_sdk import wait_for_log
+from tests.request_logs import wait_for_log
 
 HELLO = [{"role": "user", "content": "hello"}]
 

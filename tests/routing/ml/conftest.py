@@ -12,17 +12,6 @@ from routing.ml.selectors import smart_cache
 from routing.ml.services import smart_group_save
 from routing.ml.table import TrainingSet, synthetic_table
 
-HARD_PROMPTS = [
-    "prove that the square root of 2 is irrational. Be rigorous and consider edge cases.",
-    "solve step by step: find all integer solutions of 3x + 7y = 1",
-    "implement in rust a program that merges overlapping intervals with lower time complexity",
-]
-EASY_PROMPTS = [
-    "hi there, how are you today?",
-    "translate 'good evening' into French",
-    "thanks a lot, have a great day",
-]
-
 
 @pytest.fixture(scope="session")
 def table_split() -> tuple[TrainingSet, TrainingSet]:

@@ -13,7 +13,7 @@ from routing.ml import services
 from routing.ml.models import RouterArtifact, SmartGroup
 from routing.ml.selectors import ArtifactIntegrityError, artifact_load_sync
 from routing.smart import smart_route
-from tests.routing.ml.conftest import EASY_PROMPTS, HARD_PROMPTS
+from tests.routing.ml.prompts import EASY_PROMPTS, HARD_PROMPTS
 
 
 def route(model: str, text: str, *, tenant_id: int, request_id: str = "req_x", **extra: object):

@@ -9,7 +9,7 @@ from routing.ml.decide import decide_sync
 from routing.ml.evaluation import router_evaluate
 from routing.ml.routers import calibration_quantiles, router_fit, router_from_bytes, threshold_for_share
 from routing.ml.selectors import GroupState
-from tests.routing.ml.conftest import EASY_PROMPTS, HARD_PROMPTS
+from tests.routing.ml.prompts import EASY_PROMPTS, HARD_PROMPTS
 
 
 @pytest.mark.parametrize("kind", ["knn", "logistic"])

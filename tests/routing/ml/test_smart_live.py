@@ -9,8 +9,8 @@ import pytest
 
 from routing.ml import services
 from routing.ml.models import RouterSample
-from tests.routing.ml.conftest import EASY_PROMPTS, HARD_PROMPTS
-from tests.routing.test_chat_sdk import wait_for_log
+from tests.request_logs import wait_for_log
+from tests.routing.ml.prompts import EASY_PROMPTS, HARD_PROMPTS
 
 
 def wait_for_sample(request_id: str) -> RouterSample:
