@@ -6,11 +6,10 @@ import asyncio
 import contextlib
 from typing import Any
 
-from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
-from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
+from core.consumers import BoundedHttpConsumer
 from core.errors import InvalidRequest, PayloadTooLarge
 from routing.model_call import ModelCall
 from routing.parsing import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
@@ -21,7 +20,7 @@ from routing.parsing import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
 STREAM_EXTENSION = "llmp.stream"
 
 
-class ChatCompletionsConsumer(AsyncHttpConsumer):
+class ChatCompletionsConsumer(BoundedHttpConsumer):
     """Runs each request as a task so a client disconnect can cancel it mid-stream.
 
     Channels' stock ``AsyncHttpConsumer`` awaits ``handle`` inside its message loop, so it
@@ -31,39 +30,16 @@ class ChatCompletionsConsumer(AsyncHttpConsumer):
     dispatch off this hot path; see docs/architecture.md, "Why a Channels consumer".
     """
 
-    # No channel layer: a plain HTTP request needs no group messaging (and with Redis
-    # it would cost a round trip per request).
-    channel_layer_alias = None  # type: ignore[assignment]
     endpoint: Endpoint = CHAT
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.size = 0
-        self.too_large = False
         self.task: asyncio.Task[None] | None = None
         self.completion: ModelCall | None = None
         self.sent = 0
 
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # Channels' dispatch first runs close_old_connections through sync_to_async: a thread
-        # hop per message (~8% of a request's CPU under load). This consumer never touches
-        # the ORM on the event loop; its database reads run in threads that manage their
-        # own connections (tenants.auth, routing.selectors, the usage writer).
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
-
-    async def http_request(self, message: dict[str, Any]) -> None:
-        chunk = message.get("body", b"")
-        self.size += len(chunk)
-        if self.size > settings.MAX_REQUEST_BYTES:
-            self.too_large = True
-        elif chunk:
-            self.body.append(chunk)
-        if message.get("more_body"):
-            return
-        self.task = asyncio.ensure_future(self._serve(b"".join(self.body)))
+    async def body_received(self, body: bytes) -> None:
+        self.task = asyncio.ensure_future(self._serve(body))
 
     async def _serve(self, body: bytes) -> None:
         client = self.scope.get("client")

@@ -8,12 +8,11 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
-from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
+from core.consumers import BoundedHttpConsumer
 from core.errors import PlatformError
 from mcp_gateway.jsonrpc import INVALID_REQUEST, RpcError, platform_rpc_error
 from mcp_gateway.selectors import catalog_cache
@@ -40,26 +39,16 @@ SINGLE_VALUED_HEADERS = frozenset(
 )
 
 
-class McpConsumer(AsyncHttpConsumer):
+class McpConsumer(BoundedHttpConsumer):
     """Shared plumbing: body size limit, Origin check, API-key auth, JSON-RPC error responses."""
 
-    # No channel layer per consumer: legacy-SSE replies go through one mailbox per process (relay).
-    channel_layer_alias = None  # type: ignore[assignment]
+    # No channel layer (see BoundedHttpConsumer): legacy-SSE replies go through one mailbox per process (relay).
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.size = 0
-        self.too_large = False
         self.headers: dict[bytes, bytes] = {}
         self.status = 0  # of the response, once its headers are sent
         self.stream: SseStream | None = None  # a long-lived stream this request opened
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # Skip Channels' per-message close_old_connections thread hop: no ORM on the event loop here.
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
 
     def header(self, name: bytes) -> str | None:
         value = self.headers.get(name)
@@ -70,15 +59,7 @@ class McpConsumer(AsyncHttpConsumer):
         client = self.scope.get("client")
         return client[0] if client else None
 
-    async def http_request(self, message: dict[str, Any]) -> None:
-        chunk = message.get("body", b"")
-        self.size += len(chunk)
-        if self.size > settings.MAX_REQUEST_BYTES:
-            self.too_large = True
-        elif chunk:
-            self.body.append(chunk)
-        if message.get("more_body"):
-            return
+    async def body_received(self, body: bytes) -> None:
         self.headers = dict(self.scope["headers"])
         # A POST is one traced request (continuing the caller's traceparent); a GET stream may
         # stay open for hours and is not a span.
@@ -86,7 +67,7 @@ class McpConsumer(AsyncHttpConsumer):
         keep_open = False
         try:
             self.headers_check()
-            keep_open = await self.serve(b"".join(self.body))
+            keep_open = await self.serve(body)
         except Exception as exc:
             keep_open = False
             await self.failure_reply(exc)
