@@ -112,19 +112,26 @@ def test_every_admin_url_with_hostile_ids_answers_with_a_page(clients, role):
     client = clients[role]
     failures = []
     crawled = 0
+    # A changelist the role may not view refuses before it reads a parameter (the admin checks
+    # the permission first): once its bare URL is refused, its parameter variants are skipped.
+    refused: set[str] = set()
     for label, url in urls():
+        if label in refused:
+            continue
         methods = ["get", "post"] if url.endswith(("/change/", "/delete/", "/collect/", "/password/")) else ["get"]
         for method in methods:
             response = getattr(client, method)(url)
             crawled += 1
             if not is_a_page(response):
                 failures.append(f"{method.upper()} {url} ({label}) -> {response.status_code}")
+            elif label.endswith("_changelist") and response.status_code == 403:
+                refused.add(label)
     for label, url, data in action_posts(User.objects.get(username="root")):
         response = client.post(url, data)
         crawled += 1
         if not is_a_page(response):
             failures.append(f"POST {url} {data} ({label}) -> {response.status_code}")
-    assert crawled > 300
+    assert crawled > (300 if role == "superuser" else 100)
     assert not failures, "\n".join(failures)
 
 
