@@ -1,9 +1,11 @@
 """The audited-change helper: the one skeleton every audited write follows, and the JSON values it records.
 
 A service saves a row inside ``AuditedEntity.saving``: the stored row is read and locked,
-its values snapshotted, the body checks and validates, calls ``Change.save`` (or, finding
-nothing to change, does not, and nothing is recorded), and on leaving the block the audit
-event is written in the same transaction and the invalidations are queued for the commit.
+its values snapshotted, the body checks and validates, calls ``Change.save``, and on leaving
+the block the audit event is written in the same transaction and the invalidations are queued
+for the commit. A save that would leave a stored row as it is (no column and no audited value
+differs) is skipped: no write, no event, no invalidation, so re-saving a form or re-loading a
+config leaves no trace.
 ``AuditedEntity.delete`` does the same for a deletion.
 
 Core imports no app, so it cannot call ``audit.services.audit_record`` itself: at start-up
@@ -102,6 +104,7 @@ class Change(Generic[M]):
     details: dict[str, Any] = field(default_factory=dict)
     extra_changes: dict[str, dict[str, Any]] = field(default_factory=dict)
     saved: bool = False
+    written: bool = False
     commit_hooks: list[Callable[[], None]] = field(default_factory=list)
 
     def changes(self) -> dict[str, dict[str, Any]]:
@@ -113,9 +116,23 @@ class Change(Generic[M]):
         """A stored row that this save would leave as it is (a new row is always a change)."""
         return self.stored is not None and not self.changes()
 
+    def columns_unchanged(self) -> bool:
+        """A stored row whose every column the instance holds as stored (a write would change nothing)."""
+        if self.stored is None:
+            return False
+        return all(
+            getattr(self.instance, f.attname) == getattr(self.stored, f.attname)
+            for f in self.instance._meta.concrete_fields
+            if not f.primary_key
+        )
+
     def save(self, **kwargs: Any) -> None:
-        self.instance.save(**kwargs)
+        """Write the row, unless it would stay as stored (then only the rest of the block, e.g. relations, runs)."""
         self.saved = True
+        if self.columns_unchanged() and not self.extra_changes:
+            return
+        self.instance.save(**kwargs)
+        self.written = True
 
     def on_commit(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` once the change commits (never if it rolls back)."""
@@ -146,7 +163,8 @@ class AuditedEntity(Generic[M]):
 
         The body validates and calls ``change.save()``; after the block the event is
         written (``<name>.create`` or ``.change``, with the changes) and the hooks queued
-        for the commit. A body that does not save records nothing.
+        for the commit. A body that does not save records nothing, nor does a save that
+        changed no column and no audited value (a many-to-many set in the block counts).
         """
         with transaction.atomic():
             stored = None
@@ -159,8 +177,11 @@ class AuditedEntity(Generic[M]):
             yield change
             if not change.saved:
                 return
+            changes = change.changes()
+            if stored is not None and not change.written and not changes:
+                return
             action = "change" if stored is not None else "create"
-            self.record(instance, action, actor=actor, ip=ip, details={"changes": change.changes(), **change.details})
+            self.record(instance, action, actor=actor, ip=ip, details={"changes": changes, **change.details})
             self._commit_queue(change.commit_hooks)
 
     def record(self, instance: M, action: str, *, actor: str, ip: str | None, details: dict[str, Any]) -> None:

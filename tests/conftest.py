@@ -12,6 +12,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
+from django.test import override_settings
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -78,6 +79,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.serial)
         if item.get_closest_marker("serial"):
             item.add_marker(pytest.mark.xdist_group("serial"))
+
+
+# Stored passwords hash with MD5 in tests that need no live process, as Django's testing docs
+# advise: PBKDF2's million rounds cost ~0.4 s for every user a test makes. The defaults stay
+# listed (hashes made by the defaults still check). Live tests keep the product's hashers:
+# the processes they start read the real settings and must check what the test stored.
+QUICK_PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.MD5PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+]
+
+
+@pytest.fixture(autouse=True)
+def _quick_password_hashes(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("live") is not None:
+        yield
+        return
+    with override_settings(PASSWORD_HASHERS=QUICK_PASSWORD_HASHERS):
+        yield
 
 
 @pytest.fixture(autouse=True)
