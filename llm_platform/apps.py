@@ -40,9 +40,11 @@ class LlmPlatformConfig(AppConfig):
         # Every process (web, worker, beat, manage.py) sets Django up before it opens the
         # database or the broker, and the settings themselves create nothing.
         _var_dirs_make()
-        # post_migrate fires once per app with models; syncing each time (it is idempotent)
-        # picks up every app's permissions by the last one, and again after a flush.
-        post_migrate.connect(_roles_sync, dispatch_uid="llm_platform.roles_sync")
+        # post_migrate fires once per app with models, in INSTALLED_APPS order, and each app's
+        # permissions are made on its own turn. This app comes after every app the role table
+        # grants (tests/tenants/test_roles.py checks the groups), so one sync on its turn sees
+        # them all; syncing on every app's turn cost ten needless syncs per migrate and flush.
+        post_migrate.connect(_roles_sync, sender=self, dispatch_uid="llm_platform.roles_sync")
         # The periodic jobs appear in the admin (Periodic tasks) as soon as the database exists.
         post_migrate.connect(_periodic_tasks_seed, sender=self, dispatch_uid="llm_platform.periodic_tasks_seed")
         from audit.selectors import audit_export_lag_seconds

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
 
+from core.cancellation import raise_if_cancel_requested
+
 logger = logging.getLogger(__name__)
 
 
@@ -48,6 +50,7 @@ class StreamRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis briefly away: keep the mailbox, retry shortly
+                raise_if_cancel_requested(exc)
                 logger.warning("MCP relay receive failed: %s", exc)
                 await asyncio.sleep(1)
                 continue

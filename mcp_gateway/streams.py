@@ -18,6 +18,7 @@ from typing import Any
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
+from core.cancellation import raise_if_cancel_requested
 from mcp_gateway.catalog_watch import Watcher, catalog_watch, list_changed
 from mcp_gateway.events import LocalEventLog, RedisEventLog, StreamInfo, event_id
 from mcp_gateway.jsonrpc import INVALID_REQUEST, Message, RpcError
@@ -260,6 +261,7 @@ class SseStream:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                raise_if_cancel_requested(exc)
                 logger.warning("MCP resumed stream %s failed: %s", self.stream_id[:8], exc)
                 await asyncio.sleep(settings.MCP_SSE_HEARTBEAT)
 
@@ -285,6 +287,7 @@ class SseStream:
                 if not await self._beat():
                     return
             except Exception as exc:  # Redis briefly away: keep the stream, try again next beat
+                raise_if_cancel_requested(exc)
                 logger.warning("MCP stream %s heartbeat failed: %s", self.session.id[:8], exc)
 
     async def send_message(self, payload: str) -> None:

@@ -25,11 +25,12 @@ from routing.models import ModelDeployment
 from routing.services import deployment_save
 from tenants import services
 from tenants.models import Tenant
-from tests import live, serial_lock
+from tests import live, quick_flush, serial_lock
 from tests.keys import Issued
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    quick_flush.install()
     if settings.REDIS_URL:
         # A configured Redis must be there: the platform tolerates a Redis outage, so
         # without this check the suite could pass without ever testing against Redis.

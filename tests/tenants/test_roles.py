@@ -204,3 +204,22 @@ def test_each_app_grants_only_on_its_own_models_and_every_grant_names_a_real_per
                     content_type__app_label=model._meta.app_label, codename=codename
                 ).exists()
     assert SCOPE_READS == {"audit": ("audit.auditevent", "view")}
+
+
+@pytest.mark.django_db
+def test_after_migrate_each_role_group_holds_exactly_its_grants() -> None:
+    """One sync at the end of migrate (on the platform app's turn) sees every granting app's permissions."""
+    from django.contrib.auth.models import Group
+
+    from core.permissions import ROLE_PERMISSIONS
+    from tenants.roles import ROLE_LABELS
+
+    for role, grants in ROLE_PERMISSIONS.items():
+        wanted = {
+            f"{label.split('.')[0]}.{action}_{label.split('.')[1]}"
+            for label, actions in grants.items()
+            for action in actions
+        }
+        group = Group.objects.get(name=ROLE_LABELS[role])
+        held = {f"{p.content_type.app_label}.{p.codename}" for p in group.permissions.select_related("content_type")}
+        assert held == wanted, role
