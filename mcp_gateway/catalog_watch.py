@@ -12,6 +12,8 @@ from typing import Any
 
 from django.conf import settings
 
+from core import registry
+from core.cancellation import raise_if_cancel_requested
 from core.epoch import SharedEpoch
 from mcp_gateway.selectors import Catalog, catalog_cache
 from tenants.auth import KeyContext
@@ -76,6 +78,13 @@ class CatalogWatch:
     def remove(self, watcher: Watcher) -> None:
         self.watchers.discard(watcher)
 
+    def forget(self) -> None:
+        """Drop the watchers and the poller, as a fresh process has none (the poller's loop may be gone)."""
+        self.watchers.clear()
+        self._task = None
+        self._started = asyncio.Event()
+        self._adding = 0
+
     async def _run(self, started: asyncio.Event) -> None:
         try:
             await self.epoch.moved()  # note the current epoch: only later changes count
@@ -87,6 +96,7 @@ class CatalogWatch:
                 if await self.epoch.moved():
                     await self.check()
             except Exception as exc:
+                raise_if_cancel_requested(exc)
                 logger.warning("MCP catalogue watch failed: %s", exc)
 
     async def check(self) -> None:
@@ -105,6 +115,7 @@ class CatalogWatch:
 
 
 catalog_watch = CatalogWatch()
+registry.register("mcp.catalog_watch", reset=catalog_watch.forget)
 
 
 def list_changed(kind: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:

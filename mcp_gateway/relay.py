@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
 
+from core import registry
 from core.cancellation import raise_if_cancel_requested
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,13 @@ class StreamRelay:
     def unregister(self, session_id: str) -> None:
         self.streams.pop(session_id, None)
 
+    def forget(self) -> None:
+        """Drop the mailbox and its reader, as a fresh process has none (the reader's loop may be gone)."""
+        self.streams.clear()
+        self.channel = None
+        self._task = None
+        self._lock = asyncio.Lock()
+
     async def _receive(self, layer: Any, channel: str) -> None:
         while True:
             try:
@@ -64,6 +72,7 @@ class StreamRelay:
 
 
 relay = StreamRelay()
+registry.register("mcp.relay", reset=relay.forget)
 
 
 async def reply_send(channel: str, session_id: str, payload: str) -> None:

@@ -20,6 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 
+from core import registry
 from mcp_gateway import ssrf
 
 logger = logging.getLogger(__name__)
@@ -316,6 +317,10 @@ class UpstreamPool:
                     raise UpstreamUnavailable(f"upstream '{target.name}' failed: {_describe(exc)}") from exc
         raise AssertionError("unreachable")
 
+    def forget(self) -> None:
+        """Drop every link without closing it: their loop has ended (between tests), so they are gone with it."""
+        self._links.clear()
+
     async def close_all(self) -> None:
         for link in self._links.values():
             link.close()
@@ -325,6 +330,7 @@ class UpstreamPool:
 
 
 pool = UpstreamPool()
+registry.register("mcp.upstream_pool", reset=pool.forget)
 
 
 async def catalog_fetch(target: UpstreamTarget) -> dict[str, Any]:

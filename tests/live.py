@@ -98,55 +98,51 @@ class Server:
 
 
 @contextmanager
-def fake_upstream(tmp: Path, **options: str) -> Iterator[Server]:
-    port = free_port()
-    log = tmp / f"fake-upstream-{port}.log"
-    args = [sys.executable, "manage.py", "fake_upstream", "--port", str(port)]
-    for name, value in options.items():
-        args += [f"--{name.replace('_', '-')}", value]
+def _started(
+    kind: str, tmp: Path, port: int, args: list[str], env: dict[str, str], url: str, ready: str
+) -> Iterator[Server]:
+    """A process serving ``url``, its output in ``tmp``; ready once ``ready`` answers, stopped at the end."""
+    log = tmp / f"{kind}-{port}.log"
     with log.open("wb") as out:
-        process = spawn(args, out=out, env=child_env())
-    server = Server(f"http://127.0.0.1:{port}/v1", process, log)
+        process = spawn(args, out=out, env=env)
+    server = Server(url, process, log)
     try:
-        http_wait(f"http://127.0.0.1:{port}/healthz", process, timeout=START_TIMEOUT)
-        yield server
-    finally:
-        server.stop()
-
-
-@contextmanager
-def daphne_server(tmp: Path, **env: str) -> Iterator[Server]:
-    port = free_port()
-    log = tmp / f"daphne-{port}.log"
-    args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "llm_platform.asgi:application"]
-    with log.open("wb") as out:
-        process = spawn(args, out=out, env=child_env(**env))
-    server = Server(f"http://127.0.0.1:{port}", process, log)
-    try:
-        http_wait(f"{server.url}/admin/login/", process, timeout=START_TIMEOUT)
+        http_wait(ready, process, timeout=START_TIMEOUT)
         yield server
     finally:
         server.stop()
         if os.environ.get("SHOW_SERVER_LOGS"):
             sys.stderr.write(log.read_text())
+
+
+@contextmanager
+def fake_upstream(tmp: Path, **options: str) -> Iterator[Server]:
+    port = free_port()
+    args = [sys.executable, "manage.py", "fake_upstream", "--port", str(port)]
+    for name, value in options.items():
+        args += [f"--{name.replace('_', '-')}", value]
+    base = f"http://127.0.0.1:{port}"
+    with _started("fake-upstream", tmp, port, args, child_env(), f"{base}/v1", f"{base}/healthz") as server:
+        yield server
+
+
+@contextmanager
+def daphne_server(tmp: Path, **env: str) -> Iterator[Server]:
+    port = free_port()
+    args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "llm_platform.asgi:application"]
+    base = f"http://127.0.0.1:{port}"
+    with _started("daphne", tmp, port, args, child_env(**env), base, f"{base}/admin/login/") as server:
+        yield server
 
 
 @contextmanager
 def served(tmp: Path, *, port: int | None = None, **env: str) -> Iterator[Server]:
     """One ``manage.py serve`` process (the production server), stopped with SIGTERM (then killed) at the end."""
     port = port or free_port()
-    log = tmp / f"serve-{port}.log"
     args = [sys.executable, "manage.py", "serve", "--bind", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as out:
-        process = spawn(args, out=out, env=child_env(**env))
-    server = Server(f"http://127.0.0.1:{port}", process, log)
-    try:
-        http_wait(f"{server.url}/healthz", process, timeout=START_TIMEOUT)
+    base = f"http://127.0.0.1:{port}"
+    with _started("serve", tmp, port, args, child_env(**env), base, f"{base}/healthz") as server:
         yield server
-    finally:
-        server.stop()
-        if os.environ.get("SHOW_SERVER_LOGS"):
-            sys.stderr.write(log.read_text())
 
 
 class TcpProxy:

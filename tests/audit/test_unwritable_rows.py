@@ -26,6 +26,7 @@ from routing.ml.samples import SampleRow, sample_writer
 from routing.models import RequestLog, UsageRollup
 from routing.usage import UsageRow, usage_writer
 from tests.keys import Issued
+from tests.routing.usage_books import usage as usage_row
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,30 +47,8 @@ def outsider_key(outsider, key_factory) -> Issued:
 
 
 def usage(issued: Issued, **fields: object) -> UsageRow:
-    values: dict[str, object] = {
-        "request_id": f"req_{next(SEQUENCE)}_{timezone.now().timestamp()}",
-        "created_at": timezone.now(),
-        "tenant_id": issued.key.tenant_id,
-        "api_key_id": issued.key.pk,
-        "key_prefix": issued.key.prefix,
-        "endpoint": "chat.completions",
-        "model_requested": "gpt-4o-mini",
-        "deployment_id": None,
-        "model_served": "openai/gpt-4o-mini",
-        "stream": False,
-        "status_code": 200,
-        "error_type": "",
-        "prompt_tokens": 10,
-        "completion_tokens": 5,
-        "total_tokens": 15,
-        "usage_estimated": False,
-        "latency_ms": 12.0,
-        "ttfb_ms": None,
-        "overhead_ms": 0.5,
-        "client_disconnected": False,
-        **fields,
-    }
-    return UsageRow(**values)  # type: ignore[arg-type]
+    """A usage row of ``issued`` made now (the rollups it lands in are this hour's)."""
+    return usage_row(issued, **{"created_at": timezone.now(), **fields})
 
 
 def letters(var_dir: Path, writer: str) -> list[dict]:

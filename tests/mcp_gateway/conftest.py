@@ -15,7 +15,7 @@ from mcp_gateway.models import ToolGrant, UpstreamServer, UpstreamTool, VirtualS
 from tenants.models import Tenant
 from tests import live
 from tests.keys import Issued
-from tests.mcp_gateway.servers import UPSTREAM_TOKEN, gateway_env, mcp_upstream
+from tests.mcp_gateway.servers import UPSTREAM_TOKEN, DemoWorld, gateway_env, mcp_upstream
 
 
 @pytest.fixture(autouse=True)
@@ -81,6 +81,21 @@ def grant(transactional_db: None) -> Callable[..., ToolGrant]:
         )
 
     return make
+
+
+@pytest.fixture
+def demo(mcp_upstream_http: live.Server, upstream_factory: Callable[..., UpstreamServer]) -> UpstreamServer:
+    """The SDK upstream registered as "demo", its tools discovered; nothing granted yet."""
+    server = upstream_factory("demo", mcp_upstream_http.url)
+    assert server.health == UpstreamServer.Health.HEALTHY, server.last_error
+    return server
+
+
+@pytest.fixture
+def demo_world(
+    gateway: live.Server, demo: UpstreamServer, grant: Callable[..., ToolGrant], owner: Tenant, owner_key: Issued
+) -> DemoWorld:
+    return DemoWorld(gateway, demo, owner, owner_key, grant)
 
 
 @pytest.fixture

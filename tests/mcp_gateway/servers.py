@@ -1,17 +1,21 @@
-"""The MCP servers of the tests: SDK upstreams in real processes, the stdio command, a gateway's environment."""
+"""The MCP servers of the tests: SDK upstreams in processes, the stdio command, the gateway's environment, a world."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 
 from llm_platform.processes import http_wait
+from mcp_gateway.models import ToolGrant, UpstreamServer
+from tenants.models import Tenant
 from tests import live
+from tests.keys import Issued
 
 UPSTREAM_TOKEN = "upstream-secret-token-123"
 # The operator's stdio commands for the tests: the SDK server in stdio_server.py.
@@ -51,3 +55,19 @@ def gateway_env() -> dict[str, str]:
     if not settings.REDIS_URL:
         env["MCP_CATALOG_TTL"] = "0"  # no shared cache to tell the server the catalog changed
     return env
+
+
+@dataclass
+class DemoWorld:
+    """The live gateway, the SDK upstream registered on it as "demo", and the owner tenant with its key."""
+
+    gateway: live.Server
+    demo: UpstreamServer
+    owner: Tenant
+    key: Issued
+    grant_to: Callable[..., ToolGrant]
+
+    def grant(self, *tools: str) -> None:
+        """Grant the owner ``tools`` of the demo upstream (none named: all of them)."""
+        for tool in tools or ("*",):
+            self.grant_to(self.owner, self.demo, tool)

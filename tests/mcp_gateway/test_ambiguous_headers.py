@@ -29,15 +29,13 @@ def _call(name: str) -> dict[str, Any]:
 
 def test_two_authorization_headers_are_refused_on_every_mcp_endpoint_and_bill_nobody(
     gateway: live.Server,
-    mcp_upstream_http: live.Server,
-    upstream_factory: Callable[..., UpstreamServer],
+    demo: UpstreamServer,
     grant: Callable[..., Any],
     owner: Tenant,
     outsider: Tenant,
     owner_key: Issued,
     key_factory: Callable[..., Issued],
 ) -> None:
-    demo = upstream_factory("demo", mcp_upstream_http.url)
     grant(owner, demo)
     grant(outsider, demo)
     other = key_factory(outsider, "other")

@@ -31,19 +31,11 @@ CONCURRENT = 100
 
 
 @pytest.fixture
-def demo(
-    mcp_upstream_http: live.Server,
-    upstream_factory: Callable[..., UpstreamServer],
-    grant: Callable[..., Any],
-    owner: Tenant,
-    outsider: Tenant,
-) -> UpstreamServer:
+def demo(demo: UpstreamServer, grant: Callable[..., Any], owner: Tenant, outsider: Tenant) -> UpstreamServer:
     """The upstream "demo", granted whole to two tenants that share its link."""
-    server = upstream_factory("demo", mcp_upstream_http.url)
-    assert server.health == UpstreamServer.Health.HEALTHY, server.last_error
-    grant(owner, server)
-    grant(outsider, server)
-    return server
+    grant(owner, demo)
+    grant(outsider, demo)
+    return demo
 
 
 @pytest.fixture

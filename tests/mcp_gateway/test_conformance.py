@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,10 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mcp_gateway.models import UpstreamServer
-from tenants.models import Tenant
-from tests import live
-from tests.keys import Issued
+from tests.mcp_gateway.servers import DemoWorld
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -79,16 +76,9 @@ def key_adding_proxy(target: str, secret: str) -> Iterator[str]:
         client.close()
 
 
-def test_conformance_suite_server_scenarios(
-    gateway: live.Server,
-    session_tmp: Path,
-    mcp_upstream_http: live.Server,
-    upstream_factory: Callable[..., UpstreamServer],
-    grant: Callable[..., Any],
-    owner: Tenant,
-    owner_key: Issued,
-) -> None:
-    grant(owner, upstream_factory("demo", mcp_upstream_http.url))
+def test_conformance_suite_server_scenarios(demo_world: DemoWorld, session_tmp: Path) -> None:
+    demo_world.grant()
+    gateway, owner_key = demo_world.gateway, demo_world.key
     output = session_tmp / "conformance"
     with key_adding_proxy(gateway.url, owner_key.secret) as proxy:
         run = subprocess.run(

@@ -28,7 +28,6 @@ from mcp_gateway import services
 from mcp_gateway.models import UpstreamServer, UpstreamTool, VirtualServer
 from mcp_gateway.upstream import pool
 from tenants.models import Tenant
-from tests import live
 from tests.asgi import http_scope
 from tests.keys import Issued
 from tests.mcp_gateway.inprocess import META, LegacyStream, application, auth_headers, request, rpc
@@ -100,15 +99,7 @@ async def session_create(secret: str, endpoint: str, version: str) -> str:
 
 
 @pytest.fixture
-def world(
-    mcp_upstream_http: live.Server,
-    upstream_factory: Callable[..., UpstreamServer],
-    grant: Callable[..., Any],
-    owner: Tenant,
-    owner_key: Issued,
-) -> Iterator[World]:
-    demo = upstream_factory("demo", mcp_upstream_http.url)
-    assert demo.health == UpstreamServer.Health.HEALTHY, demo.last_error
+def world(demo: UpstreamServer, grant: Callable[..., Any], owner: Tenant, owner_key: Issued) -> Iterator[World]:
     for tool in ("echo", "add", "fail"):
         grant(owner, demo, tool)
     services.virtual_server_save(

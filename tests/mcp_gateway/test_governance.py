@@ -25,11 +25,6 @@ def tool_names(url: str, secret: str) -> list[str]:
     return [tool["name"] for tool in response.json()["result"]["tools"]]
 
 
-@pytest.fixture
-def demo(upstream_factory: Callable[..., UpstreamServer], mcp_upstream_http: live.Server) -> UpstreamServer:
-    return upstream_factory("demo", mcp_upstream_http.url)
-
-
 def test_a_key_with_its_own_grants_is_narrowed_and_other_tenants_see_nothing(
     gateway: live.Server,
     demo: UpstreamServer,

@@ -18,7 +18,7 @@ from mcp_gateway.models import UpstreamServer
 from tenants.models import Tenant
 from tests import live
 from tests.keys import Issued
-from tests.mcp_gateway.servers import gateway_env
+from tests.mcp_gateway.servers import DemoWorld, gateway_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -59,23 +59,10 @@ def _posting_to(sse_url: str, secret: str, other_base: str) -> Any:
     return sse_client(sse_url, headers={"Authorization": f"Bearer {secret}"}, timeout=10, httpx_client_factory=factory)
 
 
-def _setup(upstream_factory: Callable[..., UpstreamServer], grant: Callable[..., Any], owner: Tenant, url: str) -> None:
-    demo = upstream_factory("demo", url)
-    for tool in ("echo", "add"):
-        grant(owner, demo, tool)
+def test_sdk_client_over_legacy_sse_gets_replies_on_the_stream(demo_world: DemoWorld) -> None:
+    demo_world.grant("echo", "add")
 
-
-def test_sdk_client_over_legacy_sse_gets_replies_on_the_stream(
-    gateway: live.Server,
-    mcp_upstream_http: live.Server,
-    upstream_factory: Callable[..., UpstreamServer],
-    grant: Callable[..., Any],
-    owner: Tenant,
-    owner_key: Issued,
-) -> None:
-    _setup(upstream_factory, grant, owner, mcp_upstream_http.url)
-
-    seen = asyncio.run(_sse_session(f"{gateway.url}/mcp/sse", owner_key.secret))
+    seen = asyncio.run(_sse_session(f"{demo_world.gateway.url}/mcp/sse", demo_world.key.secret))
 
     assert seen["version"] == "2025-11-25"  # the SDK offers its newest handshake version over SSE too
     assert seen["tools"] == ["demo.add", "demo.echo"]
@@ -137,19 +124,12 @@ def test_messages_for_an_unknown_session_or_another_key_are_refused(
 @pytest.mark.skipif(
     not settings.REDIS_URL, reason="a stream on one process and POSTs on another need the Redis channel layer"
 )
-def test_replies_reach_a_stream_held_by_another_server_process(
-    gateway: live.Server,
-    session_tmp: Path,
-    mcp_upstream_http: live.Server,
-    upstream_factory: Callable[..., UpstreamServer],
-    grant: Callable[..., Any],
-    owner: Tenant,
-    owner_key: Issued,
-) -> None:
-    _setup(upstream_factory, grant, owner, mcp_upstream_http.url)
+def test_replies_reach_a_stream_held_by_another_server_process(demo_world: DemoWorld, session_tmp: Path) -> None:
+    demo_world.grant("echo", "add")
+    gateway = demo_world.gateway
     with live.daphne_server(session_tmp, **gateway_env()) as second:
         posts_before = gateway.log.read_text().count("POST /mcp/messages")
-        seen = asyncio.run(_sse_session(f"{gateway.url}/mcp/sse", owner_key.secret, rewrite_to=second.url))
+        seen = asyncio.run(_sse_session(f"{gateway.url}/mcp/sse", demo_world.key.secret, rewrite_to=second.url))
         assert seen["echoed"].structured_content == {"result": "over sse"}
         assert second.log.read_text().count("POST /mcp/messages") >= 3
         assert gateway.log.read_text().count("POST /mcp/messages") == posts_before

@@ -21,6 +21,7 @@ from mcp_gateway.models import UpstreamServer
 from tenants.models import Tenant
 from tests import live
 from tests.keys import Issued
+from tests.mcp_gateway.servers import DemoWorld
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -50,21 +51,11 @@ async def _session(url: str, secret: str, mode: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("mode", ["legacy", "2026-07-28", "auto"])
-def test_sdk_client_lists_granted_tools_calls_one_and_is_refused_the_rest(
-    mode: str,
-    gateway: live.Server,
-    mcp_upstream_http: live.Server,
-    upstream_factory: Callable[..., UpstreamServer],
-    grant: Callable[..., Any],
-    owner: Tenant,
-    owner_key: Issued,
-) -> None:
-    demo = upstream_factory("demo", mcp_upstream_http.url)
-    assert demo.health == UpstreamServer.Health.HEALTHY
-    for tool in ("add", "echo", "fail"):
-        grant(owner, demo, tool)
+def test_sdk_client_lists_granted_tools_calls_one_and_is_refused_the_rest(mode: str, demo_world: DemoWorld) -> None:
+    demo_world.grant("add", "echo", "fail")
+    owner, owner_key = demo_world.owner, demo_world.key
 
-    seen = asyncio.run(_session(f"{gateway.url}/mcp", owner_key.secret, mode))
+    seen = asyncio.run(_session(f"{demo_world.gateway.url}/mcp", owner_key.secret, mode))
 
     assert seen["version"] == ("2025-11-25" if mode == "legacy" else "2026-07-28")
     assert seen["tools"] == ["demo.add", "demo.echo", "demo.fail"]

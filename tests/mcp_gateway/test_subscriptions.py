@@ -23,6 +23,7 @@ from tenants.auth import key_authenticate_header
 from tenants.models import Tenant
 from tests import live
 from tests.keys import Issued
+from tests.mcp_gateway.servers import DemoWorld
 from tests.mcp_gateway.streaming import sse_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -79,19 +80,13 @@ async def _listen_through_a_change(url: str, secret: str, change: Callable[[], A
 
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="the server process hears of the change through the shared epoch")
-def test_sdk_client_listening_hears_tools_list_changed_when_its_tenant_is_granted_a_tool(
-    gateway: live.Server,
-    mcp_upstream_http: live.Server,
-    upstream_factory: Callable[..., UpstreamServer],
-    grant: Callable[..., Any],
-    owner: Tenant,
-    owner_key: Issued,
-) -> None:
-    demo = upstream_factory("demo", mcp_upstream_http.url)
-    grant(owner, demo, "echo")
+def test_sdk_client_listening_hears_tools_list_changed_when_its_tenant_is_granted_a_tool(demo_world: DemoWorld) -> None:
+    demo_world.grant("echo")
 
     honored, event = asyncio.run(
-        _listen_through_a_change(f"{gateway.url}/mcp", owner_key.secret, lambda: grant(owner, demo, "add"))
+        _listen_through_a_change(
+            f"{demo_world.gateway.url}/mcp", demo_world.key.secret, lambda: demo_world.grant("add")
+        )
     )
 
     assert honored.tools_list_changed is True and not honored.resource_subscriptions

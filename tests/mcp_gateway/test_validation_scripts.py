@@ -4,31 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
-from mcp_gateway.models import UpstreamServer
-from tenants.models import Tenant
 from tests import live
-from tests.keys import Issued
+from tests.mcp_gateway.servers import DemoWorld
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.mark.parametrize(("script", "path"), [("validate_mcp_jsonrpc.py", "/mcp"), ("validate_mcp_sse.py", "/mcp/sse")])
-def test_validation_script_passes_against_the_gateway(
-    script: str,
-    path: str,
-    gateway: live.Server,
-    mcp_upstream_http: live.Server,
-    upstream_factory: Callable[..., UpstreamServer],
-    grant: Callable[..., Any],
-    owner: Tenant,
-    owner_key: Issued,
-) -> None:
-    grant(owner, upstream_factory("demo", mcp_upstream_http.url), "echo")
+def test_validation_script_passes_against_the_gateway(script: str, path: str, demo_world: DemoWorld) -> None:
+    demo_world.grant("echo")
+    gateway, owner_key = demo_world.gateway, demo_world.key
     args = [sys.executable, f"scripts/{script}", f"{gateway.url}{path}", "--key", owner_key.secret]
     args += ["--tool", "demo.echo", "--arguments", '{"text": "hi"}']
     done = subprocess.run(args, cwd=live.ROOT, capture_output=True, text=True, timeout=120)

@@ -45,38 +45,25 @@ def usage(issued: Issued, **fields: Any) -> UsageRow:
     return UsageRow(**values)
 
 
+def _totals(rows: Any, model: str, requests: Any, errors: Any) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """Requests, errors, prompt and completion tokens and cost per tenant, key and model of ``rows``."""
+    sums = rows.values("tenant_id", "api_key_id", model).annotate(
+        n_requests=requests,
+        n_errors=errors,
+        prompt=Sum("prompt_tokens"),
+        completion=Sum("completion_tokens"),
+        cost=Sum("cost_usd"),
+    )
+    return {
+        (row["tenant_id"], row["api_key_id"], row[model]): tuple(
+            row[name] for name in ("n_requests", "n_errors", "prompt", "completion", "cost")
+        )
+        for row in sums
+    }
+
+
 def books() -> tuple[dict[tuple[Any, ...], tuple[Any, ...]], dict[tuple[Any, ...], tuple[Any, ...]]]:
     """Totals per tenant, key and model: from the request logs, and from the hourly rollups."""
-    logs = {
-        (row["tenant_id"], row["api_key_id"], row["model_requested"]): (
-            row["requests"],
-            row["errors"],
-            row["prompt"],
-            row["completion"],
-            row["cost"],
-        )
-        for row in RequestLog.objects.values("tenant_id", "api_key_id", "model_requested").annotate(
-            requests=Count("id"),
-            errors=Count("id", filter=Q(status_code__gte=400)),
-            prompt=Sum("prompt_tokens"),
-            completion=Sum("completion_tokens"),
-            cost=Sum("cost_usd"),
-        )
-    }
-    rollups = {
-        (row["tenant_id"], row["api_key_id"], row["model"]): (
-            row["requests_sum"],
-            row["errors_sum"],
-            row["prompt"],
-            row["completion"],
-            row["cost"],
-        )
-        for row in UsageRollup.objects.values("tenant_id", "api_key_id", "model").annotate(
-            requests_sum=Sum("requests"),
-            errors_sum=Sum("errors"),
-            prompt=Sum("prompt_tokens"),
-            completion=Sum("completion_tokens"),
-            cost=Sum("cost_usd"),
-        )
-    }
+    logs = _totals(RequestLog.objects, "model_requested", Count("id"), Count("id", filter=Q(status_code__gte=400)))
+    rollups = _totals(UsageRollup.objects, "model", Sum("requests"), Sum("errors"))
     return logs, rollups
