@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_env import ROOT
 
 KEY = "sk-bench-0123456789abcdefghijklmnop"
 QUOTA_KEY = "sk-benchq-0123456789abcdefghijklmno"  # --quota-compare: a second tenant, with quotas
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello to the benchmark."}]}
 CHUNKS, GAP_MS = 20, 10.0
 APPLICATION = "llm_platform.asgi:application"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def setup(env: dict[str, str], upstream: str, *, quota: bool, quota_key: bool = False) -> None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,16 +12,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_env import bench_env, free_port  # noqa: E402
+
 from llm_platform.processes import http_wait  # noqa: E402
 
 KEY = "sk-bench-mcp-0123456789abcdefghijkl"
 UPSTREAM_TOKEN = "bench-upstream-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -38,21 +31,9 @@ class Deployment:
 @contextmanager
 def deployment(*, database: str = "", redis: str = "", extra_env: dict[str, str] | None = None) -> Iterator[Deployment]:
     """Start the upstream and the gateway on a fresh database with a tenant, a key and all tools granted."""
-    var = Path(tempfile.mkdtemp(prefix="bench-mcp-"))
-    env = {
-        **os.environ,
-        "VAR_DIR": str(var),
-        "LOG_LEVEL": "WARNING",
-        "DEBUG": "false",
-        "SECRET_KEY": "bench-only-secret",
-        "PYTHONUNBUFFERED": "1",
-        "SSRF_ALLOWLIST": "127.0.0.1",
-        **(extra_env or {}),
-    }
-    env.pop("REDIS_URL", None)
-    env["DATABASE_URL"] = database or f"sqlite:///{var / 'db.sqlite3'}"
-    if redis:
-        env["REDIS_URL"] = redis
+    var, env = bench_env(
+        "bench-mcp-", database=database, redis=redis, **{"SSRF_ALLOWLIST": "127.0.0.1", **(extra_env or {})}
+    )
     up_port, gw_port = free_port(), free_port()
     python = sys.executable
     upstream = subprocess.Popen(

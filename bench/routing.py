@@ -25,7 +25,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +33,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench_env import bench_env, free_port  # noqa: E402
 
 from llm_platform.processes import http_wait  # noqa: E402
 
@@ -45,14 +46,6 @@ STRATEGIES = (
     "cost-based-routing",
     "usage-based-routing-v2",
 )
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 SETUP = """
@@ -188,20 +181,10 @@ def main() -> None:
     parser.add_argument("--database", default="", help="DATABASE_URL of a database the bench may empty")
     args = parser.parse_args()
 
-    var = Path(tempfile.mkdtemp(prefix="bench-routing-"))
-    env = {
-        **os.environ,
-        "VAR_DIR": str(var),
-        "LOG_LEVEL": "ERROR",
-        "DEBUG": "false",
-        "SECRET_KEY": "bench-only-secret",
-        "PYTHONUNBUFFERED": "1",
-        "USAGE_FLUSH_INTERVAL": "0.2",
-    }
-    env.pop("REDIS_URL", None)
-    env["DATABASE_URL"] = args.database or f"sqlite:///{var / 'db.sqlite3'}"
+    _, env = bench_env(
+        "bench-routing-", database=args.database, redis=args.redis, log_level="ERROR", USAGE_FLUSH_INTERVAL="0.2"
+    )
     if args.redis:
-        env["REDIS_URL"] = args.redis
         env["CACHE_KEY_PREFIX"] = f"bench{int(time.time())}"
     ports = [free_port(), free_port()]
     bases = [f"http://127.0.0.1:{port}/v1" for port in ports]

@@ -16,10 +16,9 @@ import json
 import os
 import shutil
 import sys
-import tempfile
-from pathlib import Path
 
-from chat_gateway import QUOTA_KEY, ROOT, free_port, gateway_start, setup, upstream_start
+from bench_env import ROOT, bench_env, free_port
+from chat_gateway import QUOTA_KEY, gateway_start, setup, upstream_start
 from chat_load import durability_compare, overhead_header_median, quota_compare, streams, wrk
 from chat_report import durability_compare_table, overhead_table, quota_compare_table
 
@@ -54,19 +53,7 @@ def main() -> None:
     if not shutil.which("wrk"):
         sys.exit("wrk is required (Debian: apt-get install wrk)")
 
-    var = Path(tempfile.mkdtemp(prefix="bench-"))
-    env = {
-        **os.environ,
-        "VAR_DIR": str(var),
-        "LOG_LEVEL": "WARNING",
-        "DEBUG": "false",
-        "SECRET_KEY": "bench-only-secret",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("REDIS_URL", None)
-    env["DATABASE_URL"] = args.database or f"sqlite:///{var / 'db.sqlite3'}"
-    if args.redis:
-        env["REDIS_URL"] = args.redis
+    var, env = bench_env("bench-", database=args.database, redis=args.redis)
     up_port, gw_port, journal_port = free_port(), free_port(), free_port()
     if args.durability_compare:
         env["USAGE_DURABILITY"] = "batch"  # the second gateway, started below, journals

@@ -165,14 +165,20 @@ class FakeUpstream:
             return _error(400, "The request body must be a JSON object.", None)
         return payload
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
+    async def _admitted(self, request: web.Request) -> tuple[dict[str, Any], Behaviour] | web.StreamResponse:
+        """The request's body and how to answer it, or what to answer instead (a bad body, a refusal)."""
         payload = await self._payload(request)
         if isinstance(payload, web.Response):
             return payload
         behaviour = _behaviour(self.behaviour, payload)
         refused = await _misbehave(request, behaviour)
-        if refused is not None:
-            return refused
+        return refused if refused is not None else (payload, behaviour)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        admitted = await self._admitted(request)
+        if not isinstance(admitted, tuple):
+            return admitted
+        payload, behaviour = admitted
         if behaviour.echo_header:
             behaviour = replace(behaviour, reply=request.headers.get(behaviour.echo_header, "-"))
         model = payload.get("model", "fake-model")
@@ -249,13 +255,10 @@ class FakeUpstream:
         return response
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        payload = await self._payload(request)
-        if isinstance(payload, web.Response):
-            return payload
-        behaviour = _behaviour(self.behaviour, payload)
-        refused = await _misbehave(request, behaviour)
-        if refused is not None:
-            return refused
+        admitted = await self._admitted(request)
+        if not isinstance(admitted, tuple):
+            return admitted
+        payload, behaviour = admitted
         words = _words(behaviour)
         prompt_tokens = _tokens(payload)
         completion_id = "cmpl-" + uuid.uuid4().hex[:24]
@@ -308,12 +311,10 @@ class FakeUpstream:
         return response
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
-        payload = await self._payload(request)
-        if isinstance(payload, web.Response):
-            return payload
-        refused = await _misbehave(request, _behaviour(self.behaviour, payload))
-        if refused is not None:
-            return refused
+        admitted = await self._admitted(request)
+        if not isinstance(admitted, tuple):
+            return admitted
+        payload = admitted[0]
         inputs = payload.get("input", "")
         items = inputs if isinstance(inputs, list) and not all(isinstance(i, int) for i in inputs) else [inputs]
         dimensions = int(payload.get("dimensions") or 8)

@@ -10,6 +10,8 @@ from asgiref.sync import sync_to_async
 from celery import shared_task
 from django.db import close_old_connections
 
+from core import registry
+
 logger = logging.getLogger(__name__)
 _pending: dict[int, float] = {}
 _running: set[asyncio.Task[None]] = set()
@@ -44,3 +46,12 @@ def list_changed(server_id: int) -> None:
     task = asyncio.ensure_future(later())
     _running.add(task)
     task.add_done_callback(_running.discard)
+
+
+def _debounce_forget() -> None:
+    """A fresh process has no refresh pending (the tasks of a test's loop end with it)."""
+    _pending.clear()
+    _running.clear()
+
+
+registry.register("mcp.list_changed_debounce", reset=_debounce_forget)

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -28,31 +29,27 @@ RECOMMENDED = {
 }
 
 
-def test_check_deploy_is_clean_for_the_recommended_production_environment(tmp_path):
-    env = {"PATH": os.environ["PATH"], "VAR_DIR": str(tmp_path / "var"), **RECOMMENDED}
-    result = subprocess.run(
+def check_deploy(tmp_path: Path, **settings: str | None) -> subprocess.CompletedProcess[str]:
+    """``manage.py check --deploy`` in the recommended environment, with ``settings`` changed (None: unset)."""
+    env = {"PATH": os.environ["PATH"], "VAR_DIR": str(tmp_path / "var"), **RECOMMENDED, **settings}
+    return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=live.ROOT,
-        env=env,
+        env={name: value for name, value in env.items() if value is not None},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_check_deploy_is_clean_for_the_recommended_production_environment(tmp_path):
+    result = check_deploy(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
 
 
 def test_without_a_stated_preload_decision_check_deploy_reminds_of_it(tmp_path):
-    env = {"PATH": os.environ["PATH"], "VAR_DIR": str(tmp_path / "var"), **RECOMMENDED}
-    del env["HSTS_PRELOAD"]
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=live.ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = check_deploy(tmp_path, HSTS_PRELOAD=None)
     assert result.returncode != 0 and "security.W021" in result.stdout + result.stderr
 
 
