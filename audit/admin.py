@@ -83,6 +83,12 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     show_full_result_count = False
     actions = ["export_selected_jsonl", "export_selected_csv"]
 
+    # The History page of an audited object opens this list on its events (core.admin_services).
+    HISTORY_LOOKUPS = frozenset({"target", "target__startswith", "tenant_id", "action__startswith"})
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
+        return lookup in self.HISTORY_LOOKUPS or super().lookup_allowed(lookup, value, request)
+
     def has_export_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("audit.export_auditevent")
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from django.db.models import Model, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
 
 from core.actors import actor_of, ip_of
+from core.changes import AuditedEntity
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,8 @@ class AdminWrites:
     name: str
     save: Callable[..., Any] | None = None
     delete: Callable[..., Any] | None = None
+    # How the services audit the model: its History button then opens its audit trail.
+    audited: AuditedEntity[Any] | None = None
 
 
 class ServiceAdminMixin:
@@ -40,6 +45,16 @@ class ServiceAdminMixin:
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
         assert self.writes.delete is not None, f"{type(self).__name__} deletes through its own delete_model"
         self.writes.delete(**{self.writes.name: obj}, **self.service_kwargs(request))
+
+    def history_view(self, request: HttpRequest, object_id: str, extra_context: Any = None) -> HttpResponse:
+        """The tamper-evident audit trail of the object (for those who may read it), not Django's own log."""
+        audited = self.writes.audited
+        if audited is not None and request.user.has_perm("audit.view_auditevent"):
+            obj = self.get_object(request, object_id)  # type: ignore[attr-defined]
+            if obj is not None and self.has_view_or_change_permission(request, obj):  # type: ignore[attr-defined]
+                query = urlencode(audited.history_filter(obj))
+                return HttpResponseRedirect(f"{reverse('admin:audit_auditevent_changelist')}?{query}")
+        return super().history_view(request, object_id, extra_context)  # type: ignore[misc]
 
     def deletable(self, request: HttpRequest, queryset: QuerySet[Any]) -> Iterable[Model]:
         """The objects of a bulk delete that are deleted (all of them, unless a subclass narrows it)."""

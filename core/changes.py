@@ -156,6 +156,20 @@ class AuditedEntity(Generic[M]):
     on_commit: Callable[[], None] | None = None
     # A deletion's event holds the row's values, unless its target says all there was.
     delete_keeps_before: bool = True
+    # The audit list's filter that finds the events of one row (default: by its target).
+    history: Callable[[M], dict[str, str]] | None = None
+
+    def history_filter(self, instance: M) -> dict[str, str]:
+        """The query of the audit list that shows ``instance``'s events (its History page).
+
+        A target that names the row's id (``deployment:7:gpt-4o``) is matched on ``kind:id:``,
+        so the events from before a rename are found too.
+        """
+        if self.history is not None:
+            return self.history(instance)
+        target = self.target(instance)
+        head = f"{target.split(':', 1)[0]}:{instance.pk}:"
+        return {"target__startswith": head} if target.startswith(head) else {"target": target}
 
     @contextmanager
     def saving(self, instance: M, *, actor: str, ip: str | None = None) -> Iterator[Change[M]]:

@@ -90,7 +90,7 @@ class UpstreamToolInline(admin.TabularInline):
 
 @admin.register(UpstreamServer)
 class UpstreamServerAdmin(ServiceAdminMixin, admin.ModelAdmin):
-    writes = AdminWrites("server", save=services.server_save, delete=services.server_delete)
+    writes = AdminWrites("server", save=services.server_save, delete=services.server_delete, audited=services.SERVERS)
     form = UpstreamServerForm
     list_display = [
         "name",
@@ -207,7 +207,7 @@ class ToolGrantForm(forms.ModelForm):
 class ToolGrantAdmin(ServiceAdminMixin, TenantScopedAdmin):
     """Tenant admins manage their tenant's grants: key narrowing always, tenant-wide grants on self-service servers."""
 
-    writes = AdminWrites("grant", save=services.grant_save, delete=services.grant_delete)
+    writes = AdminWrites("grant", save=services.grant_save, delete=services.grant_delete, audited=services.GRANTS)
 
     form = ToolGrantForm
     list_display = ["tenant", "api_key", "server", "tool", "created_at"]
@@ -257,7 +257,7 @@ class ToolGrantAdmin(ServiceAdminMixin, TenantScopedAdmin):
 
 @admin.register(VirtualServer)
 class VirtualServerAdmin(ServiceAdminMixin, admin.ModelAdmin):
-    writes = AdminWrites("bundle", delete=services.virtual_server_delete)
+    writes = AdminWrites("bundle", delete=services.virtual_server_delete, audited=services.BUNDLES)
     list_display = ["name", "enabled", "description", "updated_at"]
     filter_horizontal = ["tools"]
 
@@ -271,7 +271,9 @@ class VirtualServerAdmin(ServiceAdminMixin, admin.ModelAdmin):
 
 @admin.register(SsrfAllowEntry)
 class SsrfAllowEntryAdmin(ServiceAdminMixin, admin.ModelAdmin):
-    writes = AdminWrites("entry", save=services.allow_entry_save, delete=services.allow_entry_delete)
+    writes = AdminWrites(
+        "entry", save=services.allow_entry_save, delete=services.allow_entry_delete, audited=services.ALLOW_ENTRIES
+    )
     list_display = ["value", "note", "created_at"]
 
 

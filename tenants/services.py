@@ -28,7 +28,14 @@ def _tenant_may(acting_user: Any, action: str, tenant_id: int | None) -> None:
         raise NotAllowed(f"Your role may not {action} this tenant; platform admins do.")
 
 
-TENANTS = AuditedEntity[Tenant]("tenant", TENANT_AUDIT_FIELDS, lambda t: f"tenant:{t.slug}", tenant_id=lambda t: t.pk)
+TENANTS = AuditedEntity[Tenant](
+    "tenant",
+    TENANT_AUDIT_FIELDS,
+    lambda t: f"tenant:{t.slug}",
+    tenant_id=lambda t: t.pk,
+    # Its own events under every slug it had (a slug can change; the tenant id does not).
+    history=lambda t: {"tenant_id": str(t.pk), "action__startswith": "tenant."},
+)
 
 
 def tenant_save(*, tenant: Tenant, actor: str, acting_user: Any = None, ip: str | None = None) -> Tenant:

@@ -16,7 +16,12 @@ from routing.models import ModelDeployment, RouteGroup
 
 @admin.register(ModelDeployment)
 class ModelDeploymentAdmin(ServiceAdminMixin, admin.ModelAdmin):
-    writes = AdminWrites("deployment", save=services.deployment_save, delete=services.deployment_delete)
+    writes = AdminWrites(
+        "deployment",
+        save=services.deployment_save,
+        delete=services.deployment_delete,
+        audited=services.DEPLOYMENTS,
+    )
     form = ModelDeploymentForm
     list_display = [
         "model_name",
@@ -68,7 +73,9 @@ class ModelDeploymentAdmin(ServiceAdminMixin, admin.ModelAdmin):
 class RouteGroupAdmin(ServiceAdminMixin, admin.ModelAdmin):
     """A public model's routing policy; its deployments are the enabled ones with that model name."""
 
-    writes = AdminWrites("group", save=services.route_group_save, delete=services.route_group_delete)
+    writes = AdminWrites(
+        "group", save=services.route_group_save, delete=services.route_group_delete, audited=services.ROUTE_GROUPS
+    )
 
     list_display = [
         "model_name",

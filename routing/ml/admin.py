@@ -89,7 +89,9 @@ class SmartGroupForm(forms.ModelForm):
 
 @admin.register(SmartGroup)
 class SmartGroupAdmin(ServiceAdminMixin, admin.ModelAdmin):
-    writes = AdminWrites("group", save=services.smart_group_save, delete=services.smart_group_delete)
+    writes = AdminWrites(
+        "group", save=services.smart_group_save, delete=services.smart_group_delete, audited=services.SMART_GROUPS
+    )
     form = SmartGroupForm
     inlines = [TenantShareInline]
     list_display = ["name", "strong_model", "weak_model", "router_kind", "strong_share", "mode", "active", "ab"]

@@ -82,7 +82,7 @@ class KeyRotationFilter(admin.SimpleListFilter):
 class ApiKeyAdmin(KeyRotationAdminMixin, QuotaFormsetMixin, TenantServiceAdmin):
     """Tenant admins manage every key of their tenants; developers create keys and manage the ones they created."""
 
-    writes = AdminWrites("api_key", delete=services.api_key_delete)
+    writes = AdminWrites("api_key", delete=services.api_key_delete, audited=services.API_KEYS)
 
     form = ApiKeyForm
     creator_field = "created_by"

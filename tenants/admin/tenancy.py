@@ -21,7 +21,7 @@ from tenants.models import Membership, Tenant
 
 @admin.register(Tenant)
 class TenantAdmin(QuotaFormsetMixin, TenantServiceAdmin):
-    writes = AdminWrites("tenant", save=services.tenant_save, delete=services.tenant_delete)
+    writes = AdminWrites("tenant", save=services.tenant_save, delete=services.tenant_delete, audited=services.TENANTS)
     tenant_lookups = ("pk",)
     list_display = ["slug", "name", "is_active", "key_count", "usage_link", "created_at"]
     list_filter = ["is_active", "trace_content"]
@@ -70,7 +70,9 @@ class MembershipByUsernameForm(forms.ModelForm):
 
 @admin.register(Membership)
 class MembershipAdmin(TenantServiceAdmin):
-    writes = AdminWrites("membership", save=services.membership_save, delete=services.membership_delete)
+    writes = AdminWrites(
+        "membership", save=services.membership_save, delete=services.membership_delete, audited=services.MEMBERSHIPS
+    )
     list_display = ["user", "tenant", "role", "created_at"]
     list_filter = ["role"]
     list_select_related = ["user", "tenant"]
