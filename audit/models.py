@@ -31,14 +31,14 @@ class AuditEvent(models.Model):
         DENIED = "denied", "Denied"
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    actor = models.CharField(max_length=200, help_text="user:<username>, key:<prefix> or system")
+    actor = models.CharField(max_length=200, help_text="user:USERNAME, key:PREFIX or system")
     tenant_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     action = models.CharField(max_length=100, db_index=True)
     target = models.CharField(max_length=300, blank=True)
     outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.SUCCESS)
     ip = models.GenericIPAddressField(null=True, blank=True)
     details = models.JSONField(default=dict, blank=True)
-    chain = models.CharField(max_length=40, editable=False, help_text="platform or tenant:<id>")
+    chain = models.CharField(max_length=40, editable=False, help_text="platform, or tenant:ID")
     seq = models.BigIntegerField(editable=False, help_text="Position in the chain, from 1, without gaps")
     prev_hash = models.CharField(max_length=64, editable=False)
     hash = models.CharField(max_length=64, editable=False, help_text="SHA-256 of the canonical JSON")

@@ -14,7 +14,7 @@ from tenants.models import ApiKey, Tenant
 from tenants.vault import EncryptedTextField
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-NAME_HELP = "Lower-case letters, digits, '-' and '_'; tools are exposed as '<name>.<tool>'."
+NAME_HELP = "Lower-case letters, digits, '-' and '_'; tools are exposed as 'NAME.TOOL' (e.g. 'files.read')."
 TOOL_SEPARATOR = "."
 
 

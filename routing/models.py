@@ -34,7 +34,9 @@ class ModelDeployment(models.Model):
     """
 
     model_name = models.CharField(max_length=200, db_index=True, help_text="The name clients ask for.")
-    litellm_model = models.CharField(max_length=300, help_text="litellm's <provider>/<model>, e.g. openai/gpt-4o-mini")
+    litellm_model = models.CharField(
+        max_length=300, help_text="litellm's provider/model, e.g. openai/gpt-4o-mini or anthropic/claude-3-5-sonnet"
+    )
     api_base = models.CharField(max_length=500, blank=True, validators=[URLValidator(schemes=["http", "https"])])
     api_key = EncryptedTextField(blank=True, help_text="Provider credential, encrypted at rest.")
     extra_params = models.JSONField(default=dict, blank=True, help_text="Other litellm_params, as JSON.")

@@ -19,6 +19,7 @@ class WriteOnlySecretField(forms.CharField):
         kwargs.setdefault(
             "widget", forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password", "size": 60})
         )
+        self.new_help_text = help_text  # on a new object there is no current one to keep
         super().__init__(required=False, help_text=f"{help_text} Leave blank to keep the current one.", **kwargs)
 
 
@@ -38,6 +39,23 @@ class WriteOnlySecretForm(forms.ModelForm):
     """
 
     changed_secrets: set[str]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, field in self.fields.items():
+            if not isinstance(field, WriteOnlySecretField):
+                continue
+            if self.instance.pk is None:
+                # Nothing stored yet: nothing to keep, nothing to remove.
+                field.help_text = field.new_help_text
+                clear = self.fields.get(f"clear_{name}")
+                if clear is not None:
+                    clear.widget = forms.HiddenInput()
+            if self.is_bound:
+                # A form sent back with errors keeps what was just typed (never the stored secret:
+                # an unbound form shows nothing, and a blank field keeps the stored one).
+                assert isinstance(field.widget, forms.PasswordInput)
+                field.widget.render_value = True
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}

@@ -178,3 +178,32 @@ def test_bulk_deleting_deployments_audits_credential_names_only(admin_client):
     assert not ModelDeployment.objects.exists()
     assert AuditEvent.objects.get(action="deployment.delete").details["before"]["secret_params"] == ["azure_ad_token"]
     assert "t-0451" not in raw_audit()
+
+
+def test_a_new_deployments_form_offers_nothing_to_keep_and_gives_back_the_typed_key_with_its_errors(admin_client):
+    page = admin_client.get(ADD).content.decode()
+    assert "Leave blank to keep the current one" not in page  # nothing is stored yet
+    assert "litellm&#x27;s provider/model" in page or "litellm's provider/model" in page
+
+    response = admin_client.post(ADD, form(api_key="sk-typed-0451", api_base="not a url"))
+
+    assert response.status_code == 200 and not ModelDeployment.objects.exists()
+    assert 'value="sk-typed-0451"' in response.content.decode()  # not typed again after fixing the URL
+    fixed = admin_client.post(ADD, form(api_key="sk-typed-0451"))
+    assert fixed.status_code == 302
+    stored = ModelDeployment.objects.get()
+    page = admin_client.get(change_url(stored)).content.decode()
+    assert "sk-typed-0451" not in page and "Leave blank to keep the current one" in page
+
+
+def test_no_help_text_of_any_model_is_swallowed_as_html():
+    """The admin renders help texts as HTML: an angle-bracketed hint (``<provider>``) would vanish."""
+    from django.apps import apps
+
+    swallowed = [
+        f"{model._meta.label}.{field.name}: {field.help_text}"
+        for model in apps.get_models()
+        for field in model._meta.get_fields()
+        if "<" in str(getattr(field, "help_text", "") or "")
+    ]
+    assert swallowed == []
