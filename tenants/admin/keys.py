@@ -156,8 +156,19 @@ class ApiKeyAdmin(KeyRotationAdminMixin, QuotaFormsetMixin, TenantServiceAdmin):
         return response
 
     @admin.action(description="Revoke selected API keys", permissions=["change"])
-    def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+    def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> TemplateResponse | None:
         allowed = self.scoped(request, queryset, "change")
+        if request.POST.get("post") != "yes":
+            # A revoked key fails its next request and cannot come back: say which ones, and ask.
+            context = {
+                **self.admin_site.each_context(request),
+                "title": "Revoke API keys?",
+                "opts": self.model._meta,
+                "revocable": list(allowed.filter(revoked_at__isnull=True).select_related("tenant")),
+                "selected": list(queryset.values_list("pk", flat=True)),
+                "left_alone": queryset.count() - allowed.filter(revoked_at__isnull=True).count(),
+            }
+            return TemplateResponse(request, "admin/tenants/apikey/revoke_confirm.html", context)
         revoked = 0
         for api_key in allowed.filter(revoked_at__isnull=True):
             services.api_key_revoke(api_key=api_key, **self.service_kwargs(request))
@@ -170,3 +181,4 @@ class ApiKeyAdmin(KeyRotationAdminMixin, QuotaFormsetMixin, TenantServiceAdmin):
                 f"{refused} selected key(s) left alone: developers may only revoke the keys they created.",
                 messages.WARNING,
             )
+        return None

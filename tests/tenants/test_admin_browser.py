@@ -92,6 +92,10 @@ def test_a_person_creates_uses_and_revokes_a_key_in_the_browser(page, server, de
     page.check(f"input[name=_selected_action][value='{key.pk}']")
     page.select_option("select[name=action]", "revoke_keys")
     page.click("button[name=index]")
+    page.wait_for_selector("#revocable")  # asked first, with the keys named
+    assert "backend" in page.inner_text("#revocable")
+    page.screenshot(path=str(tmp_path / "revoke.png"), full_page=True)
+    page.click("#confirm-revoke")
     page.wait_for_selector("text=Revoked 1 API key(s).")
     assert page.is_visible("text=Revoked")
 

@@ -71,8 +71,16 @@ def test_create_use_revoke_a_key_and_every_step_is_audited(admin_client, server,
     api = openai.OpenAI(base_url=f"{server.url}/v1", api_key=secret, max_retries=0)
     assert api.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]).choices
 
+    asked = admin_client.post(
+        reverse("admin:tenants_apikey_changelist"), {"action": "revoke_keys", "_selected_action": [key.pk]}
+    )
+    assert asked.status_code == 200 and "Revoke API keys?" in asked.content.decode()
+    key.refresh_from_db()
+    assert key.revoked_at is None  # nothing happens until it is confirmed
     response = admin_client.post(
-        reverse("admin:tenants_apikey_changelist"), {"action": "revoke_keys", "_selected_action": [key.pk]}, follow=True
+        reverse("admin:tenants_apikey_changelist"),
+        {"action": "revoke_keys", "post": "yes", "_selected_action": [key.pk]},
+        follow=True,
     )
     assert "Revoked 1 API key(s)." in response.content.decode()
     key.refresh_from_db()

@@ -122,7 +122,9 @@ def test_the_system_grants_any_scope(owner):
 def test_developer_a_cannot_revoke_developer_bs_key_but_a_tenant_admin_can(team, owner):
     mine, theirs = key_of(team["dev_a"], owner, "a's key"), key_of(team["dev_b"], owner, "b's key")
     response = client_of(team["dev_a"]).post(
-        reverse(CHANGELIST), {"action": "revoke_keys", "_selected_action": [mine.pk, theirs.pk]}, follow=True
+        reverse(CHANGELIST),
+        {"action": "revoke_keys", "post": "yes", "_selected_action": [mine.pk, theirs.pk]},
+        follow=True,
     )
     page = response.content.decode()
     assert "Revoked 1 API key(s)." in page and "1 selected key(s) left alone" in page
@@ -131,7 +133,9 @@ def test_developer_a_cannot_revoke_developer_bs_key_but_a_tenant_admin_can(team,
     assert mine.revoked_at is not None and theirs.revoked_at is None
     with pytest.raises(NotAllowed):
         services.api_key_revoke(api_key=theirs, actor="user:dev_a", acting_user=team["dev_a"])
-    client_of(team["boss"]).post(reverse(CHANGELIST), {"action": "revoke_keys", "_selected_action": [theirs.pk]})
+    client_of(team["boss"]).post(
+        reverse(CHANGELIST), {"action": "revoke_keys", "post": "yes", "_selected_action": [theirs.pk]}
+    )
     theirs.refresh_from_db()
     assert theirs.revoked_at is not None
 

@@ -112,7 +112,8 @@ def test_auditor_reads_their_tenants_audit_trail_and_changes_nothing(world, owne
     assert auditor.get(change_url("audit_auditevent", foreign_event.pk)).status_code == 403
     assert auditor.get(reverse("admin:tenants_apikey_add")).status_code == 403
     response = auditor.post(
-        reverse("admin:tenants_apikey_changelist"), {"action": "revoke_keys", "_selected_action": [own.pk]}
+        reverse("admin:tenants_apikey_changelist"),
+        {"action": "revoke_keys", "post": "yes", "_selected_action": [own.pk]},
     )
     own.refresh_from_db()
     assert own.revoked_at is None, response.status_code
@@ -137,7 +138,8 @@ def test_roles_in_two_tenants_apply_each_in_its_own_tenant(world, outsider):
     admin = members["tenant_admin"]
     assert admin.get(change_url("tenants_apikey", foreign.pk)).status_code == 200
     admin.post(
-        reverse("admin:tenants_apikey_changelist"), {"action": "revoke_keys", "_selected_action": [foreign.pk, own.pk]}
+        reverse("admin:tenants_apikey_changelist"),
+        {"action": "revoke_keys", "post": "yes", "_selected_action": [foreign.pk, own.pk]},
     )
     foreign.refresh_from_db()
     own.refresh_from_db()
