@@ -68,6 +68,18 @@ def test_a_person_creates_uses_and_revokes_a_key_in_the_browser(page, server, de
     page.click("input[name=_save]")
     page.wait_for_selector("text=shown only this once")
     secret = page.input_value("#api-key-secret")
+    # Copy says what happened: copied, or refused by the browser (the secret is then selected).
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.click(".copy-secret")
+    page.wait_for_function("document.querySelector('.copy-status').textContent.length > 0")
+    assert page.inner_text(".copy-status") == "Copied to the clipboard."
+    assert page.evaluate("navigator.clipboard.readText()") == secret
+    page.evaluate("Object.defineProperty(Navigator.prototype, 'clipboard', {get: () => undefined})")
+    page.click(".copy-secret")
+    page.wait_for_function("document.querySelector('.copy-status').textContent.startsWith('Your browser')")
+    assert page.evaluate("document.activeElement.id") == "api-key-secret"
+    selected = page.evaluate("[document.activeElement.selectionStart, document.activeElement.selectionEnd]")
+    assert selected == [0, len(secret)]
     page.screenshot(path=str(tmp_path / "key-created.png"), full_page=True)
     assert secret.startswith("sk-")
 
