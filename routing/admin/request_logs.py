@@ -23,21 +23,43 @@ from tenants.models import Tenant
 from tenants.scoping import TenantScopedAdmin
 
 
-def decision_html(decision: dict[str, Any] | None) -> str:
-    """A routing decision record as a readable block: policy, candidates, attempts, fallbacks."""
+def _answer(status_code: int | None, error_type: str) -> str:
+    if not status_code:
+        return "no answer recorded"
+    return f"HTTP {status_code}, {error_type}" if error_type else f"HTTP {status_code}"
+
+
+def _outcome(decision: dict[str, Any], status_code: int | None, error_type: str) -> str:
+    """What became of the request, in words that fit each outcome."""
+    if decision.get("served") is not None:
+        return format_html(
+            "Served by deployment <b>{}</b> (<b>{}</b>).",
+            decision["served"],
+            decision.get("served_model") or "model not recorded",
+        )
+    answer = _answer(status_code, error_type)
+    if decision.get("attempts"):
+        return format_html("No deployment answered ({}): every attempt failed, as listed below.", answer)
+    if decision.get("chosen") is None:
+        return format_html("No deployment could take it ({}): none of the candidates below was available.", answer)
+    return format_html("Routed to deployment <b>{}</b> but not sent ({}).", decision["chosen"], answer)
+
+
+def decision_html(decision: dict[str, Any] | None, *, status_code: int | None = None, error_type: str = "") -> str:
+    """A routing decision record as a readable block: the outcome, policy, candidates, attempts, fallbacks."""
     if not decision:
-        return "No routing decision was recorded for this request (it was refused before routing)."
+        return (
+            f"No routing decision was recorded for this request ({_answer(status_code, error_type)}): "
+            "it was answered before routing (for example refused by authentication, validation or a quota)."
+        )
     summary = format_html(
-        "<p>Group <b>{}</b>, strategy <b>{}</b> (policy version {}; state {}), decided in {} ms. "
-        "Chosen deployment <b>{}</b>; served by <b>{}</b> of <b>{}</b>.{}</p>",
+        "<p>{} Group <b>{}</b>, strategy <b>{}</b> (policy version {}; state {}), decided in {} ms.{}</p>",
+        _outcome(decision, status_code, error_type),
         decision.get("group"),
         decision.get("strategy"),
         decision.get("policy_version"),
         "shared (Redis)" if decision.get("shared_state") else "in process",
         decision.get("decision_ms"),
-        decision.get("chosen") if decision.get("chosen") is not None else "none",
-        decision.get("served") if decision.get("served") is not None else "nobody",
-        decision.get("served_model") or "—",
         format_html(" Prompt SHA-256 <code>{}</code>.", decision["prompt_sha256"])
         if decision.get("prompt_sha256")
         else "",
@@ -197,4 +219,4 @@ class RequestLogAdmin(ReadOnlyAdminMixin, TenantScopedAdmin):
 
     @admin.display(description="Routing decision")
     def routing_decision(self, obj: RequestLog) -> str:
-        return decision_html(obj.route_decision)
+        return decision_html(obj.route_decision, status_code=obj.status_code, error_type=obj.error_type)

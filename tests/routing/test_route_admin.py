@@ -63,7 +63,7 @@ def test_request_log_page_shows_the_routing_decision(admin_client, owner):
 def test_request_log_without_a_decision_says_why(admin_client, owner):
     log = RequestLog.objects.create(request_id="req_none", created_at=timezone.now(), tenant=owner, status_code=401)
     html = admin_client.get(f"/admin/routing/requestlog/{log.pk}/change/").content.decode()
-    assert "refused before routing" in html
+    assert "No routing decision was recorded for this request (HTTP 401): it was answered before routing" in html
 
 
 def test_route_group_admin_creates_and_changes_with_audit_and_version(admin_client):
