@@ -252,10 +252,12 @@ class RequestLog(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     total_tokens = models.PositiveIntegerField(default=0)
     usage_estimated = models.BooleanField(default=False, help_text="True when the upstream reported no usage.")
-    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=0)
-    latency_ms = models.FloatField(default=0)
-    ttfb_ms = models.FloatField(null=True, blank=True, help_text="Time to first byte, for streams.")
-    overhead_ms = models.FloatField(default=0, help_text="Time spent in the gateway, not waiting on the upstream.")
+    cost_usd = models.DecimalField("cost (USD)", max_digits=14, decimal_places=8, default=0)
+    latency_ms = models.FloatField("latency (ms)", default=0)
+    ttfb_ms = models.FloatField("time to first byte (ms)", null=True, blank=True, help_text="For streams.")
+    overhead_ms = models.FloatField(
+        "gateway overhead (ms)", default=0, help_text="Time spent in the gateway, not waiting on the upstream."
+    )
     client_disconnected = models.BooleanField(default=False)
     cut_after_bytes = models.PositiveBigIntegerField(
         null=True,
@@ -297,8 +299,8 @@ class UsageRollup(models.Model):
     errors = models.PositiveIntegerField(default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
-    cost_usd = models.DecimalField(max_digits=16, decimal_places=8, default=0)
-    latency_ms_sum = models.FloatField(default=0)
+    cost_usd = models.DecimalField("cost (USD)", max_digits=16, decimal_places=8, default=0)
+    latency_ms_sum = models.FloatField("latency sum (ms)", default=0)
     latency_h0 = models.PositiveIntegerField(default=0)
     latency_h1 = models.PositiveIntegerField(default=0)
     latency_h2 = models.PositiveIntegerField(default=0)

@@ -120,6 +120,10 @@ class TenantRoutingData(models.Model):
     )
     updated_at = models.DateTimeField(auto_now=True)
 
+    class Meta:
+        verbose_name = "tenant routing data"
+        verbose_name_plural = "tenant routing data"
+
     def __str__(self) -> str:
         return f"tenant {self.tenant_id}: {'prompt text' if self.keep_prompt_text else 'hash only'}"
 

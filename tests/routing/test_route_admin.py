@@ -137,3 +137,23 @@ def test_deployment_with_a_negative_weight_is_refused(admin_client):
     assert response.status_code == 200
     assert "weight must be a non-negative number" in response.content.decode()
     assert not ModelDeployment.objects.exists()
+
+
+def test_times_and_money_are_labelled_with_their_units_everywhere():
+    """A column named ``*_ms`` or ``*_usd`` reads "… (ms)" or "… (USD)" in the admin, never the column's name."""
+    from django.apps import apps
+
+    def unlabelled(field: object) -> bool:
+        name, label = field.name, str(field.verbose_name)  # type: ignore[attr-defined]
+        if name.endswith("_ms") or "_ms_" in name:
+            return not label.endswith("(ms)")
+        return name.endswith("_usd") and not label.endswith("(USD)")
+
+    missing = [
+        f"{model._meta.label}.{field.name}: {field.verbose_name}"
+        for model in apps.get_models()
+        for field in model._meta.concrete_fields
+        if unlabelled(field)
+    ]
+    assert missing == []
+    assert apps.get_model("routing.TenantRoutingData")._meta.verbose_name_plural == "tenant routing data"
