@@ -19,8 +19,8 @@ class ReadOnlyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(JobRun)
 class JobRunAdmin(ReadOnlyAdmin):
-    list_display = ["job", "period_start", "outcome", "fence", "worker", "claimed_at", "finished_at"]
-    list_filter = ["outcome", "job"]
+    list_display = ["job", "period_start", "trigger", "outcome", "fence", "worker", "claimed_at", "finished_at"]
+    list_filter = ["outcome", "trigger", "job"]
     search_fields = ["job", "task_id"]
     date_hierarchy = "period_start"
 

@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 JOB_HEADER = "periodic_job"
 PERIOD_HEADER = "period_start"
 FENCE_HEADER = "fence"
+# Set by django-celery-beat's "Run selected tasks" admin action: a run by hand.
+MANUAL_HEADER = "periodic_task_name"
+# A run by hand is dispatched by no leader: the lowest token, so it never fences a leader's run out.
+MANUAL_FENCE = 0
 
 # Tasks whose run covers every period before it: the export writes each event since its
 # checkpoint, the rotation whatever is due, the prune whatever is past retention. Of their
@@ -74,12 +78,24 @@ def periods_missed(
 
 
 def last_claimed(jobs: Iterable[str]) -> dict[str, dt.datetime]:
-    """The latest period each of ``jobs`` has claimed (jobs that never ran are absent)."""
-    rows = JobRun.objects.filter(job__in=list(jobs)).values("job").annotate(last=Max("period_start"))
+    """The latest period each of ``jobs`` has claimed (jobs that never ran are absent).
+
+    Runs by hand are not periods: a leader still catches up what its schedule missed.
+    """
+    scheduled = JobRun.objects.filter(job__in=list(jobs), trigger=JobRun.Trigger.SCHEDULE)
+    rows = scheduled.values("job").annotate(last=Max("period_start"))
     return {row["job"]: row["last"] for row in rows}
 
 
-def job_claim(*, job: str, period: dt.datetime, fence: int, task: str, task_id: str = "") -> JobRun | None:
+def job_claim(
+    *,
+    job: str,
+    period: dt.datetime,
+    fence: int,
+    task: str,
+    task_id: str = "",
+    trigger: str = JobRun.Trigger.SCHEDULE,
+) -> JobRun | None:
     """Claim one period of a job; None if it was claimed already or a newer leader has taken over."""
     newer = JobRun.objects.filter(job=job, fence__gt=fence, period_start__gte=period).exists()
     if newer:
@@ -94,6 +110,7 @@ def job_claim(*, job: str, period: dt.datetime, fence: int, task: str, task_id: 
                 task=task,
                 task_id=task_id,
                 worker=f"{socket.gethostname()}:{os.getpid()}",
+                trigger=trigger,
             )
     except IntegrityError:
         existing = JobRun.objects.filter(job=job, period_start=period).first()
@@ -126,16 +143,29 @@ class ClaimedTask(Task):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         job = request_header(self.request, JOB_HEADER)
-        if not job:
+        manual = request_header(self.request, MANUAL_HEADER) if not job else None
+        if not job and not manual:
             return super().__call__(*args, **kwargs)
         close_old_connections()
-        run = job_claim(
-            job=job,
-            period=dt.datetime.fromisoformat(request_header(self.request, PERIOD_HEADER)),
-            fence=int(request_header(self.request, FENCE_HEADER)),
-            task=self.name,
-            task_id=self.request.id or "",
-        )
+        if manual:
+            # Run now from the admin: recorded as a run of its own, at this instant (never a
+            # period's claim, so the scheduled run of the current period still happens).
+            run = job_claim(
+                job=manual,
+                period=timezone.now(),
+                fence=MANUAL_FENCE,
+                task=self.name,
+                task_id=self.request.id or "",
+                trigger=JobRun.Trigger.MANUAL,
+            )
+        else:
+            run = job_claim(
+                job=job,
+                period=dt.datetime.fromisoformat(request_header(self.request, PERIOD_HEADER)),
+                fence=int(request_header(self.request, FENCE_HEADER)),
+                task=self.name,
+                task_id=self.request.id or "",
+            )
         if run is None:
             return None
         started = time.monotonic()

@@ -29,6 +29,10 @@ class JobRun(models.Model):
         SUCCESS = "success", "Success"
         FAILURE = "failure", "Failure"
 
+    class Trigger(models.TextChoices):
+        SCHEDULE = "schedule", "Schedule"
+        MANUAL = "manual", "Run now (admin)"
+
     job = models.CharField(max_length=200, help_text="The periodic task's name.")
     period_start = models.DateTimeField()
     task = models.CharField(max_length=200)
@@ -39,6 +43,12 @@ class JobRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.RUNNING)
     error = models.TextField(blank=True)
+    trigger = models.CharField(
+        max_length=10,
+        choices=Trigger.choices,
+        default=Trigger.SCHEDULE,
+        help_text="Dispatched by the scheduler's leader, or run by hand from the periodic tasks' admin.",
+    )
 
     class Meta:
         ordering = ["-period_start"]
