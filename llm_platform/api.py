@@ -44,10 +44,20 @@ class ApiKeyAuth(HttpBearer):
         raise NotImplementedError
 
 
-api = NinjaAPI(
+class PlatformApi(NinjaAPI):
+    """The ninja API, whose OpenAPI document also describes the endpoints the Channels consumers serve."""
+
+    def get_openapi_schema(self, *, path_prefix: str | None = None, path_params: dict[str, Any] | None = None) -> Any:
+        from llm_platform.openapi_consumers import consumer_paths_add
+
+        return consumer_paths_add(super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params))
+
+
+api = PlatformApi(
     title="LLM platform API",
     version="1",
-    description="OpenAI-compatible API. POST /v1/chat/completions is served by a Channels consumer (see README).",
+    description="OpenAI-compatible API: chat completions, completions and embeddings (served by Channels "
+    "consumers, streaming with SSE), models, feedback and the audit trail.",
     auth=ApiKeyAuth(),
     urls_namespace="api",
 )
