@@ -1,11 +1,28 @@
-"""Waiting for a child process's HTTP endpoint (the embedded runner, the tests and the bench)."""
+"""Child processes: dying with their parent, and waiting for their HTTP endpoint (the embedded runner, the tests)."""
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import subprocess
+import sys
 import time
 
 import httpx
+
+# Looked up here, in the parent: the child between fork and exec only calls it.
+_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """As ``preexec_fn``: the child gets SIGTERM when its parent dies, even by SIGKILL (Linux; elsewhere nothing).
+
+    A supervisor killed outright (the OOM killer, ``kill -9``) then leaves no server behind
+    holding its port and database.
+    """
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class NotReady(RuntimeError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -18,19 +17,12 @@ from typing import IO
 from django.conf import settings
 from django.db import connection
 
-from llm_platform.processes import http_wait
+from llm_platform.processes import die_with_parent, http_wait
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Looked up here, in the parent: the child between fork and exec only calls it.
-_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platform == "linux" else None
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_the_tests() -> None:
-    """In a child, before exec: SIGTERM when the test process dies, even when it is killed."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+# In a child, before exec: SIGTERM when the test process dies, even when it is killed.
+_die_with_the_tests = die_with_parent
 
 
 def spawn(args: list[str], *, out: IO[bytes], env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -19,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError
 from llm_platform.beat import embedded_scheduler_start
 from llm_platform.celery import app as celery_app
 from llm_platform.private_files import PRIVATE_UMASK, private_secret
-from llm_platform.processes import NotReady, http_wait
+from llm_platform.processes import NotReady, die_with_parent, http_wait
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -108,7 +108,9 @@ class Command(BaseCommand):
         try:
             for name, command in commands.items():
                 log = (logs / f"{name.split()[0]}.log").open("ab")
-                children[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                children[name] = subprocess.Popen(
+                    command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+                )
             base = f"http://{options['host']}:{options['port']}"
             self._wait(f"{upstream_url[:-3]}/healthz", children["fake upstream"])
             self._wait(f"{base}/admin/login/", children["web (serve)"])
