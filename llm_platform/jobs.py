@@ -150,22 +150,13 @@ class ClaimedTask(Task):
         if manual:
             # Run now from the admin: recorded as a run of its own, at this instant (never a
             # period's claim, so the scheduled run of the current period still happens).
-            run = job_claim(
-                job=manual,
-                period=timezone.now(),
-                fence=MANUAL_FENCE,
-                task=self.name,
-                task_id=self.request.id or "",
-                trigger=JobRun.Trigger.MANUAL,
-            )
+            job, period, fence, trigger = manual, timezone.now(), MANUAL_FENCE, JobRun.Trigger.MANUAL
         else:
-            run = job_claim(
-                job=job,
-                period=dt.datetime.fromisoformat(request_header(self.request, PERIOD_HEADER)),
-                fence=int(request_header(self.request, FENCE_HEADER)),
-                task=self.name,
-                task_id=self.request.id or "",
-            )
+            period = dt.datetime.fromisoformat(request_header(self.request, PERIOD_HEADER))
+            fence, trigger = int(request_header(self.request, FENCE_HEADER)), JobRun.Trigger.SCHEDULE
+        run = job_claim(
+            job=job, period=period, fence=fence, task=self.name, task_id=self.request.id or "", trigger=trigger
+        )
         if run is None:
             return None
         started = time.monotonic()

@@ -86,14 +86,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # advise: PBKDF2's million rounds cost ~0.4 s for every user a test makes. The defaults stay
 # listed (hashes made by the defaults still check). Live tests keep the product's hashers:
 # the processes they start read the real settings and must check what the test stored.
-QUICK_PASSWORD_HASHERS = [
-    "django.contrib.auth.hashers.MD5PasswordHasher",
-    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
-    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
-    "django.contrib.auth.hashers.Argon2PasswordHasher",
-    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
-    "django.contrib.auth.hashers.ScryptPasswordHasher",
-]
+QUICK_PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", *settings.PASSWORD_HASHERS]
 
 
 @pytest.fixture(autouse=True)

@@ -21,15 +21,10 @@ from llm_platform.processes import die_with_parent, http_wait
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# In a child, before exec: SIGTERM when the test process dies, even when it is killed.
-_die_with_the_tests = die_with_parent
-
 
 def spawn(args: list[str], *, out: IO[bytes], env: dict[str, str]) -> subprocess.Popen[bytes]:
     """A process for the tests, output to ``out``; it does not outlive a killed test run (Linux)."""
-    return subprocess.Popen(
-        args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_the_tests
-    )
+    return subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
 
 
 # A server that answers in ~2 s on a quiet machine took over 30 s on a heavily loaded one;

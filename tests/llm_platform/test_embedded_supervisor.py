@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from llm_platform.processes import http_wait
+from llm_platform.processes import die_with_parent, http_wait
 from tests import live
 from tests.llm_platform.test_private_files import embedded_env
 
@@ -35,7 +35,7 @@ def test_the_server_and_the_upstream_stop_when_the_supervisor_is_killed(tmp_path
             env=embedded_env(tmp_path / "var"),
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=live._die_with_the_tests,
+            preexec_fn=die_with_parent,
         )
     try:
         http_wait(web, process, timeout=live.START_TIMEOUT)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llm_platform.processes import http_wait
+from llm_platform.processes import die_with_parent, http_wait
 from tests import live
 
 
@@ -66,7 +66,7 @@ def test_the_embedded_platform_keeps_every_file_it_writes_to_its_own_user(tmp_pa
             env=embedded_env(var),
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=lambda: (loose_umask(), live._die_with_the_tests()),
+            preexec_fn=lambda: (loose_umask(), die_with_parent()),
         )
     try:
         http_wait(f"http://127.0.0.1:{port}/admin/login/", process, timeout=live.START_TIMEOUT)
